@@ -1,0 +1,93 @@
+//! Reading `tollgate.yaml`: syntax and type errors come from the YAML parser with their
+//! position; everything else is left to [`super::validate`].
+
+use super::validate::{self, Validated};
+use super::RawConfig;
+use serde_saphyr::Location;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One thing wrong with a config, price or policy file, printed as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn at(file: &Path, loc: &Location, message: impl Into<String>) -> Problem {
+        Problem {
+            file: file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the file as a whole (unreadable, missing).
+    pub fn whole(file: &Path, message: impl Into<String>) -> Problem {
+        Problem {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a config; [`fmt::Display`] prints one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses YAML text into `T`, turning a parse error into a positioned [`Problem`].
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, Problem> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let message = e.without_snippet().to_string();
+        // The rendered message may repeat the position; keep only the first line.
+        let message = message.lines().next().unwrap_or("invalid YAML").to_string();
+        match e.location() {
+            Some(loc) => Problem::at(file, &loc, message),
+            None => Problem::whole(file, message),
+        }
+    })
+}
+
+/// Loads and validates a config file, with the environment of this process.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(vec![Problem::whole(path, format!("cannot read: {e}"))]))?;
+    let raw: RawConfig = parse_yaml(&text, path).map_err(|p| ConfigError(vec![p]))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate::validate(raw, path, base, &|name| std::env::var(name).ok())
+}

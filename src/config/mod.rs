@@ -1,0 +1,255 @@
+//! Configuration: the `tollgate.yaml` file types. Loading lives in [`load`], checks in
+//! [`validate`]; the proxy only ever sees a [`validate::Validated`] config.
+
+pub mod load;
+pub mod validate;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use load::{load, ConfigError, Problem};
+pub use validate::{ProviderKind, Validated};
+
+/// The top level of `tollgate.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Proxy listener.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: String,
+    /// Where the ledger and other state live.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Extra price files, applied over the built-in prices (later files win).
+    #[serde(default)]
+    pub prices: Vec<Spanned<PathBuf>>,
+    /// Use the price file shipped with the binary as the base.
+    #[serde(default = "defaults::yes")]
+    pub builtin_prices: bool,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub attribution: AttributionConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub providers: BTreeMap<String, Spanned<ProviderConfig>>,
+    /// Model names clients may call, each routed to a provider. A name may end in `*`
+    /// to match a prefix (`claude-*`).
+    #[serde(default)]
+    pub models: BTreeMap<String, Spanned<ModelConfig>>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<VirtualKeyConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `openai`, `anthropic`, `openai_compatible` or `simulated`.
+    pub kind: Spanned<String>,
+    /// Scheme, host, port and optional path prefix. Not used by `simulated`.
+    #[serde(default)]
+    pub base_url: Option<Spanned<String>>,
+    /// Environment variable holding the provider's API key.
+    #[serde(default)]
+    pub api_key_env: Option<Spanned<String>>,
+    /// Let clients that present no virtual key send their own provider key through.
+    #[serde(default)]
+    pub allow_client_keys: bool,
+    /// PEM file of extra CA certificates trusted for this provider's TLS.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest silence while reading the upstream response.
+    #[serde(default = "defaults::read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Settings of the in-process simulated provider.
+    #[serde(default)]
+    pub simulated: SimulatedConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedConfig {
+    #[serde(default)]
+    pub first_token_delay_ms: u64,
+    #[serde(default)]
+    pub token_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub provider: Spanned<String>,
+    /// Name sent upstream, when it differs from the name clients use.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualKeyConfig {
+    /// Shown in records and metrics instead of the key.
+    pub name: String,
+    /// Hex SHA-256 of the key. Exactly one of `sha256` and `key_env` is set.
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+    /// Environment variable holding the key itself.
+    #[serde(default)]
+    pub key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `tollgate=debug`.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Start a new segment past this size.
+    #[serde(default = "defaults::segment_max_bytes")]
+    pub segment_max_bytes: u64,
+    /// Start a new segment past this age.
+    #[serde(default = "defaults::segment_max_age_secs")]
+    pub segment_max_age_secs: u64,
+    /// Records waiting to be written; past this they are dropped and counted.
+    #[serde(default = "defaults::queue_capacity")]
+    pub queue_capacity: usize,
+    /// Longest time a record waits before it is written and fsynced.
+    #[serde(default = "defaults::flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            segment_max_bytes: defaults::segment_max_bytes(),
+            segment_max_age_secs: defaults::segment_max_age_secs(),
+            queue_capacity: defaults::queue_capacity(),
+            flush_interval_ms: defaults::flush_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionConfig {
+    /// Longest accepted value of an `x-tollgate-*` header; longer values are cut.
+    #[serde(default = "defaults::max_header_value_len")]
+    pub max_value_len: usize,
+    /// Most tags accepted from `x-tollgate-tags`; further tags are ignored.
+    #[serde(default = "defaults::max_tags")]
+    pub max_tags: usize,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            max_value_len: defaults::max_header_value_len(),
+            max_tags: defaults::max_tags(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service.
+    #[serde(default = "defaults::threads")]
+    pub threads: usize,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[serde(default = "defaults::grace_period_secs")]
+    pub grace_period_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: defaults::threads(),
+            grace_period_secs: defaults::grace_period_secs(),
+        }
+    }
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub fn listen() -> String {
+        "127.0.0.1:4000".into()
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9464".into()
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("./tollgate-data")
+    }
+    pub fn max_body_bytes() -> u64 {
+        32 * 1024 * 1024
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn read_timeout_ms() -> u64 {
+        600_000
+    }
+    pub fn segment_max_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn segment_max_age_secs() -> u64 {
+        3600
+    }
+    pub fn queue_capacity() -> usize {
+        65_536
+    }
+    pub fn flush_interval_ms() -> u64 {
+        200
+    }
+    pub fn max_header_value_len() -> usize {
+        128
+    }
+    pub fn max_tags() -> usize {
+        16
+    }
+    pub fn threads() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+    pub fn grace_period_secs() -> u64 {
+        10
+    }
+}

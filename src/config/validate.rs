@@ -1,0 +1,398 @@
+//! Checks a [`RawConfig`] and turns it into the [`Validated`] form the proxy runs on.
+//! Every problem is collected (not just the first) with the position it refers to.
+
+use super::load::{ConfigError, Problem};
+use super::{
+    AttributionConfig, LedgerConfig, LogConfig, ProviderConfig, RawConfig, ServerConfig,
+    SimulatedConfig,
+};
+use crate::auth::{KeyStore, VirtualKey};
+use crate::prices::PriceBook;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// A config that passed every check.
+#[derive(Debug)]
+pub struct Validated {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub log: LogConfig,
+    pub ledger: LedgerConfig,
+    pub attribution: AttributionConfig,
+    pub server: ServerConfig,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub models: ModelTable,
+    pub keys: KeyStore,
+    pub prices: PriceBook,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    OpenAiCompatible,
+    Simulated,
+}
+
+impl ProviderKind {
+    fn parse(s: &str) -> Option<ProviderKind> {
+        Some(match s {
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            "openai_compatible" => ProviderKind::OpenAiCompatible,
+            "simulated" => ProviderKind::Simulated,
+            _ => return None,
+        })
+    }
+
+    /// Whether the provider answers requests in the given client API format.
+    pub fn speaks(self, api: crate::api::ApiFormat) -> bool {
+        use crate::api::ApiFormat;
+        match self {
+            ProviderKind::Simulated => true,
+            ProviderKind::Anthropic => api == ApiFormat::Anthropic,
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => api == ApiFormat::OpenAi,
+        }
+    }
+}
+
+/// Where a provider is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Prefix put before the client's path, without a trailing slash (may be empty).
+    pub path_prefix: String,
+}
+
+impl UpstreamAddr {
+    pub fn parse(url: &str) -> Result<UpstreamAddr, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("URL {url:?} must start with http:// or https://")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("URL {url:?} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path_prefix = uri.path().trim_end_matches('/').to_string();
+        // Clients already send `/v1/...`; a prefix ending in /v1 would double it.
+        if path_prefix.ends_with("/v1") {
+            return Err(format!(
+                "base_url {url:?} should not end in /v1: clients' paths already start with /v1"
+            ));
+        }
+        Ok(UpstreamAddr { tls, host, port, path_prefix })
+    }
+}
+
+/// A provider as the proxy uses it.
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Unset only for `simulated` until the server binds its listener.
+    upstream: OnceLock<UpstreamAddr>,
+    /// The provider's key; never printed.
+    pub api_key: Option<String>,
+    pub allow_client_keys: bool,
+    pub ca_pem: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub simulated: SimulatedConfig,
+}
+
+impl Provider {
+    pub fn upstream(&self) -> Option<&UpstreamAddr> {
+        self.upstream.get()
+    }
+
+    /// Points a `simulated` provider at the listener started for it.
+    pub fn set_upstream(&self, addr: UpstreamAddr) -> bool {
+        self.upstream.set(addr).is_ok()
+    }
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("upstream", &self.upstream)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("allow_client_keys", &self.allow_client_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client model name → provider and upstream model name.
+#[derive(Debug, Clone, Default)]
+pub struct ModelTable {
+    exact: BTreeMap<String, ModelRoute>,
+    /// Prefix patterns, longest first.
+    prefixes: Vec<(String, ModelRoute)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRoute {
+    pub provider: Arc<Provider>,
+    pub upstream_model: Option<String>,
+}
+
+impl ModelTable {
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.prefixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn route(&self, model: &str) -> Option<&ModelRoute> {
+        self.exact.get(model).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(p, _)| model.starts_with(p.as_str()))
+                .map(|(_, r)| r)
+        })
+    }
+}
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Validates `raw`, read from `file`; relative paths are taken from `base`.
+pub fn validate(
+    raw: RawConfig,
+    file: &Path,
+    base: &Path,
+    env: Env<'_>,
+) -> Result<Validated, ConfigError> {
+    let mut problems = Vec::new();
+    let mut bad = |loc: &serde_saphyr::Location, msg: String| {
+        problems.push(Problem::at(file, loc, msg));
+    };
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+    let listen = parse_addr(&raw.listen).unwrap_or_else(|e| {
+        problems_push_whole(&mut bad, format!("listen: {e}"));
+        SocketAddr::from(([127, 0, 0, 1], 4000))
+    });
+    let admin_listen = parse_addr(&raw.admin_listen).unwrap_or_else(|e| {
+        problems_push_whole(&mut bad, format!("admin_listen: {e}"));
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    });
+
+    let mut providers = BTreeMap::new();
+    for (name, spanned) in &raw.providers {
+        if let Some(p) = provider(name, spanned, &mut bad, &resolve, env) {
+            providers.insert(name.clone(), Arc::new(p));
+        }
+    }
+
+    let mut models = ModelTable::default();
+    for (name, m) in &raw.models {
+        let Some(provider) = providers.get(&m.value.provider.value) else {
+            if !raw.providers.contains_key(&m.value.provider.value) {
+                bad(
+                    &m.value.provider.referenced,
+                    format!(
+                        "model {name:?} points at provider {:?}, which is not defined under `providers`",
+                        m.value.provider.value
+                    ),
+                );
+            }
+            continue;
+        };
+        let route = ModelRoute {
+            provider: provider.clone(),
+            upstream_model: m.value.upstream_model.clone(),
+        };
+        match name.strip_suffix('*') {
+            Some(prefix) => models.prefixes.push((prefix.to_string(), route)),
+            None => {
+                models.exact.insert(name.clone(), route);
+            }
+        }
+    }
+    models.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+
+    let mut keys = Vec::new();
+    for k in &raw.keys {
+        let kc = &k.value;
+        let hash = match (&kc.sha256, &kc.key_env) {
+            (Some(h), None) => match crate::auth::parse_sha256_hex(&h.value) {
+                Some(h) => Some(h),
+                None => {
+                    bad(&h.referenced, format!("key {:?}: sha256 must be 64 hex digits", kc.name));
+                    None
+                }
+            },
+            (None, Some(var)) => match env(&var.value) {
+                Some(secret) if !secret.is_empty() => Some(crate::auth::sha256(secret.as_bytes())),
+                _ => {
+                    bad(
+                        &var.referenced,
+                        format!("key {:?}: environment variable {} is not set", kc.name, var.value),
+                    );
+                    None
+                }
+            },
+            _ => {
+                bad(&k.referenced, format!("key {:?}: set exactly one of sha256 and key_env", kc.name));
+                None
+            }
+        };
+        if let Some(hash) = hash {
+            keys.push(VirtualKey {
+                name: kc.name.clone(),
+                hash,
+                team: kc.team.clone(),
+                project: kc.project.clone(),
+                env: kc.env.clone(),
+                owner: kc.owner.clone(),
+            });
+        }
+    }
+
+    let mut prices = if raw.builtin_prices { PriceBook::builtin() } else { PriceBook::default() };
+    for p in &raw.prices {
+        match PriceBook::load(&resolve(&p.value)) {
+            Ok(book) => prices.merge(book),
+            Err(errs) => {
+                for e in errs {
+                    bad(&p.referenced, format!("price file {}: {e}", p.value.display()));
+                }
+            }
+        }
+    }
+
+    if raw.max_body_bytes == 0 {
+        problems_push_whole(&mut bad, "max_body_bytes must be above 0".into());
+    }
+    if raw.ledger.queue_capacity == 0 {
+        problems_push_whole(&mut bad, "ledger.queue_capacity must be above 0".into());
+    }
+    drop(bad);
+    if !problems.is_empty() {
+        return Err(ConfigError(problems));
+    }
+    Ok(Validated {
+        listen,
+        admin_listen,
+        data_dir: resolve(&raw.data_dir),
+        max_body_bytes: raw.max_body_bytes,
+        log: raw.log,
+        ledger: raw.ledger,
+        attribution: raw.attribution,
+        server: raw.server,
+        providers,
+        models,
+        keys: KeyStore::new(keys),
+        prices,
+    })
+}
+
+/// Top-level scalar fields carry no span; report them at the file's first line.
+fn problems_push_whole(bad: &mut impl FnMut(&serde_saphyr::Location, String), msg: String) {
+    bad(&serde_saphyr::Location::UNKNOWN, msg)
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s:?} is not an IP:port address ({e})"))
+}
+
+fn provider(
+    name: &str,
+    spanned: &Spanned<ProviderConfig>,
+    bad: &mut impl FnMut(&serde_saphyr::Location, String),
+    resolve: &impl Fn(&Path) -> PathBuf,
+    env: Env<'_>,
+) -> Option<Provider> {
+    let p = &spanned.value;
+    let Some(kind) = ProviderKind::parse(&p.kind.value) else {
+        bad(
+            &p.kind.referenced,
+            format!(
+                "provider {name:?}: unknown kind {:?} (expected openai, anthropic, openai_compatible or simulated)",
+                p.kind.value
+            ),
+        );
+        return None;
+    };
+    let upstream = match (&p.base_url, kind) {
+        (Some(url), ProviderKind::Simulated) => {
+            bad(&url.referenced, format!("provider {name:?}: a simulated provider has no base_url"));
+            None
+        }
+        (Some(url), _) => match UpstreamAddr::parse(&url.value) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                bad(&url.referenced, format!("provider {name:?}: {e}"));
+                return None;
+            }
+        },
+        (None, ProviderKind::OpenAi) => Some(UpstreamAddr::parse("https://api.openai.com").ok()?),
+        (None, ProviderKind::Anthropic) => {
+            Some(UpstreamAddr::parse("https://api.anthropic.com").ok()?)
+        }
+        (None, ProviderKind::OpenAiCompatible) => {
+            bad(&spanned.referenced, format!("provider {name:?}: openai_compatible needs a base_url"));
+            return None;
+        }
+        (None, ProviderKind::Simulated) => None,
+    };
+    let api_key = match &p.api_key_env {
+        Some(var) => match env(&var.value) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                bad(
+                    &var.referenced,
+                    format!("provider {name:?}: environment variable {} is not set", var.value),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let ca_pem = match &p.ca_file {
+        Some(path) => match std::fs::read(resolve(&path.value)) {
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
+            Ok(_) => {
+                bad(&path.referenced, format!("provider {name:?}: {} holds no PEM certificate", path.value.display()));
+                return None;
+            }
+            Err(e) => {
+                bad(&path.referenced, format!("provider {name:?}: cannot read {}: {e}", path.value.display()));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let cell = OnceLock::new();
+    if let Some(u) = upstream {
+        let _ = cell.set(u);
+    }
+    Some(Provider {
+        name: name.to_string(),
+        kind,
+        upstream: cell,
+        api_key,
+        allow_client_keys: p.allow_client_keys,
+        ca_pem,
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        read_timeout: Duration::from_millis(p.read_timeout_ms),
+        simulated: p.simulated.clone(),
+    })
+}

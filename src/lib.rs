@@ -1,0 +1,22 @@
+//! Tollgate: a metering reverse proxy for LLM APIs.
+//!
+//! Every client request becomes one [`record::Record`] with exact token counts and cost,
+//! attributed to team, project, environment, user, feature and workflow.
+
+pub mod admin;
+pub mod api;
+pub mod attribution;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod ledger;
+pub mod metrics;
+pub mod money;
+pub mod prices;
+pub mod proxy;
+pub mod record;
+pub mod server;
+pub mod sim;
+pub mod tokens;
+pub mod usage;

@@ -1,0 +1,185 @@
+//! Prometheus metrics, served on the admin listener.
+//!
+//! Cost is counted in integer nano-USD and turned into USD only when scraped, so the
+//! exported total is exact rather than a running sum of floats.
+
+use crate::money::NANOS_PER_USD;
+use crate::record::Record;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub tokens: IntCounterVec,
+    cost_nanos: IntCounterVec,
+    pub duration: HistogramVec,
+    pub ttfb: HistogramVec,
+    pub unpriced: IntCounterVec,
+    pub records_dropped: IntCounter,
+    pub estimated: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tollgate_requests_total", "Client requests, by outcome status"),
+            &["team", "project", "env", "model", "provider", "status"],
+        )
+        .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new("tollgate_tokens_total", "Tokens metered, by kind"),
+            &["team", "project", "env", "model", "kind"],
+        )
+        .expect("valid metric");
+        let cost_nanos = IntCounterVec::new(
+            Opts::new("tollgate_cost_usd_total", "Spend in USD"),
+            &["team", "project", "env", "model"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request arrival to the last byte sent to the client",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider", "endpoint"],
+        )
+        .expect("valid metric");
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_ttfb_seconds",
+                "Time from request arrival to the upstream's response header",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let unpriced = IntCounterVec::new(
+            Opts::new(
+                "tollgate_unpriced_requests_total",
+                "Requests recorded with unknown cost because the model has no price",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        let records_dropped = IntCounter::new(
+            "tollgate_records_dropped_total",
+            "Records lost because the ledger queue was full or closed",
+        )
+        .expect("valid metric");
+        let estimated = IntCounterVec::new(
+            Opts::new(
+                "tollgate_usage_estimated_total",
+                "Requests whose usage was counted locally because the provider reported none",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn Collector>,
+            Box::new(tokens.clone()),
+            Box::new(UsdCollector(cost_nanos.clone())),
+            Box::new(duration.clone()),
+            Box::new(ttfb.clone()),
+            Box::new(unpriced.clone()),
+            Box::new(records_dropped.clone()),
+            Box::new(estimated.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            tokens,
+            cost_nanos,
+            duration,
+            ttfb,
+            unpriced,
+            records_dropped,
+            estimated,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, r: &Record) {
+        let status = r.status.to_string();
+        self.requests
+            .with_label_values(&[&r.team, &r.project, &r.env, &r.model, &r.provider, &status])
+            .inc();
+        for (kind, n) in [
+            ("input", r.input_tokens),
+            ("output", r.output_tokens),
+            ("cached_input", r.cached_input_tokens),
+            ("cache_write", r.cache_write_tokens),
+            ("reasoning", r.reasoning_tokens),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[&r.team, &r.project, &r.env, &r.model, kind])
+                    .inc_by(n);
+            }
+        }
+        match r.cost_usd {
+            Some(c) if c.0 > 0 => self
+                .cost_nanos
+                .with_label_values(&[&r.team, &r.project, &r.env, &r.model])
+                .inc_by(c.0 as u64),
+            Some(_) => {}
+            None => self.unpriced.with_label_values(&[&r.model]).inc(),
+        }
+        if r.usage_source == crate::usage::UsageSource::Estimated {
+            self.estimated.with_label_values(&[&r.provider]).inc();
+        }
+        self.duration
+            .with_label_values(&[&r.provider, &r.endpoint])
+            .observe(r.latency_ms as f64 / 1000.0);
+        if let Some(t) = r.ttfb_ms {
+            self.ttfb.with_label_values(&[&r.provider]).observe(t as f64 / 1000.0);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Exposes a nano-USD integer counter as a USD counter.
+struct UsdCollector(IntCounterVec);
+
+impl Collector for UsdCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.0.collect();
+        for f in &mut families {
+            for m in f.mut_metric().iter_mut() {
+                let mut counter = (**m.get_counter()).clone();
+                counter.set_value(counter.value() / NANOS_PER_USD as f64);
+                m.set_counter(counter);
+            }
+        }
+        families
+    }
+}

@@ -1,0 +1,83 @@
+//! The proxy: one pingora `ProxyHttp` whose hooks live one per file.
+//!
+//! `request_filter` does the work: it reads the whole body (pingora's retry buffer holds only
+//! 64 KiB), routes by `model`, calls the upstream itself through pingora's connector and
+//! streams the answer back, metering as bytes pass. `logging` writes the record.
+//! `fail_to_proxy` only stays quiet when a response was already under way.
+
+mod body;
+mod ctx;
+mod fail_to_proxy;
+mod logging;
+mod relay;
+mod request_filter;
+mod upstream;
+
+pub use ctx::RequestCtx;
+
+use crate::config::Validated;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+
+/// State shared by every request.
+pub struct Tollgate {
+    /// Swapped whole on reload; a request keeps the config it started with.
+    pub config: ArcSwap<Validated>,
+    pub ledger: Arc<Ledger>,
+    pub metrics: Metrics,
+    connector: Connector,
+    resolver: upstream::Resolver,
+}
+
+impl Tollgate {
+    pub fn new(config: Arc<Validated>, ledger: Arc<Ledger>, metrics: Metrics) -> Tollgate {
+        Tollgate {
+            config: ArcSwap::new(config),
+            ledger,
+            metrics,
+            connector: Connector::new(None),
+            resolver: upstream::Resolver::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Tollgate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        request_filter::run(self, session, ctx).await
+    }
+
+    /// Never reached: `request_filter` answers every request itself.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Err(Error::explain(ErrorType::InternalError, "requests are answered in request_filter"))
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        fail_to_proxy::run(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        logging::run(self, session, e, ctx).await
+    }
+}

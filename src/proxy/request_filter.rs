@@ -1,0 +1,242 @@
+//! `request_filter`: authenticate, read and route the request, call the provider, stream
+//! the answer back. Every request is answered here; nothing falls through to pingora's
+//! own upstream path.
+
+use super::{body, relay, upstream, RequestCtx, Tollgate};
+use crate::api::{ApiFormat, Endpoint};
+use crate::attribution::{Attribution, REQUEST_ID_HEADER};
+use crate::auth::presented_key;
+use crate::config::validate::ProviderKind;
+use crate::error::ProxyError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+
+pub async fn run(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    ctx.request_id = request_id(session);
+    match handle(tg, session, ctx).await {
+        Ok(()) => Ok(true),
+        Err(Outcome::Reply(err)) => {
+            ctx.status = err.status();
+            ctx.error.get_or_insert_with(|| err.to_string());
+            write_error(session, ctx, &err).await?;
+            Ok(true)
+        }
+        Err(Outcome::Abort(reason)) => {
+            // The response is under way: dropping the connection is the only honest signal.
+            Err(Error::explain(ErrorType::ConnectionClosed, reason))
+        }
+    }
+}
+
+/// How a request that did not complete normally ends.
+pub enum Outcome {
+    /// Answer with this error (no response written yet).
+    Reply(ProxyError),
+    /// Cut the connection: a response was already under way.
+    Abort(&'static str),
+}
+
+impl From<ProxyError> for Outcome {
+    fn from(e: ProxyError) -> Outcome {
+        Outcome::Reply(e)
+    }
+}
+
+/// The client's `x-request-id` when it is sane, else a fresh UUIDv7.
+fn request_id(session: &Session) -> String {
+    session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The fields of a request body that routing needs; the rest is validated, not kept.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Outcome> {
+    let cfg = tg.config.load_full();
+    let path = session.req_header().uri.path().to_string();
+    let endpoint = Endpoint::from_path(&path).ok_or_else(|| ProxyError::NotFound(path.clone()))?;
+    ctx.format = endpoint.format(&session.req_header().headers);
+    ctx.endpoint = path;
+    ctx.recorded = true;
+
+    let presented = presented_key(&session.req_header().headers).map(str::to_string);
+    let vkey = presented.as_deref().and_then(|k| cfg.keys.find(k));
+    if presented.is_none() {
+        return Err(ProxyError::MissingKey.into());
+    }
+    let any_client_keys = cfg.providers.values().any(|p| p.allow_client_keys);
+    if vkey.is_none() && !any_client_keys {
+        return Err(ProxyError::UnknownKey.into());
+    }
+    ctx.attribution = Attribution::resolve(&session.req_header().headers, vkey, &cfg.attribution);
+
+    let body = body::read(session, cfg.max_body_bytes).await?;
+    let is_post = session.req_header().method == http::Method::POST;
+    let (provider, request) = if endpoint.has_model() && is_post {
+        let peek: Peek = serde_json::from_slice(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+        let model = peek
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| ProxyError::BadRequest("`model` is required".into()))?;
+        ctx.requested_model = model.to_string();
+        let route = cfg
+            .models
+            .route(model)
+            .ok_or_else(|| ProxyError::UnknownModel(model.to_string()))?;
+        if !route.provider.kind.speaks(ctx.format) {
+            return Err(ProxyError::BadRequest(format!(
+                "model `{model}` is served by provider `{}`, which does not speak the {} API",
+                route.provider.name,
+                if ctx.format == ApiFormat::Anthropic { "Anthropic Messages" } else { "OpenAI" }
+            ))
+            .into());
+        }
+        ctx.upstream_model = route.upstream_model.clone().unwrap_or_else(|| model.to_string());
+        ctx.stream = peek.stream.unwrap_or(false);
+        let include_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage);
+        let prepared = prepare_body(
+            &body,
+            endpoint,
+            ctx,
+            route.upstream_model.as_deref().filter(|m| *m != model),
+            peek.stream_options.is_some(),
+            include_usage,
+        )?;
+        (route.provider.clone(), prepared)
+    } else {
+        let provider = cfg
+            .providers
+            .values()
+            .find(|p| p.kind.speaks(ctx.format))
+            .cloned()
+            .ok_or_else(|| ProxyError::NotFound(ctx.endpoint.clone()))?;
+        (provider, Prepared { body, strip_usage_chunk: false })
+    };
+    ctx.provider = provider.name.clone();
+
+    let credential = match (vkey, &provider.api_key) {
+        (Some(_), Some(key)) => upstream::Credential::Provider(key),
+        // The simulated provider needs some credential, not a real one.
+        (Some(_), None) if provider.kind == ProviderKind::Simulated => {
+            upstream::Credential::Provider("simulated")
+        }
+        (None, _) if provider.allow_client_keys => upstream::Credential::Client,
+        (None, _) => return Err(ProxyError::UnknownKey.into()),
+        (Some(_), None) => {
+            return Err(ProxyError::Internal(format!(
+                "provider {} has no api_key_env and does not allow client keys",
+                provider.name
+            ))
+            .into());
+        }
+    };
+
+    let metered = endpoint.is_metered() && is_post;
+    let exchange = relay::Exchange {
+        provider: &provider,
+        endpoint,
+        credential,
+        body: request.body,
+        strip_usage_chunk: request.strip_usage_chunk,
+        metered,
+    };
+    relay::run(tg, session, ctx, exchange).await
+}
+
+/// The body as it goes upstream.
+struct Prepared {
+    body: Bytes,
+    /// Tollgate turned on `include_usage`; the client must not see the extra chunk.
+    strip_usage_chunk: bool,
+}
+
+/// Rewrites the body only when needed: a renamed model, or usage to be requested on the
+/// client's behalf for an OpenAI stream.
+fn prepare_body(
+    body: &Bytes,
+    endpoint: Endpoint,
+    ctx: &RequestCtx,
+    rename: Option<&str>,
+    has_stream_options: bool,
+    include_usage: Option<bool>,
+) -> Result<Prepared, ProxyError> {
+    let wants_usage_injection = ctx.format == ApiFormat::OpenAi
+        && ctx.stream
+        && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+        && include_usage != Some(true);
+    if rename.is_none() && !wants_usage_injection {
+        return Ok(Prepared { body: body.clone(), strip_usage_chunk: false });
+    }
+    if rename.is_none() && !has_stream_options {
+        // Cheap path for large prompts: add the member right after the opening brace.
+        let start = body.iter().position(|b| *b == b'{').ok_or_else(|| {
+            ProxyError::BadJson("expected a JSON object".into())
+        })?;
+        let mut out = Vec::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..=start]);
+        out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+        out.extend_from_slice(&body[start + 1..]);
+        return Ok(Prepared { body: out.into(), strip_usage_chunk: true });
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ProxyError::BadJson("expected a JSON object".into()))?;
+    if let Some(name) = rename {
+        obj.insert("model".into(), name.into());
+    }
+    if wants_usage_injection {
+        let opts = obj
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if !opts.is_object() {
+            *opts = serde_json::json!({});
+        }
+        opts["include_usage"] = true.into();
+    }
+    let out = serde_json::to_vec(&v).map_err(|e| ProxyError::Internal(e.to_string()))?;
+    Ok(Prepared { body: out.into(), strip_usage_chunk: wants_usage_injection })
+}
+
+/// Writes an error response in the client's wire format.
+pub async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ProxyError) -> Result<()> {
+    let body = err.body(ctx.format);
+    let mut resp = ResponseHeader::build(err.status(), Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+    if ctx.format == ApiFormat::Anthropic {
+        resp.insert_header("request-id", ctx.request_id.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+

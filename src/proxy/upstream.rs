@@ -1,0 +1,141 @@
+//! Reaching a provider: address resolution, the pingora peer, and the request header.
+
+use crate::api::ApiFormat;
+use crate::attribution::is_tollgate_header;
+use crate::config::validate::{Provider, ProviderKind, UpstreamAddr};
+use crate::error::ProxyError;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a resolved address is reused.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// Resolves provider hosts off the blocking path (pingora's `HttpPeer::new` would resolve
+/// with a blocking call that panics on failure), caching answers briefly.
+#[derive(Default)]
+pub struct Resolver {
+    cache: Mutex<HashMap<(String, u16), (Instant, SocketAddr)>>,
+}
+
+impl Resolver {
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let key = (host.to_string(), port);
+        if let Some((at, addr)) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+            if at.elapsed() < DNS_TTL {
+                return Ok(addr);
+            }
+        }
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(key, (Instant::now(), addr));
+        }
+        Ok(addr)
+    }
+}
+
+/// The pingora peer for a provider, with its timeouts and trusted CAs.
+pub async fn peer(
+    resolver: &Resolver,
+    provider: &Provider,
+    addr: &UpstreamAddr,
+) -> Result<HttpPeer, ProxyError> {
+    let sock = resolver.resolve(&addr.host, addr.port).await.map_err(|reason| {
+        ProxyError::Upstream { provider: provider.name.clone(), reason }
+    })?;
+    let mut peer = HttpPeer::new(sock, addr.tls, addr.host.clone());
+    peer.options.connection_timeout = Some(provider.connect_timeout);
+    peer.options.read_timeout = Some(provider.read_timeout);
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    if let Some(pem) = &provider.ca_pem {
+        let certs = pingora::tls::x509::X509::stack_from_pem(pem).map_err(|e| {
+            ProxyError::Internal(format!("provider {} CA file: {e}", provider.name))
+        })?;
+        peer.options.ca = Some(Arc::new(certs.into_boxed_slice()));
+    }
+    Ok(peer)
+}
+
+/// Request headers a proxy must not forward (RFC 9110 §7.6.1), plus ones Tollgate sets.
+fn is_dropped_request_header(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "expect"
+            // Responses are parsed for usage, so they must arrive uncompressed.
+            | "accept-encoding"
+            | "authorization"
+            | "x-api-key"
+    ) || is_tollgate_header(name)
+}
+
+/// Which credential goes upstream.
+pub enum Credential<'a> {
+    /// The provider's own key from config.
+    Provider(&'a str),
+    /// The client's key, passed through unchanged (its original headers are kept).
+    Client,
+}
+
+/// Builds the upstream request header from the client's.
+pub fn request_header(
+    client: &RequestHeader,
+    addr: &UpstreamAddr,
+    provider: &Provider,
+    format: ApiFormat,
+    credential: Credential<'_>,
+    body_len: usize,
+) -> Result<RequestHeader, ProxyError> {
+    let path_and_query = client.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = format!("{}{}", addr.path_prefix, path_and_query);
+    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 3))
+        .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
+    let internal = |e: pingora::BError| ProxyError::Internal(format!("upstream header: {e}"));
+    for (name, value) in client.headers.iter() {
+        let keep_client_auth = matches!(credential, Credential::Client)
+            && (name == http::header::AUTHORIZATION || name.as_str() == "x-api-key");
+        if keep_client_auth || !is_dropped_request_header(name.as_str()) {
+            req.append_header(name.clone(), value.clone()).map_err(internal)?;
+        }
+    }
+    let host = if (addr.tls && addr.port == 443) || (!addr.tls && addr.port == 80) {
+        addr.host.clone()
+    } else {
+        format!("{}:{}", addr.host, addr.port)
+    };
+    req.insert_header(http::header::HOST, host).map_err(internal)?;
+    req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).map_err(internal)?;
+    if let Credential::Provider(key) = credential {
+        let anthropic_style = match provider.kind {
+            ProviderKind::Anthropic => true,
+            ProviderKind::Simulated => format == ApiFormat::Anthropic,
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => false,
+        };
+        if anthropic_style {
+            req.insert_header("x-api-key", key).map_err(internal)?;
+        } else {
+            req.insert_header(http::header::AUTHORIZATION, format!("Bearer {key}"))
+                .map_err(internal)?;
+        }
+    }
+    Ok(req)
+}

@@ -1,0 +1,75 @@
+//! Assembling and running the server: proxy, admin listener, simulated providers, ledger.
+
+use crate::admin::{self, AxumService};
+use crate::config::validate::{ProviderKind, UpstreamAddr};
+use crate::config::Validated;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::proxy::Tollgate;
+use crate::sim::{SimOptions, SimProvider};
+use anyhow::Context;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs until SIGTERM or SIGINT, then lets in-flight requests finish and flushes the ledger.
+pub fn serve(cfg: Validated) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    crate::tokens::warm_up();
+    let metrics = Metrics::new();
+    let ledger = Arc::new(
+        Ledger::open(&cfg.data_dir, &cfg.ledger, metrics.clone())
+            .with_context(|| format!("opening the ledger under {}", cfg.data_dir.display()))?,
+    );
+
+    let conf = ServerConf {
+        threads: cfg.server.threads.max(1),
+        grace_period_seconds: Some(cfg.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.grace_period_secs.max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    for provider in cfg.providers.values().filter(|p| p.kind == ProviderKind::Simulated) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("binding the simulated provider")?;
+        let port = listener.local_addr()?.port();
+        provider.set_upstream(UpstreamAddr {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+            path_prefix: String::new(),
+        });
+        let sim = SimProvider::new(SimOptions {
+            first_token_delay: Duration::from_millis(provider.simulated.first_token_delay_ms),
+            token_interval: Duration::from_millis(provider.simulated.token_interval_ms),
+        });
+        tracing::info!(provider = %provider.name, port, "simulated provider listening");
+        server.add_service(background_service(
+            "simulated provider",
+            AxumService::new("simulated provider", listener, sim.router()),
+        ));
+    }
+
+    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
+        .with_context(|| format!("binding the admin listener on {}", cfg.admin_listen))?;
+    server.add_service(background_service(
+        "admin",
+        AxumService::new("admin", admin_listener, admin::router(metrics.clone(), ledger.clone())),
+    ));
+
+    let listen = cfg.listen.to_string();
+    let proxy = Tollgate::new(cfg.clone(), ledger.clone(), metrics);
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&listen);
+    server.add_service(service);
+
+    tracing::info!(listen = %listen, admin = %cfg.admin_listen, "tollgate serving");
+    server.run(RunArgs::default());
+    ledger.close();
+    tracing::info!("tollgate stopped; ledger flushed");
+    Ok(())
+}
