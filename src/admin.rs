@@ -3,11 +3,11 @@
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,10 @@ pub fn router(metrics: Metrics, ledger: Arc<Ledger>) -> Router {
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }
@@ -51,7 +54,11 @@ pub struct AxumService {
 
 impl AxumService {
     pub fn new(name: &'static str, listener: std::net::TcpListener, router: Router) -> AxumService {
-        AxumService { listener: Mutex::new(Some(listener)), router, name }
+        AxumService {
+            listener: Mutex::new(Some(listener)),
+            router,
+            name,
+        }
     }
 }
 

@@ -62,8 +62,14 @@ mod tests {
 
     #[test]
     fn classifies_paths() {
-        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
-        assert_eq!(Endpoint::from_path("/v1/messages/count_tokens"), Some(Endpoint::CountTokens));
+        assert_eq!(
+            Endpoint::from_path("/v1/chat/completions"),
+            Some(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            Endpoint::from_path("/v1/messages/count_tokens"),
+            Some(Endpoint::CountTokens)
+        );
         assert_eq!(Endpoint::from_path("/v1/models"), Some(Endpoint::Other));
         assert_eq!(Endpoint::from_path("/admin"), None);
         assert!(!Endpoint::CountTokens.is_metered());

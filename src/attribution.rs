@@ -26,11 +26,16 @@ impl Attribution {
         key: Option<&VirtualKey>,
         limits: &AttributionConfig,
     ) -> Attribution {
+        // Values are taken as UTF-8 (lossily): names and tags need not be ASCII.
         let header = |name: &str| -> String {
             headers
                 .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| bounded(v.trim(), limits.max_value_len))
+                .map(|v| {
+                    bounded(
+                        String::from_utf8_lossy(v.as_bytes()).trim(),
+                        limits.max_value_len,
+                    )
+                })
                 .unwrap_or_default()
         };
         let bound = |v: Option<&String>, name: &str| v.cloned().unwrap_or_else(|| header(name));
@@ -55,7 +60,7 @@ fn header_raw(headers: &http::HeaderMap, name: &str) -> String {
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -84,7 +89,10 @@ fn parse_tags(raw: &str, limits: &AttributionConfig) -> BTreeMap<String, String>
         if k.is_empty() {
             continue;
         }
-        tags.insert(bounded(k, limits.max_value_len), bounded(v.trim(), limits.max_value_len));
+        tags.insert(
+            bounded(k, limits.max_value_len),
+            bounded(v.trim(), limits.max_value_len),
+        );
     }
     tags
 }
@@ -102,7 +110,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
         for (k, v) in pairs {
-            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
         }
         h
     }
@@ -132,8 +143,14 @@ mod tests {
 
     #[test]
     fn tags_are_bounded() {
-        let limits = AttributionConfig { max_value_len: 4, max_tags: 2 };
-        let h = headers(&[("x-tollgate-tags", "a=1, b=22222 ,=x,c=3"), ("x-tollgate-user", "éééé")]);
+        let limits = AttributionConfig {
+            max_value_len: 4,
+            max_tags: 2,
+        };
+        let h = headers(&[
+            ("x-tollgate-tags", "a=1, b=22222 ,=x,c=3"),
+            ("x-tollgate-user", "éééé"),
+        ]);
         let a = Attribution::resolve(&h, None, &limits);
         assert_eq!(a.tags.len(), 2);
         assert_eq!(a.tags["b"], "2222");

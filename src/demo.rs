@@ -1,1 +1,276 @@
-pub fn run(_requests: usize, _data_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> { Ok(()) }
+//! `tollgate demo`: the whole path on one machine with no keys and no network. A real proxy
+//! process on loopback in front of the simulated provider, synthetic traffic from several
+//! teams, then a spend report read back from the ledger.
+
+use crate::ledger;
+use crate::report::{self, Dim, Format};
+use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who sends traffic: (key, team, project, env, share of requests).
+const CALLERS: &[(&str, &str, &str, &str, u32)] = &[
+    ("demo-search-prod", "search", "ranking", "prod", 40),
+    ("demo-search-staging", "search", "ranking", "staging", 10),
+    ("demo-support-prod", "support", "assistant", "prod", 30),
+    ("demo-growth-dev", "growth", "onboarding", "dev", 20),
+];
+
+const OPENAI_MODELS: [&str; 3] = ["gpt-5-mini", "gpt-5", "o4-mini"];
+const ANTHROPIC_MODELS: [&str; 2] = ["claude-sonnet-5", "claude-haiku-4-5"];
+const EMBEDDING_MODEL: &str = "text-embedding-3-small";
+const MODELS: [&str; 6] = [
+    OPENAI_MODELS[0],
+    OPENAI_MODELS[1],
+    OPENAI_MODELS[2],
+    ANTHROPIC_MODELS[0],
+    ANTHROPIC_MODELS[1],
+    EMBEDDING_MODEL,
+];
+
+const FEATURES: &[&str] = &["summarize", "classify", "answer", "extract"];
+
+fn config(port: u16, admin: u16, data_dir: &Path) -> String {
+    let mut out = format!(
+        "listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin}
+data_dir: {}
+ledger: {{ flush_interval_ms: 20 }}
+server: {{ threads: 2, grace_period_secs: 0 }}
+providers:
+  sim:
+    kind: simulated
+    simulated: {{ first_token_delay_ms: 40, token_interval_ms: 2 }}
+models:
+",
+        data_dir.display()
+    );
+    for model in MODELS {
+        out.push_str(&format!("  {model}: {{ provider: sim }}\n"));
+    }
+    out.push_str("keys:\n");
+    for (i, (_, team, project, env, _)) in CALLERS.iter().enumerate() {
+        out.push_str(&format!(
+            "  - {{ name: {team}-{env}, key_env: TOLLGATE_DEMO_KEY_{i}, team: {team}, project: {project}, env: {env} }}\n"
+        ));
+    }
+    out
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Stops the child proxy even when the demo fails half-way.
+struct ProxyProcess(Child);
+
+impl ProxyProcess {
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        // SIGTERM: the proxy finishes in-flight requests and flushes the ledger.
+        let pid = i32::try_from(self.0.id()).context("pid")?;
+        // SAFETY: signalling a child process we spawned and have not yet reaped.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "could not signal the proxy: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("proxy did not stop within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let kept = data_dir.is_some();
+    let dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let config_path = dir.join("tollgate-demo.yaml");
+    std::fs::write(&config_path, config(port, admin, &dir.join("data")))?;
+
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["serve", "--config"]).arg(&config_path);
+    for (i, (key, ..)) in CALLERS.iter().enumerate() {
+        cmd.env(format!("TOLLGATE_DEMO_KEY_{i}"), key);
+    }
+    let log = std::fs::File::create(dir.join("tollgate-demo.log"))?;
+    let mut proxy = ProxyProcess(cmd.stdout(Stdio::null()).stderr(log).spawn()?);
+    println!("tollgate demo: proxy on 127.0.0.1:{port}, metrics on 127.0.0.1:{admin}/metrics");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Err(e) = rt.block_on(wait_ready(admin, &mut proxy)) {
+        let log = std::fs::read_to_string(dir.join("tollgate-demo.log")).unwrap_or_default();
+        bail!("{e}\n{log}");
+    }
+    let sent = rt.block_on(drive(port, requests))?;
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+            .await?
+            .text()
+            .await
+    })?;
+    proxy.terminate()?;
+
+    let records = ledger::read_all(&dir.join("data/ledger"))?;
+    println!(
+        "sent {sent} requests; the ledger holds {} records ({} streamed, {} with estimated usage)\n",
+        records.len(),
+        records.iter().filter(|r| r.stream).count(),
+        records
+            .iter()
+            .filter(|r| r.usage_source == crate::usage::UsageSource::Estimated)
+            .count(),
+    );
+    for by in [vec![Dim::Team, Dim::Project, Dim::Env], vec![Dim::Model]] {
+        let rows = report::aggregate(&records, &by);
+        println!("{}", report::render(&rows, &by, Format::Table));
+    }
+    let exported = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tollgate_requests_total") || l.starts_with("tollgate_cost_usd_total")
+        })
+        .count();
+    println!("Prometheus exposed {exported} request/cost series at the admin port.");
+    let ledger_note = if kept {
+        format!("ledger kept in {}", dir.join("data/ledger").display())
+    } else {
+        "pass --data-dir DIR to keep the ledger".to_string()
+    };
+    println!("Done in {:.1} s; {ledger_note}.", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn wait_ready(admin: u16, proxy: &mut ProxyProcess) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = proxy.0.try_wait()? {
+            bail!("the proxy exited ({status}):");
+        }
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("proxy did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `n` mixed requests, 16 at a time.
+async fn drive(port: u16, n: usize) -> anyhow::Result<usize> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let mut rng = StdRng::seed_from_u64(i as u64);
+            one_request(&client, port, &mut rng).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await?.is_ok() {
+            ok += 1;
+        }
+    }
+    Ok(ok)
+}
+
+fn pick_caller(rng: &mut StdRng) -> &'static str {
+    let total: u32 = CALLERS.iter().map(|c| c.4).sum();
+    let mut x = rng.random_range(0..total);
+    for c in CALLERS {
+        if x < c.4 {
+            return c.0;
+        }
+        x -= c.4;
+    }
+    CALLERS[0].0
+}
+
+async fn one_request(client: &reqwest::Client, port: u16, rng: &mut StdRng) -> anyhow::Result<()> {
+    let key = pick_caller(rng);
+    let feature = FEATURES[rng.random_range(0..FEATURES.len())];
+    let user = format!("user-{}", rng.random_range(1..=25));
+    let stream = rng.random_bool(0.5);
+    let output = rng.random_range(20..200).to_string();
+    let base = format!("http://127.0.0.1:{port}");
+    let prompt = format!(
+        "Request about topic {}. {}",
+        rng.random_range(0..1000),
+        "Context sentence. ".repeat(rng.random_range(5..120))
+    );
+    let kind = rng.random_range(0..100);
+    let req = if kind < 45 {
+        let model = OPENAI_MODELS[rng.random_range(0..OPENAI_MODELS.len())];
+        client.post(format!("{base}/v1/chat/completions")).bearer_auth(key).json(&json!({
+            "model": model, "stream": stream,
+            "messages": [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": prompt}]
+        }))
+    } else if kind < 85 {
+        let model = ANTHROPIC_MODELS[rng.random_range(0..ANTHROPIC_MODELS.len())];
+        client.post(format!("{base}/v1/messages")).header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01").json(&json!({
+            "model": model, "max_tokens": 1024, "stream": stream,
+            "system": [{"type": "text", "text": "Company handbook. ".repeat(200), "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": prompt}]
+        }))
+    } else if kind < 95 {
+        client
+            .post(format!("{base}/v1/embeddings"))
+            .bearer_auth(key)
+            .json(&json!({"model": EMBEDDING_MODEL, "input": [prompt]}))
+    } else {
+        // Some clients give up mid-stream; their calls are still metered.
+        let resp = client.post(format!("{base}/v1/chat/completions")).bearer_auth(key)
+            .header("x-tollgate-feature", feature).header("x-sim-output-tokens", "300")
+            .json(&json!({"model": OPENAI_MODELS[1], "stream": true, "messages": [{"role": "user", "content": prompt}]}))
+            .send().await?;
+        let mut resp = resp;
+        let _ = resp.chunk().await?;
+        return Ok(());
+    };
+    let resp = req
+        .header("x-tollgate-feature", feature)
+        .header("x-tollgate-user", user)
+        .header("x-sim-output-tokens", output)
+        .send()
+        .await?;
+    resp.bytes().await?;
+    Ok(())
+}

@@ -109,7 +109,12 @@ pub fn wire_error(
 /// The SSE event that tells a streaming client the upstream failed mid-stream, so the SDK
 /// raises instead of seeing a clean end.
 pub fn stream_error_event(format: ApiFormat, message: &str) -> Bytes {
-    let body = wire_error(format, ("upstream_error", "api_error"), "upstream_stream_error", message);
+    let body = wire_error(
+        format,
+        ("upstream_error", "api_error"),
+        "upstream_stream_error",
+        message,
+    );
     let mut out = Vec::with_capacity(body.len() + 32);
     out.extend_from_slice(b"event: error\ndata: ");
     out.extend_from_slice(&body);

@@ -9,11 +9,11 @@
 use crate::config::LedgerConfig;
 use crate::metrics::Metrics;
 use crate::record::Record;
+use arc_swap::ArcSwapOption;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use arc_swap::ArcSwapOption;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -147,7 +147,9 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<Record>> {
             }
             match serde_json::from_slice::<Record>(line) {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(segment = %path.display(), error = %e, "skipping unreadable ledger line"),
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "skipping unreadable ledger line")
+                }
             }
         }
     }
@@ -190,7 +192,11 @@ impl Writer {
                     }
                     Msg::Flush(done) => waiting.push(done),
                 }
-                next = if batch < MAX_BATCH { rx.try_recv().ok() } else { None };
+                next = if batch < MAX_BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
             if dirty {
                 self.sync();
@@ -216,7 +222,11 @@ impl Writer {
             }
         };
         line.push(b'\n');
-        if self.current.as_ref().is_some_and(|s| s.bytes + line.len() as u64 > self.max_bytes) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.bytes + line.len() as u64 > self.max_bytes)
+        {
             self.close_segment();
         }
         let seg = match self.segment() {
@@ -236,7 +246,10 @@ impl Writer {
         if self.current.is_none() {
             let path = self.dir.join(format!("{:012}{SEGMENT_SUFFIX}", self.seq));
             self.seq += 1;
-            let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
             // Make the new file's name durable too.
             File::open(&self.dir).and_then(|d| d.sync_all()).ok();
             self.current = Some(Segment {
@@ -250,7 +263,10 @@ impl Writer {
 
     fn sync(&mut self) {
         if let Some(seg) = self.current.as_mut() {
-            let res = seg.file.flush().and_then(|()| seg.file.get_ref().sync_data());
+            let res = seg
+                .file
+                .flush()
+                .and_then(|()| seg.file.get_ref().sync_data());
             if let Err(e) = res {
                 tracing::error!(error = %e, "ledger fsync failed");
             }
@@ -258,7 +274,11 @@ impl Writer {
     }
 
     fn rotate_if_old(&mut self) {
-        if self.current.as_ref().is_some_and(|s| s.opened.elapsed() >= self.max_age) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.opened.elapsed() >= self.max_age)
+        {
             self.close_segment();
         }
     }
@@ -309,7 +329,10 @@ mod tests {
     #[test]
     fn writes_rotates_and_reads_back_in_order() {
         let tmp = tempfile::tempdir().unwrap();
-        let cfg = LedgerConfig { segment_max_bytes: 2000, ..LedgerConfig::default() };
+        let cfg = LedgerConfig {
+            segment_max_bytes: 2000,
+            ..LedgerConfig::default()
+        };
         let ledger = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
         for i in 0..50 {
             ledger.submit(record(i));
@@ -317,7 +340,11 @@ mod tests {
         ledger.flush();
         let got = read_all(ledger.dir()).unwrap();
         assert_eq!(got.len(), 50);
-        assert!(got.iter().enumerate().all(|(i, r)| r.input_tokens == i as u64));
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, r)| r.input_tokens == i as u64)
+        );
         assert!(list_segments(ledger.dir()).unwrap().len() > 1);
         ledger.close();
         // A reopened ledger starts a new segment after the last one.
@@ -325,7 +352,10 @@ mod tests {
         let again = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
         again.submit(record(99));
         again.close();
-        assert_eq!(list_segments(&tmp.path().join("ledger")).unwrap().len(), before + 1);
+        assert_eq!(
+            list_segments(&tmp.path().join("ledger")).unwrap().len(),
+            before + 1
+        );
         assert_eq!(read_all(&tmp.path().join("ledger")).unwrap().len(), 51);
     }
 
@@ -343,7 +373,11 @@ mod tests {
     fn skips_a_torn_last_line() {
         let tmp = tempfile::tempdir().unwrap();
         let line = serde_json::to_string(&record(1)).unwrap();
-        std::fs::write(tmp.path().join("000000000001.jsonl"), format!("{line}\n{}", &line[..20])).unwrap();
+        std::fs::write(
+            tmp.path().join("000000000001.jsonl"),
+            format!("{line}\n{}", &line[..20]),
+        )
+        .unwrap();
         assert_eq!(read_all(tmp.path()).unwrap().len(), 1);
     }
 }

@@ -33,6 +33,18 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Run only the simulated provider (an OpenAI/Anthropic wire-format upstream), for
+    /// benchmarks and trying clients.
+    SimProvider {
+        #[arg(long, default_value = "127.0.0.1:4100")]
+        listen: std::net::SocketAddr,
+        /// Delay before the first byte of each response, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        first_token_delay_ms: u64,
+        /// Delay between streamed tokens, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        token_interval_ms: u64,
+    },
     /// Price tables.
     Prices {
         #[command(subcommand)]
@@ -62,7 +74,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -116,7 +130,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tollgate::demo::run(requests, data_dir)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prices { command: PricesCommand::Import { file, effective_from, providers, output } } => {
+        Command::SimProvider {
+            listen,
+            first_token_delay_ms,
+            token_interval_ms,
+        } => {
+            init_logging(LogFormat::Text, None);
+            let sim = tollgate::sim::SimProvider::new(tollgate::sim::SimOptions {
+                first_token_delay: std::time::Duration::from_millis(first_token_delay_ms),
+                token_interval: std::time::Duration::from_millis(token_interval_ms),
+            });
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                eprintln!("simulated provider on http://{listen}");
+                sim.serve(listener, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prices {
+            command:
+                PricesCommand::Import {
+                    file,
+                    effective_from,
+                    providers,
+                    output,
+                },
+        } => {
             let json = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let date = effective_from.unwrap_or_else(|| chrono::Utc::now().date_naive());

@@ -32,7 +32,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tollgate_requests_total", "Client requests, by outcome status"),
+            Opts::new(
+                "tollgate_requests_total",
+                "Client requests, by outcome status",
+            ),
             &["team", "project", "env", "model", "provider", "status"],
         )
         .expect("valid metric");
@@ -144,7 +147,9 @@ impl Metrics {
             .with_label_values(&[&r.provider, &r.endpoint])
             .observe(r.latency_ms as f64 / 1000.0);
         if let Some(t) = r.ttfb_ms {
-            self.ttfb.with_label_values(&[&r.provider]).observe(t as f64 / 1000.0);
+            self.ttfb
+                .with_label_values(&[&r.provider])
+                .observe(t as f64 / 1000.0);
         }
     }
 

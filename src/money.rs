@@ -31,7 +31,11 @@ impl NanoUsd {
         {
             return None;
         }
-        let int: i64 = if int_part.is_empty() { 0 } else { int_part.parse().ok()? };
+        let int: i64 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().ok()?
+        };
         let mut frac: i64 = 0;
         for (i, b) in frac_part.bytes().take(9).enumerate() {
             frac += i64::from(b - b'0') * 10_i64.pow(8 - i as u32);
@@ -129,6 +133,9 @@ mod tests {
         assert_eq!(NanoUsd::per_million(3, NanoUsd(150_000_000)), NanoUsd(450));
         // 1 token at $0.0000005/M = 0.0005 nano -> 0
         assert_eq!(NanoUsd::per_million(1, NanoUsd(500)), NanoUsd(0));
-        assert_eq!(NanoUsd::per_million(1_000_000, NanoUsd(2_500_000_000)), NanoUsd(2_500_000_000));
+        assert_eq!(
+            NanoUsd::per_million(1_000_000, NanoUsd(2_500_000_000)),
+            NanoUsd(2_500_000_000)
+        );
     }
 }

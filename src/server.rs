@@ -1,8 +1,8 @@
 //! Assembling and running the server: proxy, admin listener, simulated providers, ledger.
 
 use crate::admin::{self, AxumService};
-use crate::config::validate::{ProviderKind, UpstreamAddr};
 use crate::config::Validated;
+use crate::config::validate::{ProviderKind, UpstreamAddr};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
@@ -33,9 +33,13 @@ pub fn serve(cfg: Validated) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    for provider in cfg.providers.values().filter(|p| p.kind == ProviderKind::Simulated) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("binding the simulated provider")?;
+    for provider in cfg
+        .providers
+        .values()
+        .filter(|p| p.kind == ProviderKind::Simulated)
+    {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the simulated provider")?;
         let port = listener.local_addr()?.port();
         provider.set_upstream(UpstreamAddr {
             tls: false,
@@ -58,7 +62,11 @@ pub fn serve(cfg: Validated) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin listener on {}", cfg.admin_listen))?;
     server.add_service(background_service(
         "admin",
-        AxumService::new("admin", admin_listener, admin::router(metrics.clone(), ledger.clone())),
+        AxumService::new(
+            "admin",
+            admin_listener,
+            admin::router(metrics.clone(), ledger.clone()),
+        ),
     ));
 
     let listen = cfg.listen.to_string();

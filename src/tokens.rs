@@ -17,7 +17,11 @@ impl Encoding {
     /// o200k for the GPT-4o / o-series / GPT-4.1 / GPT-5 families, cl100k for everything else
     /// (older OpenAI models, and as the closest public table for Anthropic and open models).
     pub fn for_model(model: &str) -> Encoding {
-        let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
+        let m = model
+            .rsplit('/')
+            .next()
+            .unwrap_or(model)
+            .to_ascii_lowercase();
         let o200k = m.starts_with("gpt-4o")
             || m.starts_with("gpt-4.1")
             || m.starts_with("gpt-4.5")
@@ -25,7 +29,11 @@ impl Encoding {
             || m.starts_with("chatgpt-4o")
             || m.starts_with("gpt-oss")
             || (m.starts_with('o') && m.as_bytes().get(1).is_some_and(u8::is_ascii_digit));
-        if o200k { Encoding::O200k } else { Encoding::Cl100k }
+        if o200k {
+            Encoding::O200k
+        } else {
+            Encoding::Cl100k
+        }
     }
 
     pub fn bpe(self) -> &'static CoreBPE {

@@ -1,8 +1,8 @@
 //! Reading `tollgate.yaml`: syntax and type errors come from the YAML parser with their
 //! position; everything else is left to [`super::validate`].
 
-use super::validate::{self, Validated};
 use super::RawConfig;
+use super::validate::{self, Validated};
 use serde_saphyr::Location;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,16 @@ impl Problem {
         }
     }
 
+    /// A problem already printed with its own position (from a file this one names).
+    pub fn located_elsewhere(message: impl Into<String>) -> Problem {
+        Problem {
+            file: PathBuf::new(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
+    }
+
     /// A problem with the file as a whole (unreadable, missing).
     pub fn whole(file: &Path, message: impl Into<String>) -> Problem {
         Problem {
@@ -39,7 +49,9 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
+        if self.file.as_os_str().is_empty() {
+            write!(f, "{}", self.message)
+        } else if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
             write!(

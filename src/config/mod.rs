@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use load::{load, ConfigError, Problem};
+pub use load::{ConfigError, Problem, load};
 pub use validate::{ProviderKind, Validated};
 
 /// The top level of `tollgate.yaml`.

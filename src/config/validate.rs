@@ -75,7 +75,9 @@ pub struct UpstreamAddr {
 
 impl UpstreamAddr {
     pub fn parse(url: &str) -> Result<UpstreamAddr, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -95,7 +97,12 @@ impl UpstreamAddr {
                 "base_url {url:?} should not end in /v1: clients' paths already start with /v1"
             ));
         }
-        Ok(UpstreamAddr { tls, host, port, path_prefix })
+        Ok(UpstreamAddr {
+            tls,
+            host,
+            port,
+            path_prefix,
+        })
     }
 }
 
@@ -183,7 +190,13 @@ pub fn validate(
     let mut bad = |loc: &serde_saphyr::Location, msg: String| {
         problems.push(Problem::at(file, loc, msg));
     };
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
 
     let listen = parse_addr(&raw.listen).unwrap_or_else(|e| {
         problems_push_whole(&mut bad, format!("listen: {e}"));
@@ -235,7 +248,10 @@ pub fn validate(
             (Some(h), None) => match crate::auth::parse_sha256_hex(&h.value) {
                 Some(h) => Some(h),
                 None => {
-                    bad(&h.referenced, format!("key {:?}: sha256 must be 64 hex digits", kc.name));
+                    bad(
+                        &h.referenced,
+                        format!("key {:?}: sha256 must be 64 hex digits", kc.name),
+                    );
                     None
                 }
             },
@@ -244,13 +260,19 @@ pub fn validate(
                 _ => {
                     bad(
                         &var.referenced,
-                        format!("key {:?}: environment variable {} is not set", kc.name, var.value),
+                        format!(
+                            "key {:?}: environment variable {} is not set",
+                            kc.name, var.value
+                        ),
                     );
                     None
                 }
             },
             _ => {
-                bad(&k.referenced, format!("key {:?}: set exactly one of sha256 and key_env", kc.name));
+                bad(
+                    &k.referenced,
+                    format!("key {:?}: set exactly one of sha256 and key_env", kc.name),
+                );
                 None
             }
         };
@@ -266,14 +288,21 @@ pub fn validate(
         }
     }
 
-    let mut prices = if raw.builtin_prices { PriceBook::builtin() } else { PriceBook::default() };
+    let mut price_problems = Vec::new();
+    let mut prices = if raw.builtin_prices {
+        PriceBook::builtin()
+    } else {
+        PriceBook::default()
+    };
     for p in &raw.prices {
         match PriceBook::load(&resolve(&p.value)) {
             Ok(book) => prices.merge(book),
             Err(errs) => {
-                for e in errs {
-                    bad(&p.referenced, format!("price file {}: {e}", p.value.display()));
-                }
+                // Price errors carry their own file and position.
+                price_problems.extend(
+                    errs.iter()
+                        .map(|e| Problem::located_elsewhere(e.to_string())),
+                );
             }
         }
     }
@@ -285,6 +314,7 @@ pub fn validate(
         problems_push_whole(&mut bad, "ledger.queue_capacity must be above 0".into());
     }
     drop(bad);
+    problems.extend(price_problems);
     if !problems.is_empty() {
         return Err(ConfigError(problems));
     }
@@ -310,7 +340,8 @@ fn problems_push_whole(bad: &mut impl FnMut(&serde_saphyr::Location, String), ms
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|e| format!("{s:?} is not an IP:port address ({e})"))
+    s.parse()
+        .map_err(|e| format!("{s:?} is not an IP:port address ({e})"))
 }
 
 fn provider(
@@ -333,7 +364,10 @@ fn provider(
     };
     let upstream = match (&p.base_url, kind) {
         (Some(url), ProviderKind::Simulated) => {
-            bad(&url.referenced, format!("provider {name:?}: a simulated provider has no base_url"));
+            bad(
+                &url.referenced,
+                format!("provider {name:?}: a simulated provider has no base_url"),
+            );
             None
         }
         (Some(url), _) => match UpstreamAddr::parse(&url.value) {
@@ -348,7 +382,10 @@ fn provider(
             Some(UpstreamAddr::parse("https://api.anthropic.com").ok()?)
         }
         (None, ProviderKind::OpenAiCompatible) => {
-            bad(&spanned.referenced, format!("provider {name:?}: openai_compatible needs a base_url"));
+            bad(
+                &spanned.referenced,
+                format!("provider {name:?}: openai_compatible needs a base_url"),
+            );
             return None;
         }
         (None, ProviderKind::Simulated) => None,
@@ -359,7 +396,10 @@ fn provider(
             _ => {
                 bad(
                     &var.referenced,
-                    format!("provider {name:?}: environment variable {} is not set", var.value),
+                    format!(
+                        "provider {name:?}: environment variable {} is not set",
+                        var.value
+                    ),
                 );
                 return None;
             }
@@ -370,11 +410,23 @@ fn provider(
         Some(path) => match std::fs::read(resolve(&path.value)) {
             Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Some(pem),
             Ok(_) => {
-                bad(&path.referenced, format!("provider {name:?}: {} holds no PEM certificate", path.value.display()));
+                bad(
+                    &path.referenced,
+                    format!(
+                        "provider {name:?}: {} holds no PEM certificate",
+                        path.value.display()
+                    ),
+                );
                 return None;
             }
             Err(e) => {
-                bad(&path.referenced, format!("provider {name:?}: cannot read {}: {e}", path.value.display()));
+                bad(
+                    &path.referenced,
+                    format!(
+                        "provider {name:?}: cannot read {}: {e}",
+                        path.value.display()
+                    ),
+                );
                 return None;
             }
         },

@@ -40,7 +40,11 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) => return Err(ProxyError::BadRequest(format!("could not read request body: {e}"))),
+            Err(e) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "could not read request body: {e}"
+                )));
+            }
         }
     }
     Ok(buf.freeze())

@@ -10,12 +10,18 @@ pub async fn run(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fail
     // A response already under way cannot be replaced: dropping the connection without a
     // clean end of body is how the client learns it was cut short.
     if ctx.response_started {
-        return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
     }
     let err = ProxyError::Internal(e.etype().as_str().to_string());
     let status = err.status();
     ctx.status = status;
     ctx.error.get_or_insert_with(|| err.label().to_string());
     let _ = super::request_filter::write_error(session, ctx, &err).await;
-    FailToProxy { error_code: status, can_reuse_downstream: false }
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream: false,
+    }
 }

@@ -65,7 +65,10 @@ impl ProxyHttp for Tollgate {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(ErrorType::InternalError, "requests are answered in request_filter"))
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "requests are answered in request_filter",
+        ))
     }
 
     async fn fail_to_proxy(

@@ -2,14 +2,14 @@
 //! meter it on the way, and settle its usage.
 
 use super::request_filter::Outcome;
-use super::{upstream, RequestCtx, Tollgate};
+use super::{RequestCtx, Tollgate, upstream};
 use crate::api::Endpoint;
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::config::validate::Provider;
-use crate::error::{stream_error_event, ProxyError};
+use crate::error::{ProxyError, stream_error_event};
 use crate::tokens::Encoding;
-use crate::usage::meter::{settle, Meter};
-use crate::usage::{estimate, UsageSource};
+use crate::usage::meter::{Meter, settle};
+use crate::usage::{UsageSource, estimate};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -68,7 +68,12 @@ pub async fn run(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut meter = Meter::new(ctx.format, ex.endpoint, is_sse, ex.strip_usage_chunk && is_sse);
+    let mut meter = Meter::new(
+        ctx.format,
+        ex.endpoint,
+        is_sse,
+        ex.strip_usage_chunk && is_sse,
+    );
 
     let resp = client_response_header(&up_resp, ctx, meter.rewrites())
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
@@ -88,7 +93,9 @@ pub async fn run(
                 ctx.error = Some("client_disconnected".into());
             }
             if up.response_done() {
-                tg.connector.release_http_session(up, &peer, peer.options.idle_timeout).await;
+                tg.connector
+                    .release_http_session(up, &peer, peer.options.idle_timeout)
+                    .await;
             }
         }
         PumpEnd::ClientGone => {
@@ -123,7 +130,10 @@ pub async fn run(
 }
 
 fn upstream_err(provider: &Provider, reason: impl Into<String>) -> ProxyError {
-    ProxyError::Upstream { provider: provider.name.clone(), reason: reason.into() }
+    ProxyError::Upstream {
+        provider: provider.name.clone(),
+        reason: reason.into(),
+    }
 }
 
 /// Connects and sends the request; a pooled connection that turns out dead is retried once

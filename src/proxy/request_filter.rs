@@ -2,7 +2,7 @@
 //! the answer back. Every request is answered here; nothing falls through to pingora's
 //! own upstream path.
 
-use super::{body, relay, upstream, RequestCtx, Tollgate};
+use super::{RequestCtx, Tollgate, body, relay, upstream};
 use crate::api::{ApiFormat, Endpoint};
 use crate::attribution::{Attribution, REQUEST_ID_HEADER};
 use crate::auth::presented_key;
@@ -14,7 +14,6 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use std::borrow::Cow;
-
 
 pub async fn run(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     ctx.request_id = request_id(session);
@@ -99,7 +98,8 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
     let body = body::read(session, cfg.max_body_bytes).await?;
     let is_post = session.req_header().method == http::Method::POST;
     let (provider, request) = if endpoint.has_model() && is_post {
-        let peek: Peek = serde_json::from_slice(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+        let peek: Peek =
+            serde_json::from_slice(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
         let model = peek
             .model
             .as_deref()
@@ -114,11 +114,18 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
             return Err(ProxyError::BadRequest(format!(
                 "model `{model}` is served by provider `{}`, which does not speak the {} API",
                 route.provider.name,
-                if ctx.format == ApiFormat::Anthropic { "Anthropic Messages" } else { "OpenAI" }
+                if ctx.format == ApiFormat::Anthropic {
+                    "Anthropic Messages"
+                } else {
+                    "OpenAI"
+                }
             ))
             .into());
         }
-        ctx.upstream_model = route.upstream_model.clone().unwrap_or_else(|| model.to_string());
+        ctx.upstream_model = route
+            .upstream_model
+            .clone()
+            .unwrap_or_else(|| model.to_string());
         ctx.stream = peek.stream.unwrap_or(false);
         let include_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage);
         let prepared = prepare_body(
@@ -137,7 +144,13 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
             .find(|p| p.kind.speaks(ctx.format))
             .cloned()
             .ok_or_else(|| ProxyError::NotFound(ctx.endpoint.clone()))?;
-        (provider, Prepared { body, strip_usage_chunk: false })
+        (
+            provider,
+            Prepared {
+                body,
+                strip_usage_chunk: false,
+            },
+        )
     };
     ctx.provider = provider.name.clone();
 
@@ -192,18 +205,25 @@ fn prepare_body(
         && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
         && include_usage != Some(true);
     if rename.is_none() && !wants_usage_injection {
-        return Ok(Prepared { body: body.clone(), strip_usage_chunk: false });
+        return Ok(Prepared {
+            body: body.clone(),
+            strip_usage_chunk: false,
+        });
     }
     if rename.is_none() && !has_stream_options {
         // Cheap path for large prompts: add the member right after the opening brace.
-        let start = body.iter().position(|b| *b == b'{').ok_or_else(|| {
-            ProxyError::BadJson("expected a JSON object".into())
-        })?;
+        let start = body
+            .iter()
+            .position(|b| *b == b'{')
+            .ok_or_else(|| ProxyError::BadJson("expected a JSON object".into()))?;
         let mut out = Vec::with_capacity(body.len() + 40);
         out.extend_from_slice(&body[..=start]);
         out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
         out.extend_from_slice(&body[start + 1..]);
-        return Ok(Prepared { body: out.into(), strip_usage_chunk: true });
+        return Ok(Prepared {
+            body: out.into(),
+            strip_usage_chunk: true,
+        });
     }
     let mut v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
@@ -223,7 +243,10 @@ fn prepare_body(
         opts["include_usage"] = true.into();
     }
     let out = serde_json::to_vec(&v).map_err(|e| ProxyError::Internal(e.to_string()))?;
-    Ok(Prepared { body: out.into(), strip_usage_chunk: wants_usage_injection })
+    Ok(Prepared {
+        body: out.into(),
+        strip_usage_chunk: wants_usage_injection,
+    })
 }
 
 /// Writes an error response in the client's wire format.
@@ -239,4 +262,3 @@ pub async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ProxyErr
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
-

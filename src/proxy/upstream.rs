@@ -50,9 +50,13 @@ pub async fn peer(
     provider: &Provider,
     addr: &UpstreamAddr,
 ) -> Result<HttpPeer, ProxyError> {
-    let sock = resolver.resolve(&addr.host, addr.port).await.map_err(|reason| {
-        ProxyError::Upstream { provider: provider.name.clone(), reason }
-    })?;
+    let sock = resolver
+        .resolve(&addr.host, addr.port)
+        .await
+        .map_err(|reason| ProxyError::Upstream {
+            provider: provider.name.clone(),
+            reason,
+        })?;
     let mut peer = HttpPeer::new(sock, addr.tls, addr.host.clone());
     peer.options.connection_timeout = Some(provider.connect_timeout);
     peer.options.read_timeout = Some(provider.read_timeout);
@@ -107,14 +111,19 @@ pub fn request_header(
 ) -> Result<RequestHeader, ProxyError> {
     let path_and_query = client.uri.path_and_query().map_or("/", |p| p.as_str());
     let path = format!("{}{}", addr.path_prefix, path_and_query);
-    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 3))
-        .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
+    let mut req = RequestHeader::build(
+        client.method.clone(),
+        path.as_bytes(),
+        Some(client.headers.len() + 3),
+    )
+    .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
     let internal = |e: pingora::BError| ProxyError::Internal(format!("upstream header: {e}"));
     for (name, value) in client.headers.iter() {
         let keep_client_auth = matches!(credential, Credential::Client)
             && (name == http::header::AUTHORIZATION || name.as_str() == "x-api-key");
         if keep_client_auth || !is_dropped_request_header(name.as_str()) {
-            req.append_header(name.clone(), value.clone()).map_err(internal)?;
+            req.append_header(name.clone(), value.clone())
+                .map_err(internal)?;
         }
     }
     let host = if (addr.tls && addr.port == 443) || (!addr.tls && addr.port == 80) {
@@ -122,8 +131,10 @@ pub fn request_header(
     } else {
         format!("{}:{}", addr.host, addr.port)
     };
-    req.insert_header(http::header::HOST, host).map_err(internal)?;
-    req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).map_err(internal)?;
+    req.insert_header(http::header::HOST, host)
+        .map_err(internal)?;
+    req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
+        .map_err(internal)?;
     if let Credential::Provider(key) = credential {
         let anthropic_style = match provider.kind {
             ProviderKind::Anthropic => true,

@@ -77,8 +77,12 @@ pub fn observe_event(ev: &SseEvent, obs: &mut Observed) {
         "message_delta" => observe_usage(&v["usage"], obs),
         "message_stop" => obs.finished = true,
         "error" => {
-            obs.upstream_error =
-                Some(v["error"]["message"].as_str().unwrap_or("stream error").to_string());
+            obs.upstream_error = Some(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("stream error")
+                    .to_string(),
+            );
         }
         _ => {}
     }
@@ -90,7 +94,11 @@ mod tests {
     use serde_json::json;
 
     fn ev(v: Value) -> SseEvent {
-        SseEvent { raw: vec![], event: None, data: v.to_string() }
+        SseEvent {
+            raw: vec![],
+            event: None,
+            data: v.to_string(),
+        }
     }
 
     #[test]
@@ -111,12 +119,23 @@ mod tests {
     #[test]
     fn stream_takes_final_cumulative_output() {
         let mut obs = Observed::default();
-        observe_event(&ev(json!({"type":"message_start","message":{"model":"claude-x",
-            "usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":1}}})), &mut obs);
+        observe_event(
+            &ev(json!({"type":"message_start","message":{"model":"claude-x",
+            "usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":1}}})),
+            &mut obs,
+        );
         assert_eq!(obs.output_tokens, None);
-        observe_event(&ev(json!({"type":"content_block_delta","delta":{"type":"text_delta","text":"yo"}})), &mut obs);
-        observe_event(&ev(json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},
-            "usage":{"output_tokens":42}})), &mut obs);
+        observe_event(
+            &ev(json!({"type":"content_block_delta","delta":{"type":"text_delta","text":"yo"}})),
+            &mut obs,
+        );
+        observe_event(
+            &ev(
+                json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},
+            "usage":{"output_tokens":42}}),
+            ),
+            &mut obs,
+        );
         observe_event(&ev(json!({"type":"message_stop"})), &mut obs);
         assert_eq!(obs.input_tokens, Some(15));
         assert_eq!(obs.output_tokens, Some(42));
@@ -128,7 +147,10 @@ mod tests {
     fn later_usage_with_all_fields_is_not_added_twice() {
         let mut obs = Observed::default();
         let usage = json!({"input_tokens":10,"cache_read_input_tokens":5,"cache_creation_input_tokens":2,"output_tokens":7});
-        observe_event(&ev(json!({"type":"message_start","message":{"usage":usage}})), &mut obs);
+        observe_event(
+            &ev(json!({"type":"message_start","message":{"usage":usage}})),
+            &mut obs,
+        );
         observe_event(&ev(json!({"type":"message_delta","usage":usage})), &mut obs);
         assert_eq!(obs.input_tokens, Some(17));
     }

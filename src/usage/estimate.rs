@@ -147,9 +147,11 @@ impl Counter {
                             self.json(&b["input"]);
                         }
                         Some("tool_result") => self.anthropic_content(&b["content"]),
-                        Some("document") => self.text(b["source"]["data"].as_str().filter(|_| {
-                            b["source"]["type"].as_str() == Some("text")
-                        })),
+                        Some("document") => self.text(
+                            b["source"]["data"]
+                                .as_str()
+                                .filter(|_| b["source"]["type"].as_str() == Some("text")),
+                        ),
                         _ => self.text(b["text"].as_str()),
                     }
                 }
@@ -177,11 +179,19 @@ mod tests {
     #[test]
     fn tool_definitions_are_counted() {
         let msgs = json!([{"role":"user","content":"hi"}]);
-        let without = input_tokens(Endpoint::ChatCompletions, &json!({"messages": msgs}), Encoding::O200k);
+        let without = input_tokens(
+            Endpoint::ChatCompletions,
+            &json!({"messages": msgs}),
+            Encoding::O200k,
+        );
         let tools = json!([{"type":"function","function":{"name":"lookup_order",
             "description":"Find an order by id and return its full shipping history",
             "parameters":{"type":"object","properties":{"order_id":{"type":"string"}}}}}]);
-        let with = input_tokens(Endpoint::ChatCompletions, &json!({"messages": msgs, "tools": tools}), Encoding::O200k);
+        let with = input_tokens(
+            Endpoint::ChatCompletions,
+            &json!({"messages": msgs, "tools": tools}),
+            Encoding::O200k,
+        );
         assert!(with > without + 20, "{with} vs {without}");
     }
 

@@ -1,6 +1,6 @@
 //! Follows one upstream response, streamed or not, and works out its usage.
 
-use super::{anthropic, openai, sse::SseBuffer, sse::SseEvent, Usage, UsageSource};
+use super::{Usage, UsageSource, anthropic, openai, sse::SseBuffer, sse::SseEvent};
 use crate::api::{ApiFormat, Endpoint};
 
 /// Output text kept for estimation is capped; past it the estimate is scaled by bytes.
@@ -47,7 +47,12 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn new(format: ApiFormat, endpoint: Endpoint, stream: bool, strip_usage_chunk: bool) -> Meter {
+    pub fn new(
+        format: ApiFormat,
+        endpoint: Endpoint,
+        stream: bool,
+        strip_usage_chunk: bool,
+    ) -> Meter {
         Meter {
             format,
             endpoint,
@@ -94,7 +99,11 @@ impl Meter {
 
     /// Bytes held back by a rewriting stream when the body ends.
     pub fn take_unforwarded(&mut self) -> Vec<u8> {
-        if self.rewrites() { self.sse.take_rest() } else { Vec::new() }
+        if self.rewrites() {
+            self.sse.take_rest()
+        } else {
+            Vec::new()
+        }
     }
 
     fn observe_event(&mut self, ev: &SseEvent) -> bool {
@@ -191,14 +200,23 @@ mod tests {
         assert!(!out.contains("prompt_tokens"));
         assert!(out.contains("hello there") && out.ends_with("data: [DONE]\n\n"));
         let (u, src) = settle(&m.observed, || unreachable!(), Encoding::O200k);
-        assert_eq!((u.input_tokens, u.output_tokens, src), (9, 2, UsageSource::Reported));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, src),
+            (9, 2, UsageSource::Reported)
+        );
     }
 
     #[test]
     fn estimates_missing_output_from_streamed_text() {
         let mut m = Meter::new(ApiFormat::OpenAi, Endpoint::ChatCompletions, true, false);
-        assert!(m.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n").is_none());
+        assert!(
+            m.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n")
+                .is_none()
+        );
         let (u, src) = settle(&m.observed, || 7, Encoding::O200k);
-        assert_eq!((u.input_tokens, u.output_tokens, src), (7, 2, UsageSource::Estimated));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, src),
+            (7, 2, UsageSource::Estimated)
+        );
     }
 }

@@ -18,8 +18,7 @@ fn observe_usage(usage: &Value, obs: &mut Observed) {
     // Embeddings report no completion tokens: that is a true zero.
     obs.output_tokens = u(&usage["completion_tokens"]).or(Some(0));
     obs.cached_input_tokens = u(&usage["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0);
-    obs.reasoning_tokens =
-        u(&usage["completion_tokens_details"]["reasoning_tokens"]).unwrap_or(0);
+    obs.reasoning_tokens = u(&usage["completion_tokens_details"]["reasoning_tokens"]).unwrap_or(0);
 }
 
 /// Responses API `usage` object.
@@ -104,7 +103,12 @@ pub fn observe_event(endpoint: Endpoint, ev: &SseEvent, obs: &mut Observed) -> b
         return false;
     };
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-        obs.upstream_error = Some(err["message"].as_str().unwrap_or("stream error").to_string());
+        obs.upstream_error = Some(
+            err["message"]
+                .as_str()
+                .unwrap_or("stream error")
+                .to_string(),
+        );
         return false;
     }
     match endpoint {
@@ -167,7 +171,11 @@ mod tests {
     use serde_json::json;
 
     fn ev(data: &str) -> SseEvent {
-        SseEvent { raw: vec![], event: None, data: data.into() }
+        SseEvent {
+            raw: vec![],
+            event: None,
+            data: data.into(),
+        }
     }
 
     #[test]
@@ -189,11 +197,25 @@ mod tests {
     #[test]
     fn flags_only_the_usage_chunk() {
         let mut obs = Observed::default();
-        let content = r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}"#;
-        let usage = r#"{"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
-        assert!(!observe_event(Endpoint::ChatCompletions, &ev(content), &mut obs));
-        assert!(observe_event(Endpoint::ChatCompletions, &ev(usage), &mut obs));
-        assert!(!observe_event(Endpoint::ChatCompletions, &ev("[DONE]"), &mut obs));
+        let content =
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}"#;
+        let usage =
+            r#"{"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1}}"#;
+        assert!(!observe_event(
+            Endpoint::ChatCompletions,
+            &ev(content),
+            &mut obs
+        ));
+        assert!(observe_event(
+            Endpoint::ChatCompletions,
+            &ev(usage),
+            &mut obs
+        ));
+        assert!(!observe_event(
+            Endpoint::ChatCompletions,
+            &ev("[DONE]"),
+            &mut obs
+        ));
         assert_eq!((obs.input_tokens, obs.output_tokens), (Some(5), Some(1)));
         assert!(obs.finished);
     }
@@ -205,6 +227,9 @@ mod tests {
             "input_tokens":10,"input_tokens_details":{"cached_tokens":0},
             "output_tokens":50,"output_tokens_details":{"reasoning_tokens":40}}}});
         observe_event(Endpoint::Responses, &ev(&done.to_string()), &mut obs);
-        assert_eq!((obs.input_tokens, obs.output_tokens, obs.reasoning_tokens), (Some(10), Some(50), 40));
+        assert_eq!(
+            (obs.input_tokens, obs.output_tokens, obs.reasoning_tokens),
+            (Some(10), Some(50), 40)
+        );
     }
 }

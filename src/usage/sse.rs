@@ -49,7 +49,11 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
     while i < buf.len() {
         let b = buf[i];
         if b == b'\n' || b == b'\r' {
-            let after_first = if b == b'\r' && buf.get(i + 1) == Some(&b'\n') { i + 2 } else { i + 1 };
+            let after_first = if b == b'\r' && buf.get(i + 1) == Some(&b'\n') {
+                i + 2
+            } else {
+                i + 1
+            };
             match buf.get(after_first) {
                 Some(b'\n') => return Some(after_first + 1),
                 Some(b'\r') => {

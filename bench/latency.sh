@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Added latency and CPU per request of Tollgate against a direct call to the same upstream,
+# measured in one run on this machine. The upstream is the simulated provider with no
+# artificial delay, so the difference between the two runs is the proxy's cost.
+#
+#   bench/latency.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DURATION=${1:-15}
+CONNS=${2:-16}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked --quiet
+BIN=target/release/tollgate
+OUT=bench/out
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SIM=$(port); PROXY=$(port); ADMIN=$(port)
+cat > "$OUT/bench.yaml" <<YAML
+listen: 127.0.0.1:$PROXY
+admin_listen: 127.0.0.1:$ADMIN
+data_dir: $OUT/data
+log: { level: warn }
+server: { threads: 1, grace_period_secs: 0 }
+providers:
+  upstream: { kind: openai_compatible, base_url: "http://127.0.0.1:$SIM", api_key_env: BENCH_UPSTREAM_KEY }
+models:
+  gpt-4o-mini: { provider: upstream }
+keys:
+  - { name: bench, key_env: BENCH_KEY, team: bench }
+YAML
+export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
+"$BIN" sim-provider --listen "127.0.0.1:$SIM" 2>"$OUT/sim.log" & SIM_PID=$!
+"$BIN" serve --config "$OUT/bench.yaml" 2>"$OUT/proxy.log" & PROXY_PID=$!
+trap 'kill $SIM_PID $PROXY_PID 2>/dev/null; wait 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run() { # name url
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s bench/chat.lua "$2" > "$OUT/$1.txt"
+}
+# Warm both paths (tokenizer tables, pooled connections).
+wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$SIM" >/dev/null
+wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$PROXY" >/dev/null
+
+run direct "http://127.0.0.1:$SIM"
+before=$(cpu_ticks $PROXY_PID)
+run proxied "http://127.0.0.1:$PROXY"
+after=$(cpu_ticks $PROXY_PID)
+
+pct() { awk -v p="$2" '$1==p {print $2}' "$OUT/$1.txt"; }
+reqs() { awk '/requests in/ {print $1}' "$OUT/$1.txt"; }
+rps() { awk '/Requests\/sec/ {print $2}' "$OUT/$1.txt"; }
+to_us() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); f={'us':1,'ms':1e3,'s':1e6}[m[2]]; print(round(float(m[1])*f,1))" "$1"; }
+HZ=$(getconf CLK_TCK)
+PROXIED_REQS=$(reqs proxied)
+CPU_US=$(python3 -c "print(round(($after-$before)/$HZ*1e6/$PROXIED_REQS,1))")
+ERRS=$(grep -c '"status":200' "$OUT"/data/ledger/*.jsonl | awk -F: '{s+=$2} END {print s}')
+
+printf '%-8s %10s %10s %10s %10s\n' path p50_us p90_us p99_us req_per_s
+for name in direct proxied; do
+    printf '%-8s %10s %10s %10s %10s\n' $name "$(to_us "$(pct $name 50%)")" "$(to_us "$(pct $name 90%)")" "$(to_us "$(pct $name 99%)")" "$(rps $name)"
+done
+python3 - "$(to_us "$(pct direct 50%)")" "$(to_us "$(pct proxied 50%)")" "$(to_us "$(pct direct 99%)")" "$(to_us "$(pct proxied 99%)")" <<'PY'
+import sys
+d50, p50, d99, p99 = map(float, sys.argv[1:])
+print(f"latency ratio proxied/direct: p50 {p50/d50:.2f}x, p99 {p99/d99:.2f}x; added p50 {p50-d50:.0f} us")
+PY
+echo "proxy CPU per request: ${CPU_US} us (user+system, over $PROXIED_REQS requests)"
+echo "records written with status 200: $ERRS"

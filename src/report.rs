@@ -1,0 +1,321 @@
+//! Spend reports: records grouped by attribution dimensions, rendered as a table, JSON or CSV.
+
+use crate::money::NanoUsd;
+use crate::record::Record;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    Team,
+    Project,
+    Env,
+    Model,
+    Provider,
+    User,
+    Feature,
+    Workflow,
+    Key,
+}
+
+impl Dim {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Team => "team",
+            Dim::Project => "project",
+            Dim::Env => "env",
+            Dim::Model => "model",
+            Dim::Provider => "provider",
+            Dim::User => "user",
+            Dim::Feature => "feature",
+            Dim::Workflow => "workflow_id",
+            Dim::Key => "key_name",
+        }
+    }
+
+    fn of(self, r: &Record) -> &str {
+        match self {
+            Dim::Team => &r.team,
+            Dim::Project => &r.project,
+            Dim::Env => &r.env,
+            Dim::Model => &r.model,
+            Dim::Provider => &r.provider,
+            Dim::User => &r.user,
+            Dim::Feature => &r.feature,
+            Dim::Workflow => &r.workflow_id,
+            Dim::Key => &r.key_name,
+        }
+    }
+}
+
+impl FromStr for Dim {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dim, String> {
+        Ok(match s.trim() {
+            "team" => Dim::Team,
+            "project" => Dim::Project,
+            "env" => Dim::Env,
+            "model" => Dim::Model,
+            "provider" => Dim::Provider,
+            "user" => Dim::User,
+            "feature" => Dim::Feature,
+            "workflow" | "workflow_id" => Dim::Workflow,
+            "key" | "key_name" => Dim::Key,
+            other => return Err(format!("unknown dimension {other:?}")),
+        })
+    }
+}
+
+/// Totals of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row {
+    pub key: Vec<String>,
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub estimated: u64,
+    /// Sum of known costs.
+    pub cost: NanoUsd,
+    /// Requests whose model had no price (not included in `cost`).
+    pub unpriced: u64,
+}
+
+impl Row {
+    fn add(&mut self, r: &Record) {
+        self.requests += 1;
+        self.errors += u64::from(r.error.is_some() || r.status >= 400);
+        self.input_tokens += r.input_tokens;
+        self.output_tokens += r.output_tokens;
+        self.cached_input_tokens += r.cached_input_tokens;
+        self.cache_write_tokens += r.cache_write_tokens;
+        self.reasoning_tokens += r.reasoning_tokens;
+        self.estimated += u64::from(r.usage_source == crate::usage::UsageSource::Estimated);
+        match r.cost_usd {
+            Some(c) => self.cost += c,
+            None => self.unpriced += 1,
+        }
+    }
+}
+
+/// Groups records by `by`, most expensive first; the last row is the grand total.
+pub fn aggregate<'a>(records: impl IntoIterator<Item = &'a Record>, by: &[Dim]) -> Vec<Row> {
+    let mut groups: BTreeMap<Vec<String>, Row> = BTreeMap::new();
+    let mut total = Row {
+        key: vec!["TOTAL".into()],
+        ..Row::default()
+    };
+    for r in records {
+        let key: Vec<String> = by.iter().map(|d| d.of(r).to_string()).collect();
+        groups
+            .entry(key.clone())
+            .or_insert_with(|| Row {
+                key,
+                ..Row::default()
+            })
+            .add(r);
+        total.add(r);
+    }
+    let mut rows: Vec<Row> = groups.into_values().collect();
+    rows.sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.key.cmp(&b.key)));
+    rows.push(total);
+    rows
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            other => Err(format!("unknown format {other:?} (table, json or csv)")),
+        }
+    }
+}
+
+const COLUMNS: [&str; 10] = [
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "estimated",
+    "unpriced",
+    "cost_usd",
+];
+
+fn values(r: &Row) -> [String; 10] {
+    [
+        r.requests.to_string(),
+        r.errors.to_string(),
+        r.input_tokens.to_string(),
+        r.output_tokens.to_string(),
+        r.cached_input_tokens.to_string(),
+        r.cache_write_tokens.to_string(),
+        r.reasoning_tokens.to_string(),
+        r.estimated.to_string(),
+        r.unpriced.to_string(),
+        r.cost.to_string(),
+    ]
+}
+
+pub fn render(rows: &[Row], by: &[Dim], format: Format) -> String {
+    let mut header: Vec<String> = by.iter().map(|d| d.name().to_string()).collect();
+    if header.is_empty() {
+        header.push("all".into());
+    }
+    header.extend(COLUMNS.iter().map(|c| c.to_string()));
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut cells = r.key.clone();
+            cells.resize(header.len() - COLUMNS.len(), String::new());
+            cells.extend(values(r));
+            cells
+        })
+        .collect();
+    match format {
+        Format::Csv => {
+            let mut out = String::new();
+            for line in std::iter::once(&header).chain(&body) {
+                let cells: Vec<String> = line.iter().map(|c| csv_cell(c)).collect();
+                let _ = writeln!(out, "{}", cells.join(","));
+            }
+            out
+        }
+        Format::Json => {
+            let items: Vec<serde_json::Value> = body
+                .iter()
+                .map(|cells| {
+                    let obj: serde_json::Map<String, serde_json::Value> = header
+                        .iter()
+                        .zip(cells)
+                        .map(|(h, c)| {
+                            let v = if COLUMNS.contains(&h.as_str()) && h != "cost_usd" {
+                                c.parse::<u64>()
+                                    .map(Into::into)
+                                    .unwrap_or_else(|_| c.clone().into())
+                            } else {
+                                c.clone().into()
+                            };
+                            (h.clone(), v)
+                        })
+                        .collect();
+                    serde_json::Value::Object(obj)
+                })
+                .collect();
+            serde_json::to_string_pretty(&items).unwrap_or_default() + "\n"
+        }
+        Format::Table => {
+            let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+            for cells in &body {
+                for (w, c) in widths.iter_mut().zip(cells) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let mut out = String::new();
+            let rule = widths
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("  ")
+                + "\n";
+            let key_cols = header.len() - COLUMNS.len();
+            for (i, line) in std::iter::once(&header).chain(&body).enumerate() {
+                let cells: Vec<String> = line
+                    .iter()
+                    .zip(&widths)
+                    .enumerate()
+                    .map(|(j, (c, w))| {
+                        if j < key_cols {
+                            format!("{c:<w$}")
+                        } else {
+                            format!("{c:>w$}")
+                        }
+                    })
+                    .collect();
+                // Rules under the header and above the total.
+                if i == body.len() && i > 0 {
+                    out.push_str(&rule);
+                }
+                let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+                if i == 0 {
+                    out.push_str(&rule);
+                }
+            }
+            out
+        }
+    }
+}
+
+fn csv_cell(c: &str) -> String {
+    if c.contains([',', '"', '\n']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(team: &str, cost: Option<i64>, input: u64) -> Record {
+        let mut r: Record = serde_json::from_value(serde_json::json!({
+            "ts": "2026-11-27T10:00:00.000Z", "request_id": "r", "team": team, "project": "p",
+            "env": "prod", "user": "", "feature": "", "workflow_id": "", "tags": {}, "key_name": "",
+            "provider": "openai", "endpoint": "/v1/chat/completions", "requested_model": "m",
+            "model": "m", "stream": false, "status": 200, "input_tokens": input, "output_tokens": 1,
+            "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "usage_source": "reported", "cost_usd": null, "latency_ms": 1, "ttfb_ms": 1, "error": null
+        }))
+        .unwrap();
+        r.cost_usd = cost.map(NanoUsd);
+        r
+    }
+
+    #[test]
+    fn groups_sums_exactly_and_keeps_unpriced_apart() {
+        let records = [
+            rec("a", Some(1), 10),
+            rec("b", Some(5), 1),
+            rec("a", None, 3),
+            rec("a", Some(2), 1),
+        ];
+        let rows = aggregate(&records, &[Dim::Team]);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].key, vec!["b"]);
+        assert_eq!(rows[1].key, vec!["a"]);
+        assert_eq!(
+            (
+                rows[1].requests,
+                rows[1].cost,
+                rows[1].unpriced,
+                rows[1].input_tokens
+            ),
+            (3, NanoUsd(3), 1, 14)
+        );
+        assert_eq!(rows[2].cost, NanoUsd(8));
+        let csv = render(&rows, &[Dim::Team], Format::Csv);
+        assert!(csv.starts_with("team,requests,"));
+        assert!(csv.contains("TOTAL,4,0,15,4,0,0,0,0,1,0.000000008"));
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, &[Dim::Team], Format::Json)).unwrap();
+        assert_eq!(json[0]["cost_usd"], "0.000000005");
+        assert_eq!(json[0]["requests"], 1);
+    }
+}

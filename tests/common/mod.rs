@@ -1,0 +1,326 @@
+//! Test harness: the real `tollgate` binary over real sockets, in front of an in-test
+//! upstream (the simulated provider, or a purpose-built one).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tollgate::record::Record;
+use tollgate::sim::{SimOptions, SimProvider};
+
+/// Virtual key used by the default test config; bound to team `search`, project `ranking`.
+pub const KEY: &str = "tg-test-key-search";
+/// A second key with no bindings, so headers decide attribution.
+pub const OPEN_KEY: &str = "tg-test-key-open";
+
+/// Test prices in USD per 1M tokens, chosen so every per-token price is a whole number of
+/// nano-USD: cost assertions are then plain integer arithmetic.
+pub const PRICES: &str = r#"
+version: 1
+models:
+  gpt-4o-mini:
+    prices:
+      - effective_from: 2024-01-01
+        input: 2
+        output: 8
+        cached_input: 1
+  o3-mini:
+    prices:
+      - effective_from: 2024-01-01
+        input: 1
+        output: 4
+        cached_input: 0.5
+        reasoning: 5
+  claude-sonnet-4-5:
+    prices:
+      - effective_from: 2024-01-01
+        input: 3
+        output: 15
+        cached_input: 0.3
+        cache_write: 3.75
+  text-embedding-3-small:
+    prices:
+      - effective_from: 2024-01-01
+        input: 0.02
+        output: 0
+"#;
+
+/// Nano-USD per token for a price of `usd_per_million` (e.g. 2 → 2000).
+pub fn nanos_per_token(usd_per_million: f64) -> i64 {
+    (usd_per_million * 1000.0).round() as i64
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The simulated provider, served from this test process.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub sim: SimProvider,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn start_sim() -> Upstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sim = SimProvider::new(SimOptions::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = sim.clone();
+    tokio::spawn(async move {
+        let _ = served
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Upstream {
+        addr,
+        sim,
+        _stop: tx,
+    }
+}
+
+/// Config for a proxy in front of `upstream` with both API formats routed to it.
+pub fn config_for(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+builtin_prices: false
+prices: [prices.yaml]
+ledger:
+  flush_interval_ms: 5
+server:
+  threads: 2
+  grace_period_secs: 0
+providers:
+  openai:
+    kind: openai_compatible
+    base_url: http://{upstream}
+    api_key_env: TEST_OPENAI_KEY
+    read_timeout_ms: 10000
+  anthropic:
+    kind: anthropic
+    base_url: http://{upstream}
+    api_key_env: TEST_ANTHROPIC_KEY
+    read_timeout_ms: 10000
+models:
+  gpt-4o-mini: {{ provider: openai }}
+  o3-mini: {{ provider: openai }}
+  text-embedding-3-small: {{ provider: openai }}
+  cheap: {{ provider: openai, upstream_model: gpt-4o-mini }}
+  "claude-*": {{ provider: anthropic }}
+keys:
+  - name: search-prod
+    key_env: TEST_VKEY_SEARCH
+    team: search
+    project: ranking
+    env: prod
+    owner: ana@example.com
+  - name: open
+    key_env: TEST_VKEY_OPEN
+{extra}
+"#
+    )
+}
+
+/// A running `tollgate serve`.
+pub struct Proxy {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts the binary on free ports with `config` (listen addresses are appended).
+    pub async fn start(config: &str) -> Proxy {
+        Self::start_with(config, &[]).await
+    }
+
+    pub async fn start_with(config: &str, files: &[(&str, &[u8])]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let full = format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\ndata_dir: data\n{config}"
+        );
+        std::fs::write(dir.path().join("tollgate.yaml"), full).unwrap();
+        std::fs::write(dir.path().join("prices.yaml"), PRICES).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let log = std::fs::File::create(dir.path().join("tollgate.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("tollgate.yaml"))
+            .env("TEST_OPENAI_KEY", "sk-upstream-openai")
+            .env("TEST_ANTHROPIC_KEY", "sk-ant-upstream")
+            .env("TEST_VKEY_SEARCH", KEY)
+            .env("TEST_VKEY_OPEN", OPEN_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let proxy = Proxy {
+            child: Some(child),
+            port,
+            admin_port,
+            dir,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client.get(self.admin_url("/readyz")).send().await;
+            let proxy_up = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok();
+            if ready.is_ok_and(|r| r.status().is_success()) && proxy_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tollgate.log")).unwrap_or_default()
+    }
+
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.dir.path().join("data/ledger")
+    }
+
+    /// Waits until the ledger holds at least `n` records, and returns them all.
+    pub async fn records(&self, n: usize) -> Vec<Record> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = tollgate::ledger::read_all(&self.ledger_dir()).unwrap_or_default();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ledger has {} records, expected {n}:\n{}",
+                got.len(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The single record of a test that made one request.
+    pub async fn only_record(&self) -> Record {
+        let mut all = self.records(1).await;
+        // Give a second record, if any, a chance to show up and fail the test.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        all = tollgate::ledger::read_all(&self.ledger_dir()).unwrap_or(all);
+        assert_eq!(all.len(), 1, "expected one record, got {all:#?}");
+        all.remove(0)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("proxy did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            let data: Vec<&str> = ev
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// The expected exact cost string for token counts at per-token nano prices.
+pub fn cost_str(nanos: i64) -> String {
+    tollgate::money::NanoUsd(nanos).to_string()
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|(_, v)| v.parse().ok())
+}
