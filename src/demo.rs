@@ -164,7 +164,10 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     } else {
         "pass --data-dir DIR to keep the ledger".to_string()
     };
-    println!("Done in {:.1} s; {ledger_note}.", started.elapsed().as_secs_f64());
+    println!(
+        "Done in {:.1} s; {ledger_note}.",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -13,12 +13,41 @@ use arc_swap::ArcSwapOption;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const SEGMENT_SUFFIX: &str = ".jsonl";
+/// Names this ledger, so delivery tokens of a wiped and recreated ledger never collide
+/// with old ones.
+const ID_FILE: &str = "LEDGER_ID";
+/// How often the writer re-measures the ledger's disk use.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+pub fn segment_file_name(seq: u64) -> String {
+    format!("{seq:012}{SEGMENT_SUFFIX}")
+}
+
+/// The ledger's id, created on first use.
+pub fn ledger_id(dir: &Path) -> io::Result<String> {
+    let path = dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::now_v7().to_string();
+            std::fs::write(&path, &id)?;
+            File::open(dir)?.sync_all()?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
 /// Most records written between two fsyncs.
 const MAX_BATCH: usize = 4096;
 
@@ -35,6 +64,9 @@ pub struct Ledger {
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
     dir: PathBuf,
+    id: String,
+    /// Records written to disk by this process.
+    written: Arc<AtomicU64>,
 }
 
 impl Ledger {
@@ -42,6 +74,8 @@ impl Ledger {
     pub fn open(data_dir: &Path, cfg: &LedgerConfig, metrics: Metrics) -> io::Result<Ledger> {
         let dir = data_dir.join("ledger");
         std::fs::create_dir_all(&dir)?;
+        let id = ledger_id(&dir)?;
+        let written = Arc::new(AtomicU64::new(0));
         let next_seq = list_segments(&dir)?.last().map_or(1, |(seq, _)| seq + 1);
         let (tx, rx) = sync_channel(cfg.queue_capacity);
         let writer = Writer {
@@ -51,6 +85,11 @@ impl Ledger {
             max_age: Duration::from_secs(cfg.segment_max_age_secs),
             flush_interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
             current: None,
+            max_disk_bytes: cfg.max_disk_bytes,
+            disk_bytes: dir_bytes(&dir),
+            disk_checked: Instant::now(),
+            metrics: metrics.clone(),
+            written: written.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("tollgate-ledger".into())
@@ -60,11 +99,22 @@ impl Ledger {
             writer: Mutex::new(Some(handle)),
             metrics,
             dir,
+            id,
+            written,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Counter of records this process has written to disk.
+    pub fn written(&self) -> Arc<AtomicU64> {
+        self.written.clone()
     }
 
     /// Queues a record; never blocks.
@@ -169,6 +219,23 @@ struct Writer {
     max_age: Duration,
     flush_interval: Duration,
     current: Option<Segment>,
+    max_disk_bytes: u64,
+    disk_bytes: u64,
+    disk_checked: Instant,
+    metrics: Metrics,
+    written: Arc<AtomicU64>,
+}
+
+/// Bytes used by the files in `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 impl Writer {
@@ -222,6 +289,10 @@ impl Writer {
             }
         };
         line.push(b'\n');
+        if !self.has_room_for(line.len() as u64) {
+            self.metrics.records_dropped.inc();
+            return;
+        }
         if self
             .current
             .as_ref()
@@ -237,14 +308,43 @@ impl Writer {
             }
         };
         match seg.file.write_all(&line) {
-            Ok(()) => seg.bytes += line.len() as u64,
-            Err(e) => tracing::error!(error = %e, "ledger write failed"),
+            Ok(()) => {
+                seg.bytes += line.len() as u64;
+                self.disk_bytes += line.len() as u64;
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.records_dropped.inc();
+                tracing::error!(error = %e, "ledger write failed; record dropped");
+            }
         }
+    }
+
+    /// Whether the ledger may grow by `n` bytes. Shipped segments are deleted by the sink, so
+    /// disk use is re-measured now and then rather than only added up.
+    fn has_room_for(&mut self, n: u64) -> bool {
+        if self.disk_checked.elapsed() >= DISK_CHECK_EVERY {
+            self.disk_bytes = dir_bytes(&self.dir);
+            self.disk_checked = Instant::now();
+            self.metrics.ledger_disk_bytes.set(self.disk_bytes as i64);
+        }
+        if self.disk_bytes + n <= self.max_disk_bytes {
+            return true;
+        }
+        if self.metrics.records_dropped.get() % 1000 == 0 {
+            tracing::error!(
+                dir = %self.dir.display(),
+                used = self.disk_bytes,
+                limit = self.max_disk_bytes,
+                "ledger disk limit reached: records are being dropped"
+            );
+        }
+        false
     }
 
     fn segment(&mut self) -> io::Result<&mut Segment> {
         if self.current.is_none() {
-            let path = self.dir.join(format!("{:012}{SEGMENT_SUFFIX}", self.seq));
+            let path = self.dir.join(segment_file_name(self.seq));
             self.seq += 1;
             let file = OpenOptions::new()
                 .create_new(true)

@@ -19,5 +19,6 @@ pub mod record;
 pub mod report;
 pub mod server;
 pub mod sim;
+pub mod sink;
 pub mod tokens;
 pub mod usage;

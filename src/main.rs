@@ -45,6 +45,34 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         token_interval_ms: u64,
     },
+    /// Create or migrate the ClickHouse schema named in the config.
+    Migrate {
+        #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stop after this schema version.
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Spend report from ClickHouse when configured, else from the local ledger.
+    Report {
+        #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// Look back this far: 90m, 24h, 7d, 2w.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Group by these: team, project, env, model, provider, user, feature, workflow, key.
+        #[arg(long, value_delimiter = ',', default_value = "team,project,env,model")]
+        by: Vec<tollgate::report::Dim>,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: tollgate::report::Format,
+        /// Read the local ledger even when ClickHouse is configured.
+        #[arg(long)]
+        ledger: bool,
+    },
     /// Price tables.
     Prices {
         #[command(subcommand)]
@@ -83,6 +111,17 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
+/// Loads a config, or prints its problems and exits with status 2.
+fn load_or_exit(path: &std::path::Path) -> anyhow::Result<tollgate::config::Validated> {
+    match config::load(path) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -97,13 +136,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let cfg = match config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
+            let cfg = load_or_exit(&config)?;
             init_logging(cfg.log.format, cfg.log.level.as_deref());
             tollgate::server::serve(cfg)?;
             Ok(ExitCode::SUCCESS)
@@ -125,6 +158,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Migrate {
+            config,
+            dry_run,
+            to,
+        } => {
+            let cfg = load_or_exit(&config)?;
+            let Some(settings) = cfg.clickhouse.as_ref() else {
+                anyhow::bail!("{}: no telemetry.clickhouse configured", config.display());
+            };
+            if dry_run {
+                for (_, sql) in tollgate::sink::clickhouse::migrate::plan(settings, to) {
+                    println!("{sql};\n");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            init_logging(cfg.log.format, cfg.log.level.as_deref());
+            let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
+            let applied = tokio::runtime::Runtime::new()?.block_on(
+                tollgate::sink::clickhouse::migrate::migrate(&ch, settings, to),
+            )?;
+            println!("applied {} migration(s): {applied:?}", applied.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            config,
+            since,
+            by,
+            format,
+            ledger,
+        } => {
+            let cfg = load_or_exit(&config)?;
+            let since = tollgate::report::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let rows = match cfg.clickhouse.as_ref().filter(|_| !ledger) {
+                Some(settings) => {
+                    let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
+                    let sql = tollgate::report::clickhouse_sql(&by, since.num_seconds());
+                    let result = tokio::runtime::Runtime::new()?.block_on(ch.select(&sql))?;
+                    tollgate::report::rows_from_clickhouse(&by, &result)
+                        .map_err(anyhow::Error::msg)?
+                }
+                None => {
+                    let from = chrono::Utc::now() - since;
+                    let records = tollgate::ledger::read_all(&cfg.data_dir.join("ledger"))
+                        .with_context(|| {
+                            format!("reading the ledger under {}", cfg.data_dir.display())
+                        })?;
+                    tollgate::report::aggregate(records.iter().filter(|r| r.ts >= from), &by)
+                }
+            };
+            print!("{}", tollgate::report::render(&rows, &by, format));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { requests, data_dir } => {
             init_logging(LogFormat::Text, Some("warn"));
             tollgate::demo::run(requests, data_dir)?;

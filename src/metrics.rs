@@ -8,7 +8,8 @@ use crate::record::Record;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -26,6 +27,18 @@ pub struct Metrics {
     pub unpriced: IntCounterVec,
     pub records_dropped: IntCounter,
     pub estimated: IntCounterVec,
+    pub ledger_disk_bytes: IntGauge,
+    pub sink: SinkMetrics,
+}
+
+/// Delivery of ledger records to ClickHouse.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub shipped: IntCounter,
+    pub lag: IntGauge,
+    pub errors: IntCounter,
+    pub dead_letter: IntCounter,
+    pub batch_seconds: Histogram,
 }
 
 impl Metrics {
@@ -88,6 +101,48 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
+        let ledger_disk_bytes = IntGauge::new(
+            "tollgate_ledger_disk_bytes",
+            "Bytes used by ledger segments",
+        )
+        .expect("valid metric");
+        let sink = SinkMetrics {
+            shipped: IntCounter::new(
+                "tollgate_sink_shipped_total",
+                "Records acknowledged by ClickHouse",
+            )
+            .expect("valid metric"),
+            lag: IntGauge::new(
+                "tollgate_sink_lag_records",
+                "Records in the ledger not yet shipped",
+            )
+            .expect("valid metric"),
+            errors: IntCounter::new(
+                "tollgate_sink_errors_total",
+                "Failed ClickHouse inserts and migrations (retried)",
+            )
+            .expect("valid metric"),
+            dead_letter: IntCounter::new(
+                "tollgate_sink_dead_letter_total",
+                "Records ClickHouse rejected as bad data, set aside under DATA_DIR/dead-letter",
+            )
+            .expect("valid metric"),
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new("tollgate_sink_batch_seconds", "Time to insert one batch")
+                    .buckets(DURATION_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+        };
+        for c in [
+            Box::new(ledger_disk_bytes.clone()) as Box<dyn Collector>,
+            Box::new(sink.shipped.clone()),
+            Box::new(sink.lag.clone()),
+            Box::new(sink.errors.clone()),
+            Box::new(sink.dead_letter.clone()),
+            Box::new(sink.batch_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn Collector>,
             Box::new(tokens.clone()),
@@ -110,6 +165,8 @@ impl Metrics {
             unpriced,
             records_dropped,
             estimated,
+            ledger_disk_bytes,
+            sink,
         }
     }
 

@@ -105,10 +105,6 @@ impl Row {
 /// Groups records by `by`, most expensive first; the last row is the grand total.
 pub fn aggregate<'a>(records: impl IntoIterator<Item = &'a Record>, by: &[Dim]) -> Vec<Row> {
     let mut groups: BTreeMap<Vec<String>, Row> = BTreeMap::new();
-    let mut total = Row {
-        key: vec!["TOTAL".into()],
-        ..Row::default()
-    };
     for r in records {
         let key: Vec<String> = by.iter().map(|d| d.of(r).to_string()).collect();
         groups
@@ -118,12 +114,114 @@ pub fn aggregate<'a>(records: impl IntoIterator<Item = &'a Record>, by: &[Dim]) 
                 ..Row::default()
             })
             .add(r);
-        total.add(r);
     }
-    let mut rows: Vec<Row> = groups.into_values().collect();
+    with_total(groups.into_values().collect())
+}
+
+/// Orders group rows, most expensive first, and appends their total.
+pub fn with_total(mut rows: Vec<Row>) -> Vec<Row> {
     rows.sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.key.cmp(&b.key)));
+    let mut total = Row {
+        key: vec!["TOTAL".into()],
+        ..Row::default()
+    };
+    for r in &rows {
+        total.requests += r.requests;
+        total.errors += r.errors;
+        total.input_tokens += r.input_tokens;
+        total.output_tokens += r.output_tokens;
+        total.cached_input_tokens += r.cached_input_tokens;
+        total.cache_write_tokens += r.cache_write_tokens;
+        total.reasoning_tokens += r.reasoning_tokens;
+        total.estimated += r.estimated;
+        total.unpriced += r.unpriced;
+        total.cost += r.cost;
+    }
     rows.push(total);
     rows
+}
+
+/// Parses a look-back such as `90s`, `30m`, `24h`, `7d` or `2w`.
+pub fn parse_since(s: &str) -> Result<chrono::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 24h, 7d)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("invalid duration unit in {s:?} (s, m, h, d, w)")),
+    };
+    Ok(chrono::Duration::seconds(n.saturating_mul(secs)))
+}
+
+/// The same report computed by ClickHouse over the `requests` table.
+pub fn clickhouse_sql(by: &[Dim], since_secs: i64) -> String {
+    let dims: String = by
+        .iter()
+        .map(|d| format!("toString(r.`{0}`) AS `{0}`, ", d.name()))
+        .collect();
+    let group = if by.is_empty() {
+        String::new()
+    } else {
+        let cols: Vec<String> = by.iter().map(|d| format!("r.`{}`", d.name())).collect();
+        format!(" GROUP BY {}", cols.join(", "))
+    };
+    // Source columns are qualified: the output names reuse them.
+    format!(
+        "SELECT {dims}count() AS requests, \
+         countIf(r.status >= 400 OR r.error IS NOT NULL) AS errors, \
+         sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens, \
+         sum(r.cached_input_tokens) AS cached_input_tokens, \
+         sum(r.cache_write_tokens) AS cache_write_tokens, \
+         sum(r.reasoning_tokens) AS reasoning_tokens, \
+         countIf(r.usage_source = 'estimated') AS estimated, \
+         countIf(r.cost_usd IS NULL) AS unpriced, \
+         toString(sum(ifNull(r.cost_usd, toDecimal128(0, 9)))) AS cost_usd \
+         FROM requests AS r WHERE r.ts >= now64(3) - INTERVAL {since_secs} SECOND{group}"
+    )
+}
+
+/// Rows of [`clickhouse_sql`]'s result.
+pub fn rows_from_clickhouse(by: &[Dim], result: &[serde_json::Value]) -> Result<Vec<Row>, String> {
+    let num = |v: &serde_json::Value, k: &str| -> Result<u64, String> {
+        v[k].as_u64()
+            .or_else(|| v[k].as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| format!("column {k} missing in {v}"))
+    };
+    let mut rows = Vec::new();
+    for v in result {
+        let requests = num(v, "requests")?;
+        if requests == 0 {
+            continue; // the empty aggregate of a query with no GROUP BY
+        }
+        let cost = v["cost_usd"]
+            .as_str()
+            .and_then(NanoUsd::parse_usd)
+            .ok_or_else(|| format!("cost_usd missing in {v}"))?;
+        rows.push(Row {
+            key: by
+                .iter()
+                .map(|d| v[d.name()].as_str().unwrap_or_default().to_string())
+                .collect(),
+            requests,
+            errors: num(v, "errors")?,
+            input_tokens: num(v, "input_tokens")?,
+            output_tokens: num(v, "output_tokens")?,
+            cached_input_tokens: num(v, "cached_input_tokens")?,
+            cache_write_tokens: num(v, "cache_write_tokens")?,
+            reasoning_tokens: num(v, "reasoning_tokens")?,
+            estimated: num(v, "estimated")?,
+            unpriced: num(v, "unpriced")?,
+            cost,
+        });
+    }
+    Ok(with_total(rows))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

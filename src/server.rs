@@ -7,12 +7,17 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
 use crate::sim::{SimOptions, SimProvider};
+use crate::sink::{Sink, SinkConfig};
 use anyhow::Context;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long the sink may keep shipping after the proxy stopped; the rest waits in the
+/// ledger for the next start.
+const SINK_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs until SIGTERM or SIGINT, then lets in-flight requests finish and flushes the ledger.
 pub fn serve(cfg: Validated) -> anyhow::Result<()> {
@@ -23,6 +28,24 @@ pub fn serve(cfg: Validated) -> anyhow::Result<()> {
         Ledger::open(&cfg.data_dir, &cfg.ledger, metrics.clone())
             .with_context(|| format!("opening the ledger under {}", cfg.data_dir.display()))?,
     );
+
+    let sink = match &cfg.clickhouse {
+        Some(settings) => Some(
+            Sink::start(
+                SinkConfig {
+                    settings: settings.clone(),
+                    ledger_dir: ledger.dir().to_path_buf(),
+                    ledger_id: ledger.id().to_string(),
+                    state_dir: cfg.data_dir.join("sink"),
+                    shipped_retention: Duration::from_secs(cfg.ledger.shipped_retention_secs),
+                },
+                metrics.sink.clone(),
+                ledger.written(),
+            )
+            .context("starting the ClickHouse sink")?,
+        ),
+        None => None,
+    };
 
     let conf = ServerConf {
         threads: cfg.server.threads.max(1),
@@ -77,7 +100,13 @@ pub fn serve(cfg: Validated) -> anyhow::Result<()> {
 
     tracing::info!(listen = %listen, admin = %cfg.admin_listen, "tollgate serving");
     server.run(RunArgs::default());
+    // Order matters: every request has finished, so the ledger's last write happens now,
+    // and only then can the sink drain it.
     ledger.close();
-    tracing::info!("tollgate stopped; ledger flushed");
+    tracing::info!("ledger flushed");
+    if let Some(sink) = sink {
+        sink.shutdown(SINK_DRAIN_DEADLINE);
+    }
+    tracing::info!("tollgate stopped");
     Ok(())
 }

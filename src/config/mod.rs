@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub attribution: AttributionConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     pub providers: BTreeMap<String, Spanned<ProviderConfig>>,
     /// Model names clients may call, each routed to a provider. A name may end in `*`
     /// to match a prefix (`claude-*`).
@@ -117,6 +119,52 @@ pub struct VirtualKeyConfig {
     pub owner: Option<String>,
 }
 
+/// Where records go besides the local ledger.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub clickhouse: Option<Spanned<ClickHouseConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP(S) interface, e.g. `http://127.0.0.1:8123` or `https://host:8443`.
+    pub url: Spanned<String>,
+    #[serde(default = "defaults::ch_database")]
+    pub database: String,
+    #[serde(default = "defaults::ch_user")]
+    pub user: String,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<Spanned<String>>,
+    /// PEM bundle trusted for HTTPS, in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Most records in one insert.
+    #[serde(default = "defaults::ch_batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// Longest time a record waits for a fuller batch.
+    #[serde(default = "defaults::ch_batch_period_ms")]
+    pub batch_period_ms: u64,
+    /// Request timeout of one insert or query.
+    #[serde(default = "defaults::ch_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Days raw rows (`requests`, `attempts`, `outcomes`) are kept; forever when unset.
+    #[serde(default)]
+    pub ttl_days: Option<u32>,
+    /// Days the hourly rollups are kept; forever when unset.
+    #[serde(default)]
+    pub rollup_ttl_days: Option<u32>,
+    /// Create tables `ON CLUSTER` this cluster with Replicated engines.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Create or migrate the schema when the server starts.
+    #[serde(default = "defaults::yes")]
+    pub migrate_on_start: bool,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -151,6 +199,12 @@ pub struct LedgerConfig {
     /// Longest time a record waits before it is written and fsynced.
     #[serde(default = "defaults::flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// Disk the ledger may use; past it new records are dropped and counted, not written.
+    #[serde(default = "defaults::ledger_max_disk_bytes")]
+    pub max_disk_bytes: u64,
+    /// With a sink configured: seconds a fully shipped segment is kept before deletion.
+    #[serde(default)]
+    pub shipped_retention_secs: u64,
 }
 
 impl Default for LedgerConfig {
@@ -160,6 +214,8 @@ impl Default for LedgerConfig {
             segment_max_age_secs: defaults::segment_max_age_secs(),
             queue_capacity: defaults::queue_capacity(),
             flush_interval_ms: defaults::flush_interval_ms(),
+            max_disk_bytes: defaults::ledger_max_disk_bytes(),
+            shipped_retention_secs: 0,
         }
     }
 }
@@ -239,6 +295,24 @@ mod defaults {
     }
     pub fn flush_interval_ms() -> u64 {
         200
+    }
+    pub fn ledger_max_disk_bytes() -> u64 {
+        10 * 1024 * 1024 * 1024
+    }
+    pub fn ch_database() -> String {
+        "tollgate".into()
+    }
+    pub fn ch_user() -> String {
+        "default".into()
+    }
+    pub fn ch_batch_max_rows() -> usize {
+        10_000
+    }
+    pub fn ch_batch_period_ms() -> u64 {
+        1_000
+    }
+    pub fn ch_timeout_ms() -> u64 {
+        30_000
     }
     pub fn max_header_value_len() -> usize {
         128

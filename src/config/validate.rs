@@ -31,6 +31,36 @@ pub struct Validated {
     pub models: ModelTable,
     pub keys: KeyStore,
     pub prices: PriceBook,
+    pub clickhouse: Option<ClickHouseSettings>,
+}
+
+/// A checked `telemetry.clickhouse`.
+#[derive(Clone)]
+pub struct ClickHouseSettings {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// Never printed.
+    pub password: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub batch_max_rows: usize,
+    pub batch_period: Duration,
+    pub timeout: Duration,
+    pub ttl_days: Option<u32>,
+    pub rollup_ttl_days: Option<u32>,
+    pub cluster: Option<String>,
+    pub migrate_on_start: bool,
+}
+
+impl fmt::Debug for ClickHouseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseSettings")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +337,12 @@ pub fn validate(
         }
     }
 
+    let clickhouse = raw
+        .telemetry
+        .clickhouse
+        .as_ref()
+        .and_then(|c| clickhouse_settings(c, &mut bad, &resolve, env));
+
     if raw.max_body_bytes == 0 {
         problems_push_whole(&mut bad, "max_body_bytes must be above 0".into());
     }
@@ -331,6 +367,95 @@ pub fn validate(
         models,
         keys: KeyStore::new(keys),
         prices,
+        clickhouse,
+    })
+}
+
+fn clickhouse_settings(
+    spanned: &Spanned<super::ClickHouseConfig>,
+    bad: &mut impl FnMut(&serde_saphyr::Location, String),
+    resolve: &impl Fn(&Path) -> PathBuf,
+    env: Env<'_>,
+) -> Option<ClickHouseSettings> {
+    let c = &spanned.value;
+    let url = c.url.value.trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || url.parse::<http::Uri>().is_err()
+    {
+        bad(
+            &c.url.referenced,
+            format!(
+                "clickhouse url {:?} must be an http:// or https:// URL",
+                c.url.value
+            ),
+        );
+        return None;
+    }
+    let identifier_ok =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !identifier_ok(&c.database) {
+        bad(
+            &spanned.referenced,
+            format!(
+                "clickhouse database {:?} must be letters, digits and _",
+                c.database
+            ),
+        );
+        return None;
+    }
+    if let Some(cluster) = c.cluster.as_deref().filter(|s| !identifier_ok(s)) {
+        bad(
+            &spanned.referenced,
+            format!("clickhouse cluster {cluster:?} must be letters, digits and _"),
+        );
+        return None;
+    }
+    let password = match &c.password_env {
+        Some(var) => match env(&var.value) {
+            Some(v) => Some(v),
+            None => {
+                bad(
+                    &var.referenced,
+                    format!("clickhouse: environment variable {} is not set", var.value),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let ca_pem = match &c.ca_file {
+        Some(path) => match std::fs::read(resolve(&path.value)) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                bad(
+                    &path.referenced,
+                    format!("clickhouse: cannot read {}: {e}", path.value.display()),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    if c.batch_max_rows == 0 {
+        bad(
+            &spanned.referenced,
+            "clickhouse batch_max_rows must be above 0".into(),
+        );
+        return None;
+    }
+    Some(ClickHouseSettings {
+        url,
+        database: c.database.clone(),
+        user: c.user.clone(),
+        password,
+        ca_pem,
+        batch_max_rows: c.batch_max_rows,
+        batch_period: Duration::from_millis(c.batch_period_ms.max(1)),
+        timeout: Duration::from_millis(c.timeout_ms.max(1)),
+        ttl_days: c.ttl_days,
+        rollup_ttl_days: c.rollup_ttl_days,
+        cluster: c.cluster.clone(),
+        migrate_on_start: c.migrate_on_start,
     })
 }
 

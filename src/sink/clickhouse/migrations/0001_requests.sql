@@ -3,6 +3,7 @@
 -- Placeholders (the migration runner substitutes them as plain text before sending):
 --   {db}          database name, e.g. tollgate
 --   {on_cluster}  empty, or ON CLUSTER <cluster name>
+--   {replicated}  empty, or Replicated (with a cluster: Replicated*MergeTree engines)
 --   {ttl}         empty, or a TTL clause on the column ts, e.g.
 --                 TTL toDateTime(ts) + INTERVAL 400 DAY
 -- Statements end with a semicolon at the end of a line; split there, skip pieces that hold
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS {db}.requests {on_cluster}
     INDEX user_bf `user` TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX tag_keys_bf mapKeys(tags) TYPE bloom_filter(0.01) GRANULARITY 1
 )
-ENGINE = MergeTree
+ENGINE = {replicated}MergeTree
 PARTITION BY toYYYYMM(ts)
 ORDER BY (team, project, env, model, ts, request_id)
 {ttl}

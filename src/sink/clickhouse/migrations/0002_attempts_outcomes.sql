@@ -5,6 +5,7 @@
 -- Placeholders (the migration runner substitutes them as plain text before sending):
 --   {db}          database name, e.g. tollgate
 --   {on_cluster}  empty, or ON CLUSTER <cluster name>
+--   {replicated}  empty, or Replicated (with a cluster: Replicated*MergeTree engines)
 --   {ttl}         empty, or a TTL clause on the column ts, e.g.
 --                 TTL toDateTime(ts) + INTERVAL 400 DAY
 -- Statements end with a semicolon at the end of a line. Every statement is idempotent.
@@ -40,7 +41,7 @@ CREATE TABLE IF NOT EXISTS {db}.attempts {on_cluster}
 
     INDEX request_id_bf request_id TYPE bloom_filter(0.001) GRANULARITY 1
 )
-ENGINE = MergeTree
+ENGINE = {replicated}MergeTree
 PARTITION BY toYYYYMM(ts)
 ORDER BY (provider, model, role, ts, request_id, attempt)
 {ttl}
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS {db}.outcomes {on_cluster}
     INDEX request_id_bf request_id TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX workflow_id_bf workflow_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
-ENGINE = MergeTree
+ENGINE = {replicated}MergeTree
 PARTITION BY toYYYYMM(ts)
 ORDER BY (outcome, ts, workflow_id, request_id)
 {ttl}

@@ -4,6 +4,7 @@
 -- Placeholders (the migration runner substitutes them as plain text before sending):
 --   {db}          database name, e.g. tollgate
 --   {on_cluster}  empty, or ON CLUSTER <cluster name>
+--   {replicated}  empty, or Replicated (with a cluster: Replicated*MergeTree engines)
 --   {rollup_ttl}  empty, or a TTL clause on the column hour, e.g.
 --                 TTL hour + INTERVAL 800 DAY
 --                 (rollups usually outlive the raw rows; give it its own retention)
@@ -52,7 +53,7 @@ CREATE TABLE IF NOT EXISTS {db}.requests_hourly {on_cluster}
     -- sum of latency_ms, for average latency = latency_ms_sum / requests
     latency_ms_sum           UInt64
 )
-ENGINE = SummingMergeTree
+ENGINE = {replicated}SummingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (team, project, env, model, provider, hour)
 {rollup_ttl}

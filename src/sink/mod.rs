@@ -1,0 +1,362 @@
+//! Delivery of ledger records to ClickHouse, exactly once.
+//!
+//! The sink follows the ledger on disk, not an in-memory queue: a record counts as accepted
+//! once it is in the ledger, and the sink only moves its durable cursor past records that
+//! ClickHouse acknowledged. Each batch is one byte range of one segment; its range is saved
+//! before it is sent and its deduplication token is derived from it, so a batch replayed
+//! after any crash is identical and ClickHouse stores it once.
+//!
+//! The sink runs on its own thread rather than as a pingora background service: on shutdown
+//! it must drain after the ledger's last write, which happens after pingora's runtimes stop.
+
+pub mod clickhouse;
+mod cursor;
+mod segments;
+
+use crate::config::validate::ClickHouseSettings;
+use crate::ledger;
+use crate::metrics::SinkMetrics;
+use clickhouse::{ChError, ClickHouse};
+use cursor::{Cursor, CursorFile};
+use segments::Batch;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const TABLE: &str = "requests";
+
+pub struct SinkConfig {
+    pub settings: ClickHouseSettings,
+    pub ledger_dir: PathBuf,
+    pub ledger_id: String,
+    /// Cursor file and dead letters live here.
+    pub state_dir: PathBuf,
+    /// Seconds a shipped segment is kept before it is deleted.
+    pub shipped_retention: Duration,
+}
+
+/// A running sink.
+pub struct Sink {
+    stop: watch::Sender<Option<Instant>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn start(
+        cfg: SinkConfig,
+        metrics: SinkMetrics,
+        written: Arc<AtomicU64>,
+    ) -> std::io::Result<Sink> {
+        let (stop, stop_rx) = watch::channel(None);
+        let thread = std::thread::Builder::new()
+            .name("tollgate-sink".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "sink runtime failed to start");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Shipper::new(cfg, metrics, written, stop_rx) {
+                        Ok(mut s) => s.run().await,
+                        Err(e) => tracing::error!(error = %e, "ClickHouse sink failed to start"),
+                    }
+                });
+            })?;
+        Ok(Sink {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ships what the ledger holds until it is drained or `deadline` passes, then stops.
+    /// Whatever is left stays in the ledger for the next start.
+    pub fn shutdown(mut self, deadline: Duration) {
+        let _ = self.stop.send(Some(Instant::now() + deadline));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stop.send(Some(Instant::now()));
+            let _ = t.join();
+        }
+    }
+}
+
+struct Shipper {
+    cfg: SinkConfig,
+    ch: ClickHouse,
+    cursor: Cursor,
+    file: CursorFile,
+    metrics: SinkMetrics,
+    written: Arc<AtomicU64>,
+    /// Lag accounting: backlog found at start plus what this process wrote since.
+    backlog_at_start: u64,
+    settled: u64,
+    stop: watch::Receiver<Option<Instant>>,
+    backoff: Duration,
+    last_ship: Instant,
+}
+
+impl Shipper {
+    fn new(
+        cfg: SinkConfig,
+        metrics: SinkMetrics,
+        written: Arc<AtomicU64>,
+        stop: watch::Receiver<Option<Instant>>,
+    ) -> Result<Shipper, String> {
+        let ch = ClickHouse::new(&cfg.settings).map_err(|e| e.to_string())?;
+        let file = CursorFile::new(cfg.state_dir.join("clickhouse.cursor"));
+        let cursor = file.load().map_err(|e| e.to_string())?;
+        let backlog_at_start = segments::count_backlog(
+            &cfg.ledger_dir,
+            cursor.pending.map_or(cursor.segment, |p| p.segment),
+            cursor.pending.map_or(cursor.offset, |p| p.start),
+        )
+        .unwrap_or(0);
+        Ok(Shipper {
+            cfg,
+            ch,
+            cursor,
+            file,
+            metrics,
+            written,
+            backlog_at_start,
+            settled: 0,
+            stop,
+            backoff: Duration::from_millis(100),
+            last_ship: Instant::now(),
+        })
+    }
+
+    fn stopping(&self) -> Option<Instant> {
+        *self.stop.borrow()
+    }
+
+    fn update_lag(&self) {
+        let total = self.backlog_at_start + self.written.load(Ordering::Relaxed);
+        self.metrics
+            .lag
+            .set(total.saturating_sub(self.settled) as i64);
+    }
+
+    /// Waits `d`, or less when shutdown is requested.
+    async fn pause(&mut self, d: Duration) {
+        if self.stopping().is_some() {
+            return;
+        }
+        let _ = tokio::time::timeout(d, self.stop.changed()).await;
+    }
+
+    async fn run(&mut self) {
+        let mut migrated = !self.cfg.settings.migrate_on_start;
+        loop {
+            if let Some(deadline) = self.stopping() {
+                if Instant::now() >= deadline {
+                    tracing::info!(
+                        "ClickHouse sink stopped at its deadline; the rest stays in the ledger"
+                    );
+                    return;
+                }
+            }
+            self.update_lag();
+            if !migrated {
+                match clickhouse::migrate::migrate(&self.ch, &self.cfg.settings, None).await {
+                    Ok(_) => migrated = true,
+                    Err(e) => {
+                        self.failed("migration", &e).await;
+                        continue;
+                    }
+                }
+            }
+            let batch = match self.next_batch() {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    if self.stopping().is_some() {
+                        return; // drained
+                    }
+                    self.pause(self.cfg.settings.batch_period).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the ledger failed");
+                    self.pause(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
+            // Wait for a fuller batch unless it is full, old enough, or we are draining.
+            let fresh = self.cursor.pending.is_none()
+                && batch.line_count() < self.cfg.settings.batch_max_rows
+                && self.last_ship.elapsed() < self.cfg.settings.batch_period
+                && self.stopping().is_none();
+            if fresh {
+                let wait = self.cfg.settings.batch_period - self.last_ship.elapsed();
+                self.pause(wait).await;
+                continue;
+            }
+            self.ship(batch).await;
+        }
+    }
+
+    /// The pending batch if there is one, else the next complete lines after the cursor,
+    /// moving on to the next segment when the current one is finished.
+    fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
+        let dir = self.cfg.ledger_dir.clone();
+        if let Some(range) = self.cursor.pending {
+            return segments::read_range(&dir, range).map(Some);
+        }
+        loop {
+            let segs = ledger::list_segments(&dir)?;
+            // Start at the first segment that still exists at or after the cursor.
+            match segs.iter().find(|(seq, _)| *seq >= self.cursor.segment) {
+                Some((seq, _)) if *seq != self.cursor.segment => {
+                    self.cursor = Cursor {
+                        segment: *seq,
+                        offset: 0,
+                        pending: None,
+                    };
+                }
+                None => return Ok(None),
+                _ => {}
+            }
+            if let Some(b) = segments::read_from(
+                &dir,
+                self.cursor.segment,
+                self.cursor.offset,
+                self.cfg.settings.batch_max_rows,
+            )? {
+                return Ok(Some(b));
+            }
+            // No complete line left here. The writer never returns to a segment once a
+            // later one exists, so that one is finished (a torn last line is skipped).
+            let Some((next, _)) = segs.iter().find(|(seq, _)| *seq > self.cursor.segment) else {
+                return Ok(None);
+            };
+            self.cursor = Cursor {
+                segment: *next,
+                offset: 0,
+                pending: None,
+            };
+            self.file.save(&self.cursor)?;
+            self.remove_shipped_segments(&segs);
+        }
+    }
+
+    async fn ship(&mut self, batch: Batch) {
+        let range = batch.range;
+        if self.cursor.pending != Some(range) {
+            self.cursor.pending = Some(range);
+            if let Err(e) = self.file.save(&self.cursor) {
+                tracing::error!(error = %e, "cannot save the sink cursor");
+                self.pause(MAX_BACKOFF).await;
+                return;
+            }
+        }
+        if !batch.bad_lines.is_empty() {
+            self.dead_letter(range, &batch.bad_lines.concat(), "not a Tollgate record");
+        }
+        if batch.row_count > 0 {
+            let token = format!(
+                "{}:{}:{}-{}",
+                self.cfg.ledger_id, range.segment, range.start, range.end
+            );
+            let started = Instant::now();
+            let res = self
+                .ch
+                .insert_rows(TABLE, batch.rows.clone().into(), &token)
+                .await;
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match res {
+                Ok(()) => self.metrics.shipped.inc_by(batch.row_count as u64),
+                Err(e) if e.is_bad_data() => self.dead_letter(range, &batch.rows, &e.to_string()),
+                Err(e) => {
+                    self.failed("insert", &e).await;
+                    return;
+                }
+            }
+        }
+        self.settled += batch.line_count() as u64;
+        self.cursor = Cursor {
+            segment: range.segment,
+            offset: range.end,
+            pending: None,
+        };
+        if let Err(e) = self.file.save(&self.cursor) {
+            // The batch will be replayed with the same token: harmless.
+            tracing::error!(error = %e, "cannot save the sink cursor");
+        }
+        self.backoff = Duration::from_millis(100);
+        self.last_ship = Instant::now();
+        self.update_lag();
+    }
+
+    async fn failed(&mut self, what: &str, e: &ChError) {
+        self.metrics.errors.inc();
+        tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "ClickHouse {what} failed");
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        if let Some(deadline) = self.stopping() {
+            // Draining: retry until the deadline, but never sleep past it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(wait.min(left)).await;
+        } else {
+            self.pause(wait).await;
+        }
+    }
+
+    /// Sets rejected rows aside, with the reason next to them.
+    fn dead_letter(&self, range: cursor::Range, rows: &[u8], reason: &str) {
+        let dir = self.cfg.state_dir.join("dead-letter");
+        let name = format!("{:012}-{}-{}", range.segment, range.start, range.end);
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(format!("{name}.jsonl")), rows))
+            .and_then(|()| std::fs::write(dir.join(format!("{name}.error.txt")), reason));
+        let count = rows.iter().filter(|b| **b == b'\n').count() as u64;
+        self.metrics.dead_letter.inc_by(count);
+        match written {
+            Ok(()) => {
+                tracing::error!(file = %dir.join(&name).display(), rows = count, reason, "rows set aside")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = count, reason, "rows rejected and could not be set aside")
+            }
+        }
+    }
+
+    /// Deletes segments before the cursor once they are older than the retention.
+    fn remove_shipped_segments(&self, segs: &[(u64, PathBuf)]) {
+        for (seq, path) in segs.iter().filter(|(seq, _)| *seq < self.cursor.segment) {
+            if older_than(path, self.cfg.shipped_retention) {
+                match std::fs::remove_file(path) {
+                    Ok(()) => tracing::debug!(segment = seq, "removed shipped ledger segment"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, segment = seq, "cannot remove shipped segment")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    age.is_zero()
+        || std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= age)
+            .unwrap_or(false)
+}
