@@ -130,6 +130,16 @@ keys:
     )
 }
 
+/// Environment the test configs read keys from.
+pub fn test_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TEST_OPENAI_KEY", "sk-upstream-openai"),
+        ("TEST_ANTHROPIC_KEY", "sk-ant-upstream"),
+        ("TEST_VKEY_SEARCH", KEY),
+        ("TEST_VKEY_OPEN", OPEN_KEY),
+    ]
+}
+
 /// A running `tollgate serve`.
 pub struct Proxy {
     child: Option<Child>,
@@ -156,27 +166,63 @@ impl Proxy {
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
-        let log = std::fs::File::create(dir.path().join("tollgate.log")).unwrap();
+        let mut proxy = Proxy {
+            child: None,
+            port,
+            admin_port,
+            dir,
+        };
+        proxy.spawn();
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tollgate.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["serve", "--config"])
-            .arg(dir.path().join("tollgate.yaml"))
-            .env("TEST_OPENAI_KEY", "sk-upstream-openai")
-            .env("TEST_ANTHROPIC_KEY", "sk-ant-upstream")
-            .env("TEST_VKEY_SEARCH", KEY)
-            .env("TEST_VKEY_OPEN", OPEN_KEY)
+            .arg(self.config_path())
+            .envs(test_env())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let proxy = Proxy {
-            child: Some(child),
-            port,
-            admin_port,
-            dir,
-        };
-        proxy.wait_ready().await;
-        proxy
+        self.child = Some(child);
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tollgate.yaml")
+    }
+
+    /// SIGKILLs the proxy: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the proxy again with the same config, ports and data dir.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Runs another `tollgate` subcommand against this proxy's config.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .envs(test_env())
+            .output()
+            .unwrap()
     }
 
     async fn wait_ready(&self) {
@@ -324,3 +370,4 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|(_, v)| v.parse().ok())
 }
+pub mod clickhouse;

@@ -1,0 +1,397 @@
+//! Delivery to a real ClickHouse: schema and migrations, exactly-once shipping through
+//! ClickHouse and proxy crashes, rollups, and `report` from either store.
+
+mod common;
+
+use common::clickhouse::{ClickHouse, PrivateServer};
+use common::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// A proxy config shipping to `db`, keeping shipped segments so tests can compare the
+/// ledger with ClickHouse.
+fn keeping(upstream: std::net::SocketAddr, ch_url: &str, db: &str, extra: &str) -> String {
+    config_for(upstream, &telemetry(ch_url, db, extra)).replace(
+        "flush_interval_ms: 5",
+        "flush_interval_ms: 5\n  shipped_retention_secs: 3600",
+    )
+}
+
+fn telemetry(ch_url: &str, db: &str, extra: &str) -> String {
+    format!(
+        "telemetry:\n  clickhouse:\n    url: {ch_url}\n    database: {db}\n    batch_period_ms: 50\n{extra}"
+    )
+}
+
+/// Sends `n` chat requests, `parallel` at a time, calling `midway` once after `n / 3`.
+async fn load(proxy_port: u16, n: usize, parallel: usize) -> usize {
+    let client = client();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            let resp = client
+                .post(format!("http://127.0.0.1:{proxy_port}/v1/chat/completions"))
+                .bearer_auth(KEY)
+                .header("x-tollgate-feature", if i % 2 == 0 { "even" } else { "odd" })
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("request {i}")}]}))
+                .send()
+                .await;
+            matches!(resp, Ok(r) if r.status() == 200)
+        }));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap());
+    }
+    ok
+}
+
+/// Waits until `db.requests` holds `n` rows; returns (rows, distinct request ids).
+async fn wait_rows(ch: &ClickHouse, db: &str, n: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // The sink creates the table when it first connects.
+        let exists = ch
+            .rows(&format!("SELECT count() AS n FROM system.tables WHERE database = '{db}' AND name = 'requests'"))
+            .await;
+        if exists[0]["n"].as_u64() != Some(1) {
+            assert!(
+                Instant::now() < deadline,
+                "the sink never created {db}.requests"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let r = ch
+            .rows(&format!(
+                "SELECT count() AS c, uniqExact(request_id) AS u FROM {db}.requests"
+            ))
+            .await;
+        let (c, u) = (
+            r[0]["c"].as_u64().unwrap_or(0),
+            r[0]["u"].as_u64().unwrap_or(0),
+        );
+        if c >= n || Instant::now() > deadline {
+            return (c, u);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ids_in_ledger(proxy: &Proxy) -> Vec<String> {
+    let mut ids: Vec<String> = tollgate::ledger::read_all(&proxy.ledger_dir())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn ids_in_clickhouse(ch: &ClickHouse, db: &str) -> Vec<String> {
+    let mut ids: Vec<String> = ch
+        .rows(&format!("SELECT request_id FROM {db}.requests"))
+        .await
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn schema_is_created_from_nothing_and_migrated_from_the_previous_version() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("migrations").await;
+    let up = start_sim().await;
+    let mut cfg = config_for(
+        up.addr,
+        &telemetry(&ch.url, &db, "    migrate_on_start: false"),
+    );
+    cfg.push('\n');
+    let proxy = Proxy::start(&cfg).await;
+
+    let dry = proxy.command(&["migrate", "--dry-run"]);
+    let sql = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        sql.contains(&format!("CREATE TABLE IF NOT EXISTS {db}.requests")),
+        "{sql}"
+    );
+    let tables = |ch: ClickHouse, db: String| async move {
+        ch.rows(&format!(
+            "SELECT name FROM system.tables WHERE database = '{db}' ORDER BY name"
+        ))
+        .await
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+    };
+    assert!(
+        tables(ch.clone(), db.clone()).await.is_empty(),
+        "dry run changes nothing"
+    );
+
+    // The previous version of the schema, with data in it.
+    let out = proxy.command(&["migrate", "--to", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tables(ch.clone(), db.clone()).await,
+        ["requests", "schema_migrations"]
+    );
+    ch.exec(&format!(
+        "INSERT INTO {db}.requests (ts, request_id, team, input_tokens, cost_usd) VALUES (now64(3), 'old-1', 'legacy', 5, 0.5)"
+    ))
+    .await;
+
+    // Two replicas migrating at once both succeed.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| proxy.command(&["migrate"]));
+        let b = s.spawn(|| proxy.command(&["migrate"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert_eq!(
+        tables(ch.clone(), db.clone()).await,
+        [
+            "attempts",
+            "outcomes",
+            "requests",
+            "requests_hourly",
+            "requests_hourly_mv",
+            "schema_migrations"
+        ]
+    );
+    let versions = ch
+        .rows(&format!(
+            "SELECT version FROM {db}.schema_migrations FINAL ORDER BY version"
+        ))
+        .await;
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let old = ch
+        .rows(&format!(
+            "SELECT team, input_tokens FROM {db}.requests WHERE request_id = 'old-1'"
+        ))
+        .await;
+    assert_eq!(old[0]["team"], "legacy", "data survives migration");
+    let again = proxy.command(&["migrate"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("applied 0 migration"));
+}
+
+#[tokio::test]
+async fn records_arrive_exactly_once_and_rollups_and_reports_agree() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("exactly_once").await;
+    let up = start_sim().await;
+    let proxy = Proxy::start(&keeping(up.addr, &ch.url, &db, "    batch_max_rows: 25")).await;
+    let ok = load(proxy.port, 200, 8).await;
+    assert_eq!(ok, 200);
+    let (rows, distinct) = wait_rows(&ch, &db, 200).await;
+    assert_eq!((rows, distinct), (200, 200));
+    assert_eq!(ids_in_clickhouse(&ch, &db).await, ids_in_ledger(&proxy));
+
+    // Rollup sums equal raw sums, to the nano-dollar.
+    let raw = ch.rows(&format!(
+        "SELECT count() AS n, sum(input_tokens) AS i, sum(output_tokens) AS o, toString(sum(cost_usd)) AS c FROM {db}.requests"
+    )).await;
+    let rolled = ch.rows(&format!(
+        "SELECT sum(requests) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o, toString(sum(cost_usd)) AS c FROM {db}.requests_hourly"
+    )).await;
+    assert_eq!(raw, rolled);
+    assert!(raw[0]["c"].as_str().unwrap() != "0");
+
+    // `report` gives the same numbers from ClickHouse and from the ledger.
+    let report = |args: &[&str]| {
+        let out = proxy.command(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let by = "team,project,env,model,feature";
+    let from_ch = report(&["report", "--since", "1h", "--by", by, "--format", "json"]);
+    let from_ledger = report(&[
+        "report", "--since", "1h", "--by", by, "--format", "json", "--ledger",
+    ]);
+    assert_eq!(from_ch, from_ledger);
+    assert_eq!(
+        from_ch.as_array().unwrap().len(),
+        3,
+        "two features and a total: {from_ch}"
+    );
+
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, "tollgate_sink_shipped_total", &[]), Some(200.0));
+    assert_eq!(metric(&m, "tollgate_sink_lag_records", &[]), Some(0.0));
+}
+
+#[tokio::test]
+async fn clickhouse_killed_mid_load_and_restarted_loses_and_duplicates_nothing() {
+    let mut server = PrivateServer::start().await;
+    let ch = server.client();
+    let db = ch.fresh_database("ch_restart").await;
+    let up = start_sim().await;
+    let proxy = Proxy::start(&keeping(
+        up.addr,
+        &server.url(),
+        &db,
+        "    batch_max_rows: 10",
+    ))
+    .await;
+
+    let port = proxy.port;
+    let traffic = tokio::spawn(async move { load(port, 300, 6).await });
+    wait_rows(&ch, &db, 30).await;
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.restart().await;
+    // Clients never noticed: every request was answered while ClickHouse was down.
+    assert_eq!(traffic.await.unwrap(), 300);
+
+    let (rows, distinct) = wait_rows(&ch, &db, 300).await;
+    assert_eq!((rows, distinct), (300, 300), "{}", proxy.log());
+    assert_eq!(ids_in_clickhouse(&ch, &db).await, ids_in_ledger(&proxy));
+    let errors = metric(&proxy.metrics().await, "tollgate_sink_errors_total", &[]).unwrap();
+    assert!(errors > 0.0, "the outage was seen and retried");
+}
+
+#[tokio::test]
+async fn proxy_killed_mid_load_and_restarted_ships_the_ledger_exactly_once() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("proxy_restart").await;
+    let up = start_sim().await;
+    let mut proxy = Proxy::start(&keeping(up.addr, &ch.url, &db, "    batch_max_rows: 7")).await;
+
+    let port = proxy.port;
+    let traffic = tokio::spawn(async move { load(port, 150, 6).await });
+    wait_rows(&ch, &db, 20).await;
+    proxy.kill9();
+    let served_before_kill = traffic.await.unwrap();
+    proxy.restart().await;
+    let second = load(proxy.port, 50, 6).await;
+    assert_eq!(second, 50);
+
+    let ledger = ids_in_ledger(&proxy);
+    assert!(
+        ledger.len() >= 50 + served_before_kill.saturating_sub(20),
+        "ledger {} served {served_before_kill}",
+        ledger.len()
+    );
+    let (rows, distinct) = wait_rows(&ch, &db, ledger.len() as u64).await;
+    assert_eq!(rows, distinct, "no duplicates");
+    assert_eq!(
+        ids_in_clickhouse(&ch, &db).await,
+        ledger,
+        "exactly the ledger's records"
+    );
+}
+
+#[tokio::test]
+async fn lines_that_are_not_records_are_set_aside_and_the_rest_ships() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("dead_letter").await;
+    let up = start_sim().await;
+    // Seed the ledger with a corrupt line before the proxy starts.
+    let mut proxy = Proxy::start(&config_for(up.addr, &telemetry(&ch.url, &db, ""))).await;
+    assert_eq!(load(proxy.port, 5, 2).await, 5);
+    wait_rows(&ch, &db, 5).await;
+    proxy.kill9();
+    let segs = tollgate::ledger::list_segments(&proxy.ledger_dir()).unwrap();
+    let (_, last) = segs.last().unwrap();
+    let mut text = std::fs::read_to_string(last).unwrap();
+    text.push_str("{\"this is\": \"not a record\"}\n");
+    std::fs::write(last, text).unwrap();
+    // A new segment follows, so the corrupt one is finished.
+    proxy.restart().await;
+    assert_eq!(load(proxy.port, 5, 2).await, 5);
+
+    let (rows, _) = wait_rows(&ch, &db, 10).await;
+    assert_eq!(rows, 10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = proxy.metrics().await;
+        if metric(&m, "tollgate_sink_dead_letter_total", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dl: Vec<_> = std::fs::read_dir(proxy.dir.path().join("data/sink/dead-letter"))
+        .unwrap()
+        .collect();
+    assert_eq!(dl.len(), 2, "the rows and the reason");
+    // With no retention configured, a segment is deleted once fully shipped.
+    let (first, _) = segs[0];
+    let remaining = tollgate::ledger::list_segments(&proxy.ledger_dir()).unwrap();
+    assert!(
+        remaining.iter().all(|(seq, _)| *seq > first),
+        "{remaining:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_replayed_after_a_crash_before_its_commit_is_stored_once() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("replay").await;
+    let up = start_sim().await;
+    // One batch for everything: wait long enough for all 20 records to queue up.
+    let cfg = keeping(up.addr, &ch.url, &db, "    batch_max_rows: 1000")
+        .replace("batch_period_ms: 50", "batch_period_ms: 1500");
+    let mut proxy = Proxy::start(&cfg).await;
+    assert_eq!(load(proxy.port, 20, 4).await, 20);
+    assert_eq!(wait_rows(&ch, &db, 20).await, (20, 20));
+    proxy.kill9();
+
+    // Rewind the cursor as if the process died after ClickHouse stored the batch but
+    // before the sink recorded that: the batch is pending again.
+    let cursor_path = proxy.dir.path().join("data/sink/clickhouse.cursor");
+    let cursor: Value = serde_json::from_slice(&std::fs::read(&cursor_path).unwrap()).unwrap();
+    let (segment, end) = (
+        cursor["segment"].as_u64().unwrap(),
+        cursor["offset"].as_u64().unwrap(),
+    );
+    let rewound = json!({"segment": segment, "offset": 0, "pending": {"segment": segment, "start": 0, "end": end}});
+    std::fs::write(&cursor_path, rewound.to_string()).unwrap();
+
+    proxy.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c: Value = serde_json::from_slice(&std::fs::read(&cursor_path).unwrap()).unwrap();
+        if c["pending"].is_null() && c["offset"].as_u64() == Some(end) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replay never committed: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = ch
+        .rows(&format!("SELECT count() AS c FROM {db}.requests"))
+        .await;
+    assert_eq!(r[0]["c"], 20, "the replay was deduplicated");
+    let h = ch
+        .rows(&format!(
+            "SELECT sum(requests) AS c FROM {db}.requests_hourly"
+        ))
+        .await;
+    assert_eq!(h[0]["c"], 20, "and so was the rollup");
+}
