@@ -11,7 +11,7 @@ CONNS=${2:-16}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked --quiet
 BIN=target/release/tollgate
-OUT=bench/out
+OUT=$PWD/bench/out
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -55,7 +55,7 @@ to_us() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms
 HZ=$(getconf CLK_TCK)
 PROXIED_REQS=$(reqs proxied)
 CPU_US=$(python3 -c "print(round(($after-$before)/$HZ*1e6/$PROXIED_REQS,1))")
-ERRS=$(grep -c '"status":200' "$OUT"/data/ledger/*.jsonl | awk -F: '{s+=$2} END {print s}')
+OK_RECORDS=$(cat "$OUT"/data/ledger/*.jsonl | grep -c '"status":200')
 
 printf '%-8s %10s %10s %10s %10s\n' path p50_us p90_us p99_us req_per_s
 for name in direct proxied; do
@@ -67,4 +67,4 @@ d50, p50, d99, p99 = map(float, sys.argv[1:])
 print(f"latency ratio proxied/direct: p50 {p50/d50:.2f}x, p99 {p99/d99:.2f}x; added p50 {p50-d50:.0f} us")
 PY
 echo "proxy CPU per request: ${CPU_US} us (user+system, over $PROXIED_REQS requests)"
-echo "records written with status 200: $ERRS"
+echo "ledger records with status 200: $OK_RECORDS"

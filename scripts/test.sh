@@ -1,8 +1,33 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (real binary, real sockets), then the
 # official OpenAI and Anthropic Python SDKs against a running proxy.
+# Tests that need ClickHouse share one server: $TOLLGATE_TEST_CLICKHOUSE_URL if set, else one
+# started here (a real ClickHouse from PyPI's chdb-core, see scripts/clickhouse-server.md) on a
+# free port with a temporary data dir, and stopped at the end whatever happens.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
+    PY=$(scripts/setup-clickhouse.sh)
+    CH_DATA=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-test-clickhouse.XXXXXX")
+    stop_clickhouse() {
+        "$PY" scripts/clickhouse-server.py stop --data "$CH_DATA" || true
+        rm -rf "$CH_DATA"
+    }
+    trap stop_clickhouse EXIT # the script's exit status is kept
+    # The free port may be taken before the server binds it: then try another.
+    for attempt in 1 2 3; do
+        port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        if url=$("$PY" scripts/clickhouse-server.py start --port "$port" --data "$CH_DATA" 2>"$CH_DATA/start.err"); then
+            break
+        fi
+        if [ "$attempt" = 3 ]; then
+            cat "$CH_DATA/start.err" >&2
+            exit 1
+        fi
+    done
+    export TOLLGATE_TEST_CLICKHOUSE_URL="$url"
+fi
 
 # Build once; nextest then runs every test binary in parallel.
 cargo build --locked --bins --tests

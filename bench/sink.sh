@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# ClickHouse sink: throughput shipping a ledger backlog (rows/s), and client latency with
+# the sink on vs off, measured in one run against a real ClickHouse 26.9 (chdb-core).
+#
+#   bench/sink.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DURATION=${1:-15}
+CONNS=${2:-16}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --locked --quiet
+BIN=$PWD/target/release/tollgate
+OUT=$PWD/bench/out/sink
+rm -rf "$OUT" && mkdir -p "$OUT"
+PY=$(scripts/setup-clickhouse.sh)
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+CH=$(port); SIM=$(port)
+"$PY" scripts/clickhouse-server.py start --port "$CH" --data "$OUT/clickhouse" --pidfile "$OUT/ch.pid" >/dev/null
+"$BIN" sim-provider --listen "127.0.0.1:$SIM" 2>"$OUT/sim.log" & SIM_PID=$!
+PIDS=("$SIM_PID")
+cleanup() {
+    kill "${PIDS[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    "$PY" scripts/clickhouse-server.py stop --pidfile "$OUT/ch.pid" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
+
+# config NAME DATA_DIR SINK(on|off) -> prints proxy and admin ports
+config() {
+    local name=$1 data=$2 sink=$3 p a
+    p=$(port); a=$(port)
+    {
+        echo "listen: 127.0.0.1:$p"
+        echo "admin_listen: 127.0.0.1:$a"
+        echo "data_dir: $data"
+        echo "log: { level: warn }"
+        echo "server: { threads: 1, grace_period_secs: 0 }"
+        echo "providers:"
+        echo "  upstream: { kind: openai_compatible, base_url: \"http://127.0.0.1:$SIM\", api_key_env: BENCH_UPSTREAM_KEY }"
+        echo "models: { gpt-4o-mini: { provider: upstream } }"
+        echo "keys: [ { name: bench, key_env: BENCH_KEY, team: bench } ]"
+        if [ "$sink" = on ]; then
+            echo "telemetry: { clickhouse: { url: \"http://127.0.0.1:$CH\", database: bench_$name } }"
+        fi
+    } > "$OUT/$name.yaml"
+    echo "$p $a"
+}
+start() { # NAME -> pid
+    "$BIN" serve --config "$OUT/$1.yaml" 2>"$OUT/$1.log" &
+    echo $!
+}
+ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.05; done; echo "not ready" >&2; exit 1; }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1==m {print $2}'; }
+run_wrk() { # NAME PORT
+    wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$2" >/dev/null
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$2" > "$OUT/$1.txt"
+}
+pct() { awk -v p="$2" '$1==p {print $2}' "$OUT/$1.txt"; }
+to_us() { python3 -c "import sys,re; m=re.match(r'([0-9.]+)(us|ms|s)',sys.argv[1]); print(round(float(m[1])*{'us':1,'ms':1e3,'s':1e6}[m[2]],1))" "$1"; }
+
+# 1. Client latency, sink off then on (the sink ships while the load runs).
+read -r P_OFF A_OFF < <(config off "$OUT/data-off" off)
+PID=$(start off); PIDS+=("$PID"); ready "$A_OFF"
+run_wrk off "$P_OFF"; kill -TERM "$PID"; wait "$PID" || true
+read -r P_ON A_ON < <(config on "$OUT/data-on" on)
+PID=$(start on); PIDS+=("$PID"); ready "$A_ON"
+run_wrk on "$P_ON"
+kill -TERM "$PID"; wait "$PID" || true
+
+# 2. Throughput: a fresh sink ships the sink-off run's ledger as a backlog.
+BACKLOG=$(cat "$OUT"/data-off/ledger/*.jsonl | wc -l)
+read -r P_TP A_TP < <(config backlog "$OUT/data-off" on)
+T0=$(date +%s.%N)
+PID=$(start backlog); PIDS+=("$PID"); ready "$A_TP"
+while [ "$(metric "$A_TP" tollgate_sink_shipped_total)" != "$BACKLOG" ]; do sleep 0.05; done
+T1=$(date +%s.%N)
+ROWS=$(curl -s "http://127.0.0.1:$CH/?query=SELECT+count()+FROM+bench_backlog.requests")
+
+printf '%-9s %10s %10s %10s\n' sink p50_us p90_us p99_us
+for n in off on; do
+    printf '%-9s %10s %10s %10s\n' "$n" "$(to_us "$(pct $n 50%)")" "$(to_us "$(pct $n 90%)")" "$(to_us "$(pct $n 99%)")"
+done
+python3 - "$(to_us "$(pct off 50%)")" "$(to_us "$(pct on 50%)")" "$(to_us "$(pct off 99%)")" "$(to_us "$(pct on 99%)")" <<'PY'
+import sys
+a50, b50, a99, b99 = map(float, sys.argv[1:])
+print(f"latency ratio sink on/off: p50 {b50/a50:.2f}x, p99 {b99/a99:.2f}x")
+PY
+python3 -c "import sys; n=int(sys.argv[1]); t=float(sys.argv[3])-float(sys.argv[2]); print(f'sink throughput: {n} rows in {t:.2f} s = {n/t:,.0f} rows/s (includes proxy start and schema migration); ClickHouse holds {sys.argv[4]} rows')" "$BACKLOG" "$T0" "$T1" "$ROWS"
