@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,8 +48,6 @@ pub fn ledger_id(dir: &Path) -> io::Result<String> {
         Err(e) => Err(e),
     }
 }
-/// Most records written between two fsyncs.
-const MAX_BATCH: usize = 4096;
 
 enum Msg {
     Record(Box<Record>),
@@ -239,44 +237,38 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 impl Writer {
+    /// Group commit: the writer wakes once per flush interval, writes everything queued and
+    /// fsyncs once. It does not block on the queue, so submitting a record never has to
+    /// wake a thread: under load a wake-up or a sync per handful of records would cost
+    /// more than the requests themselves.
     fn run(mut self, rx: Receiver<Msg>) {
-        let mut dirty = false;
+        let mut next_sync = Instant::now() + self.flush_interval;
         loop {
-            let msg = match rx.recv_timeout(self.flush_interval) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+            std::thread::sleep(next_sync.saturating_duration_since(Instant::now()));
+            next_sync = Instant::now() + self.flush_interval;
             let mut waiting = Vec::new();
-            let mut batch = 0;
-            let mut next = msg;
-            while let Some(m) = next {
-                match m {
-                    Msg::Record(r) => {
+            let mut dirty = false;
+            let disconnected = loop {
+                match rx.try_recv() {
+                    Ok(Msg::Record(r)) => {
                         self.write(&r);
                         dirty = true;
-                        batch += 1;
                     }
-                    Msg::Flush(done) => waiting.push(done),
+                    Ok(Msg::Flush(done)) => waiting.push(done),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
                 }
-                next = if batch < MAX_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
+            };
             if dirty {
                 self.sync();
-                dirty = false;
             }
             for done in waiting {
                 let _ = done.send(());
             }
+            if disconnected {
+                return;
+            }
             self.rotate_if_old();
-        }
-        // Senders are gone: everything queued has been received above.
-        if dirty {
-            self.sync();
         }
     }
 

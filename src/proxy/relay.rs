@@ -83,7 +83,7 @@ pub async fn run(
         .map_err(|_| Outcome::Abort("client went away before the response header"))?;
     ctx.response_started = true;
 
-    let end = pump(session, &mut up, &mut meter).await;
+    let end = pump(session, &mut up, &mut meter, ex.metered).await;
     match &end {
         PumpEnd::Complete => {
             meter.finish_body();
@@ -215,7 +215,12 @@ enum PumpEnd {
 
 /// Moves body chunks from the upstream to the client as they arrive, watching the client
 /// connection so a disconnect is noticed even while the upstream is silent.
-async fn pump(session: &mut Session, up: &mut HttpSession, meter: &mut Meter) -> PumpEnd {
+async fn pump(
+    session: &mut Session,
+    up: &mut HttpSession,
+    meter: &mut Meter,
+    metered: bool,
+) -> PumpEnd {
     loop {
         let chunk = tokio::select! {
             biased;
@@ -224,7 +229,9 @@ async fn pump(session: &mut Session, up: &mut HttpSession, meter: &mut Meter) ->
         };
         match chunk {
             Ok(Some(bytes)) => {
-                let out = match meter.feed(&bytes) {
+                // Unmetered bodies (pass-through paths) are forwarded without being kept.
+                let fed = if metered { meter.feed(&bytes) } else { None };
+                let out = match fed {
                     Some(rewritten) if rewritten.is_empty() => continue,
                     Some(rewritten) => Bytes::from(rewritten),
                     None => bytes,
