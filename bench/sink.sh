@@ -48,8 +48,13 @@ config() {
     echo "$p $a"
 }
 start() { # NAME -> pid
-    "$BIN" serve --config "$OUT/$1.yaml" 2>"$OUT/$1.log" &
+    "$BIN" serve --config "$OUT/$1.yaml" >/dev/null 2>"$OUT/$1.log" &
     echo $!
+}
+stop() { # PID: SIGTERM, then wait until it has exited (it is not this shell's child)
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 400); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+    echo "process $1 did not stop" >&2; exit 1
 }
 ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.05; done; echo "not ready" >&2; exit 1; }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1==m {print $2}'; }
@@ -63,11 +68,11 @@ to_us() { python3 -c "import sys,re; m=re.match(r'([0-9.]+)(us|ms|s)',sys.argv[1
 # 1. Client latency, sink off then on (the sink ships while the load runs).
 read -r P_OFF A_OFF < <(config off "$OUT/data-off" off)
 PID=$(start off); PIDS+=("$PID"); ready "$A_OFF"
-run_wrk off "$P_OFF"; kill -TERM "$PID"; wait "$PID" || true
+run_wrk off "$P_OFF"; stop "$PID"
 read -r P_ON A_ON < <(config on "$OUT/data-on" on)
 PID=$(start on); PIDS+=("$PID"); ready "$A_ON"
 run_wrk on "$P_ON"
-kill -TERM "$PID"; wait "$PID" || true
+stop "$PID"
 
 # 2. Throughput: a fresh sink ships the sink-off run's ledger as a backlog.
 BACKLOG=$(cat "$OUT"/data-off/ledger/*.jsonl | wc -l)

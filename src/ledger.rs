@@ -462,6 +462,24 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_limit_drops_and_counts_instead_of_growing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let line = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
+        let cfg = LedgerConfig {
+            max_disk_bytes: line * 3 + 100,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(tmp.path(), &cfg, metrics.clone()).unwrap();
+        for i in 0..10 {
+            ledger.submit(record(i));
+        }
+        ledger.close();
+        assert_eq!(read_all(&tmp.path().join("ledger")).unwrap().len(), 3);
+        assert_eq!(metrics.records_dropped.get(), 7);
+    }
+
+    #[test]
     fn skips_a_torn_last_line() {
         let tmp = tempfile::tempdir().unwrap();
         let line = serde_json::to_string(&record(1)).unwrap();

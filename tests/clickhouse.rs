@@ -395,3 +395,28 @@ async fn a_batch_replayed_after_a_crash_before_its_commit_is_stored_once() {
         .await;
     assert_eq!(h[0]["c"], 20, "and so was the rollup");
 }
+
+#[tokio::test]
+async fn shutdown_drains_the_ledger_into_clickhouse() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("drain").await;
+    let up = start_sim().await;
+    // Batches would wait a minute; only the shutdown drain can ship them in time.
+    let cfg =
+        keeping(up.addr, &ch.url, &db, "").replace("batch_period_ms: 50", "batch_period_ms: 60000");
+    let mut proxy = Proxy::start(&cfg).await;
+    assert_eq!(load(proxy.port, 30, 4).await, 30);
+    let status = proxy.stop();
+    assert!(status.success(), "{}", proxy.log());
+    let r = ch
+        .rows(&format!(
+            "SELECT count() AS c, uniqExact(request_id) AS u FROM {db}.requests"
+        ))
+        .await;
+    assert_eq!(
+        (r[0]["c"].as_u64(), r[0]["u"].as_u64()),
+        (Some(30), Some(30)),
+        "{}",
+        proxy.log()
+    );
+}

@@ -159,3 +159,26 @@ impl ClickHouse {
         .map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_errors_are_final() {
+        let server = |code| ChError::Server {
+            status: 400,
+            code,
+            message: String::new(),
+        };
+        assert!(server(Some(27)).is_bad_data(), "cannot parse input");
+        assert!(server(Some(117)).is_bad_data(), "incorrect data");
+        assert!(!server(Some(241)).is_bad_data(), "memory limit: retry");
+        assert!(
+            !server(Some(60)).is_bad_data(),
+            "unknown table: retry after migration"
+        );
+        assert!(!server(None).is_bad_data());
+        assert!(!ChError::Transport("refused".into()).is_bad_data());
+    }
+}
