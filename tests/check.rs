@@ -102,3 +102,31 @@ fn a_set_env_var_satisfies_the_check() {
     assert!(ok, "{out}");
     assert!(!out.contains("sk-x"));
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tollgate.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .envs([
+            ("OPENAI_API_KEY", "sk-x"),
+            ("ANTHROPIC_API_KEY", "sk-ant-x"),
+            ("TOLLGATE_KEY_SEARCH_PROD", "tg-1"),
+            ("TOLLGATE_KEY_SUPPORT_PROD", "tg-2"),
+            ("CLICKHOUSE_PASSWORD", "pw"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Without the keys' variables, each one is reported.
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 5, "{err}");
+}
