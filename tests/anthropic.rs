@@ -33,15 +33,13 @@ async fn prompt_cache_writes_then_reads_are_metered_and_priced_once() {
     let handbook = "Employees accrue leave monthly. ".repeat(400);
     let mut usages = Vec::new();
     for _ in 0..2 {
-        let resp = client()
-            .post(proxy.url("/v1/messages"))
-            .header("x-api-key", KEY)
-            .header("anthropic-version", "2023-06-01")
-            .header("x-sim-output-tokens", "15")
-            .json(&messages(&handbook, false))
-            .send()
-            .await
-            .unwrap();
+        let resp = anthropic(
+            &proxy,
+            "/v1/messages",
+            &[("x-sim-output-tokens", "15")],
+            &messages(&handbook, false),
+        )
+        .await;
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["type"], "message");
@@ -72,18 +70,16 @@ async fn prompt_cache_writes_then_reads_are_metered_and_priced_once() {
 async fn streamed_messages_take_usage_from_start_and_final_delta() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let text = client()
-        .post(proxy.url("/v1/messages"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .header("x-sim-output-tokens", "11")
-        .json(&messages("Short system prompt.", true))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = anthropic(
+        &proxy,
+        "/v1/messages",
+        &[("x-sim-output-tokens", "11")],
+        &messages("Short system prompt.", true),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     let events: Vec<Value> = sse_data(&text)
         .iter()
         .filter_map(|d| serde_json::from_str(d).ok())
@@ -108,14 +104,7 @@ async fn two_mib_message_is_forwarded_whole() {
     let big = "contract clause ".repeat(2 * 1024 * 1024 / 16 + 1);
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 10,
         "messages": [{"role": "user", "content": big}]});
-    let resp = client()
-        .post(proxy.url("/v1/messages"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = anthropic(&proxy, "/v1/messages", &[], &body).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     let input = v["usage"]["input_tokens"].as_u64().unwrap();
@@ -127,15 +116,13 @@ async fn two_mib_message_is_forwarded_whole() {
 async fn upstream_failure_before_usage_costs_nothing() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let resp = client()
-        .post(proxy.url("/v1/messages"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .header("x-sim-fault", "status=529")
-        .json(&messages("x", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = anthropic(
+        &proxy,
+        "/v1/messages",
+        &[("x-sim-fault", "status=529")],
+        &messages("x", false),
+    )
+    .await;
     assert_eq!(resp.status(), 529);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -152,16 +139,13 @@ async fn upstream_failure_before_usage_costs_nothing() {
 async fn count_tokens_passes_through_unmetered() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let resp = client()
-        .post(proxy.url("/v1/messages/count_tokens"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(
-            &json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let resp = anthropic(
+        &proxy,
+        "/v1/messages/count_tokens",
+        &[],
+        &json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert!(v["input_tokens"].as_u64().unwrap() > 0);

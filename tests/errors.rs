@@ -56,14 +56,13 @@ async fn bad_requests_get_wire_format_errors_and_are_recorded() {
     assert_eq!(v["error"]["code"], "request_too_large");
 
     // Anthropic clients get Anthropic's error shape.
-    let resp = client()
-        .post(proxy.url("/v1/messages"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "gpt-9", "max_tokens": 1, "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let resp = anthropic(
+        &proxy,
+        "/v1/messages",
+        &[],
+        &json!({"model": "gpt-9", "max_tokens": 1, "messages": []}),
+    )
+    .await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["type"], "error");
@@ -127,17 +126,19 @@ async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<http::Head
 async fn the_provider_gets_its_own_key_and_none_of_tollgates_headers() {
     let (addr, seen) = recording_upstream().await;
     let proxy = Proxy::start(&config_for(addr, "")).await;
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(OPEN_KEY)
-        .header("x-tollgate-team", "growth")
-        .header("x-tollgate-project", "onboarding")
-        .header("x-tollgate-workflow", "wf-9")
-        .header("openai-organization", "org-1")
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = openai_as(
+        &proxy,
+        OPEN_KEY,
+        "/v1/chat/completions",
+        &[
+            ("x-tollgate-team", "growth"),
+            ("x-tollgate-project", "onboarding"),
+            ("x-tollgate-workflow", "wf-9"),
+            ("openai-organization", "org-1"),
+        ],
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let headers = seen.lock().unwrap().pop().unwrap();
     assert_eq!(headers["authorization"], "Bearer sk-upstream-openai");
@@ -183,17 +184,16 @@ async fn metrics_count_requests_tokens_and_exact_cost() {
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
     let mut input = 0;
     for _ in 0..3 {
-        let v: Value = client()
-            .post(proxy.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .header("x-sim-output-tokens", "10")
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-sim-output-tokens", "10")],
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         input += v["usage"]["prompt_tokens"].as_u64().unwrap();
     }
     proxy.records(3).await;
@@ -236,15 +236,14 @@ async fn metrics_count_requests_tokens_and_exact_cost() {
 async fn unpriced_models_are_recorded_with_unknown_cost() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let resp = client()
-        .post(proxy.url("/v1/messages"))
-        .header("x-api-key", KEY)
-        .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "claude-unpriced-9", "max_tokens": 5,
-            "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = anthropic(
+        &proxy,
+        "/v1/messages",
+        &[],
+        &json!({"model": "claude-unpriced-9", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let r = proxy.only_record().await;
     assert!(r.input_tokens > 0);
@@ -261,13 +260,13 @@ async fn sigterm_flushes_the_ledger_and_exits_cleanly() {
     let up = start_sim().await;
     let mut proxy = Proxy::start(&config_for(up.addr, "")).await;
     for _ in 0..5 {
-        client()
-            .post(proxy.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}))
-            .send()
-            .await
-            .unwrap();
+        openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[],
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
     }
     let status = proxy.stop();
     assert!(status.success(), "{status:?}\n{}", proxy.log());

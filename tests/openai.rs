@@ -25,18 +25,19 @@ fn mini_cost(input: u64, cached: u64, output: u64) -> String {
 async fn non_streaming_chat_is_passed_through_and_metered_exactly() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "12")
-        .header("x-tollgate-feature", "summarize")
-        .header("x-tollgate-user", "u-42")
-        .header("x-tollgate-tags", "tier=gold,region=eu")
-        .header("x-request-id", "req-abc-123")
-        .json(&chat("Summarize the plot of Hamlet."))
-        .send()
-        .await
-        .unwrap();
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[
+            ("x-sim-output-tokens", "12"),
+            ("x-tollgate-feature", "summarize"),
+            ("x-tollgate-user", "u-42"),
+            ("x-tollgate-tags", "tier=gold,region=eu"),
+            ("x-request-id", "req-abc-123"),
+        ],
+        &chat("Summarize the plot of Hamlet."),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-tollgate-request-id"], "req-abc-123");
     let body: Value = resp.json().await.unwrap();
@@ -73,14 +74,13 @@ async fn stream_with_include_usage_shows_the_usage_chunk_and_meters_it() {
     let mut body = chat("Count to five.");
     body["stream"] = true.into();
     body["stream_options"] = json!({"include_usage": true});
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "9")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "9")],
+        &body,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -110,32 +110,30 @@ async fn stream_without_include_usage_is_metered_but_the_client_sees_no_usage() 
     let prompt = chat("Name three rivers.");
 
     // The same prompt unstreamed tells the test what the provider counts.
-    let plain: Value = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "7")
-        .json(&prompt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plain: Value = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "7")],
+        &prompt,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let input = plain["usage"]["prompt_tokens"].as_u64().unwrap();
 
     let mut body = prompt.clone();
     body["stream"] = true.into();
-    let text = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "7")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "7")],
+        &body,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     let events = sse_data(&text);
     assert_eq!(events.last().unwrap(), "[DONE]");
     let mut content = String::new();
@@ -170,15 +168,16 @@ async fn client_abort_mid_stream_cancels_upstream_and_records_an_estimate() {
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
     let mut body = chat("Write a long story.");
     body["stream"] = true.into();
-    let mut resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "400")
-        .header("x-sim-token-interval-ms", "10")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[
+            ("x-sim-output-tokens", "400"),
+            ("x-sim-token-interval-ms", "10"),
+        ],
+        &body,
+    )
+    .await;
     let mut received = String::new();
     while sse_data(&received).len() < 5 {
         let chunk = resp.chunk().await.unwrap().expect("stream ended early");
@@ -219,15 +218,16 @@ async fn upstream_reset_mid_stream_is_an_error_for_the_client_and_estimated() {
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
     let mut body = chat("Tell me about the sea.");
     body["stream"] = true.into();
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "50")
-        .header("x-sim-fault", "reset-after=6")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[
+            ("x-sim-output-tokens", "50"),
+            ("x-sim-fault", "reset-after=6"),
+        ],
+        &body,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let mut resp = resp;
     let mut received = Vec::new();
@@ -270,14 +270,13 @@ async fn two_mib_prompt_is_forwarded_whole_and_counted() {
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
     let big = "lorem ipsum dolor sit amet ".repeat(2 * 1024 * 1024 / 27 + 1);
     assert!(big.len() >= 2 * 1024 * 1024);
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "3")
-        .json(&chat(&big))
-        .send()
-        .await
-        .unwrap();
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "3")],
+        &chat(&big),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     let input = body["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -308,13 +307,8 @@ async fn tool_calls_stream_through_and_are_metered() {
         }}],
         "tool_choice": "required"
     });
-    let text = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
+    let text = openai(&proxy, "/v1/chat/completions", &[], &body)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -360,14 +354,13 @@ async fn cached_and_reasoning_tokens_are_each_priced_once() {
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
     let body = json!({"model": "o3-mini", "messages": [{"role": "user", "content": long}]});
     for _ in 0..2 {
-        let resp = client()
-            .post(proxy.url("/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .header("x-sim-output-tokens", "20")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-sim-output-tokens", "20")],
+            &body,
+        )
+        .await;
         assert_eq!(resp.status(), 200);
     }
     let records = proxy.records(2).await;
@@ -389,28 +382,27 @@ async fn cached_and_reasoning_tokens_are_each_priced_once() {
 async fn embeddings_and_renamed_models_are_metered() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let emb: Value = client()
-        .post(proxy.url("/v1/embeddings"))
-        .bearer_auth(KEY)
-        .json(&json!({"model": "text-embedding-3-small", "input": ["alpha beta", "gamma"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let emb: Value = openai(
+        &proxy,
+        "/v1/embeddings",
+        &[],
+        &json!({"model": "text-embedding-3-small", "input": ["alpha beta", "gamma"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(emb["data"].as_array().unwrap().len(), 2);
-    let chat_resp: Value = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "4")
-        .json(&json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let chat_resp: Value = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "4")],
+        &json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(
         chat_resp["model"].as_str().unwrap(),
         "gpt-4o-mini",
@@ -441,17 +433,16 @@ async fn embeddings_and_renamed_models_are_metered() {
 async fn responses_api_streamed_usage_comes_from_response_completed() {
     let up = start_sim().await;
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    let text = client()
-        .post(proxy.url("/v1/responses"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "6")
-        .json(&json!({"model": "gpt-4o-mini", "input": "Say hello", "stream": true}))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = openai(
+        &proxy,
+        "/v1/responses",
+        &[("x-sim-output-tokens", "6")],
+        &json!({"model": "gpt-4o-mini", "input": "Say hello", "stream": true}),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     let completed = sse_data(&text)
         .into_iter()
         .filter_map(|d| serde_json::from_str::<Value>(&d).ok())

@@ -109,14 +109,13 @@ async fn https_upstream_with_a_private_ca() {
     // Trusting the private CA: the call goes through and is metered.
     let trusted =
         Proxy::start_with(&tls_config(port, Some("ca.pem")), &[("ca.pem", &ca_pem)]).await;
-    let resp = client()
-        .post(trusted.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("x-sim-output-tokens", "3")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = openai(
+        &trusted,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "3")],
+        &body,
+    )
+    .await;
     assert_eq!(resp.status(), 200, "{}", trusted.log());
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["usage"]["completion_tokens"], 3);
@@ -124,12 +123,6 @@ async fn https_upstream_with_a_private_ca() {
 
     // Without it the certificate is rejected: 502, not a silent plaintext fallback.
     let untrusted = Proxy::start(&tls_config(port, None)).await;
-    let resp = client()
-        .post(untrusted.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = openai(&untrusted, "/v1/chat/completions", &[], &body).await;
     assert_eq!(resp.status(), 502);
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -332,6 +333,55 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// POSTs `body` as JSON to the proxy's `path` the way OpenAI clients do, with
+/// `Authorization: Bearer KEY` and the extra `headers`.
+pub async fn openai(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> reqwest::Response {
+    openai_as(proxy, KEY, path, headers, body).await
+}
+
+/// [`openai`] authenticated with `key` instead of [`KEY`].
+pub async fn openai_as(
+    proxy: &Proxy,
+    key: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> reqwest::Response {
+    let request = client().post(proxy.url(path)).bearer_auth(key);
+    send(request, headers, body).await
+}
+
+/// POSTs `body` as JSON to the proxy's `path` the way Anthropic clients do, with
+/// `x-api-key: KEY`, `anthropic-version: 2023-06-01` and the extra `headers`.
+pub async fn anthropic(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> reqwest::Response {
+    let request = client()
+        .post(proxy.url(path))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01");
+    send(request, headers, body).await
+}
+
+async fn send(
+    mut request: reqwest::RequestBuilder,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> reqwest::Response {
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.json(body).send().await.unwrap()
 }
 
 /// Splits an SSE body into its `data:` payloads.
