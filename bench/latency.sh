@@ -36,35 +36,34 @@ trap 'kill $SIM_PID $PROXY_PID 2>/dev/null; wait 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-run() { # name url
-    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s bench/chat.lua "$2" > "$OUT/$1.txt"
-}
 # Warm both paths (tokenizer tables, pooled connections).
 wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$SIM" >/dev/null
 wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$PROXY" >/dev/null
-
-run direct "http://127.0.0.1:$SIM"
-before=$(cpu_ticks $PROXY_PID)
-run proxied "http://127.0.0.1:$PROXY"
-after=$(cpu_ticks $PROXY_PID)
 
 pct() { awk -v p="$2" '$1==p {print $2}' "$OUT/$1.txt"; }
 reqs() { awk '/requests in/ {print $1}' "$OUT/$1.txt"; }
 rps() { awk '/Requests\/sec/ {print $2}' "$OUT/$1.txt"; }
 to_us() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); f={'us':1,'ms':1e3,'s':1e6}[m[2]]; print(round(float(m[1])*f,1))" "$1"; }
 HZ=$(getconf CLK_TCK)
-PROXIED_REQS=$(reqs proxied)
-CPU_US=$(python3 -c "print(round(($after-$before)/$HZ*1e6/$PROXIED_REQS,1))")
-OK_RECORDS=$(cat "$OUT"/data/ledger/*.jsonl | grep -c '"status":200')
 
-printf '%-8s %10s %10s %10s %10s\n' path p50_us p90_us p99_us req_per_s
-for name in direct proxied; do
-    printf '%-8s %10s %10s %10s %10s\n' $name "$(to_us "$(pct $name 50%)")" "$(to_us "$(pct $name 90%)")" "$(to_us "$(pct $name 99%)")" "$(rps $name)"
-done
-python3 - "$(to_us "$(pct direct 50%)")" "$(to_us "$(pct proxied 50%)")" "$(to_us "$(pct direct 99%)")" "$(to_us "$(pct proxied 99%)")" <<'PY'
+# One connection measures the hop itself; $CONNS connections add queueing on this
+# machine's two cores, shared by wrk, the upstream and the proxy.
+for c in 1 "$CONNS"; do
+    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$SIM" > "$OUT/direct.txt"
+    before=$(cpu_ticks $PROXY_PID)
+    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$PROXY" > "$OUT/proxied.txt"
+    after=$(cpu_ticks $PROXY_PID)
+    n=$(reqs proxied)
+    echo "== $c connection(s), ${DURATION}s each"
+    printf '%-8s %10s %10s %10s %10s\n' path p50_us p90_us p99_us req_per_s
+    for name in direct proxied; do
+        printf '%-8s %10s %10s %10s %10s\n' $name "$(to_us "$(pct $name 50%)")" "$(to_us "$(pct $name 90%)")" "$(to_us "$(pct $name 99%)")" "$(rps $name)"
+    done
+    python3 - "$(to_us "$(pct direct 50%)")" "$(to_us "$(pct proxied 50%)")" "$(to_us "$(pct direct 99%)")" "$(to_us "$(pct proxied 99%)")" <<'PY'
 import sys
 d50, p50, d99, p99 = map(float, sys.argv[1:])
 print(f"latency ratio proxied/direct: p50 {p50/d50:.2f}x, p99 {p99/d99:.2f}x; added p50 {p50-d50:.0f} us")
 PY
-echo "proxy CPU per request: ${CPU_US} us (user+system, over $PROXIED_REQS requests)"
-echo "ledger records with status 200: $OK_RECORDS"
+    python3 -c "print(f'proxy CPU per request: {($after-$before)/$HZ*1e6/$n:.1f} us (user+system, over $n requests)')"
+done
+echo "ledger records with status 200 (warm-up included): $(cat "$OUT"/data/ledger/*.jsonl | grep -c '"status":200')"
