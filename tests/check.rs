@@ -118,7 +118,11 @@ fn the_shipped_example_config_is_valid() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Without the keys' variables, each one is reported.
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["check", "--config"])

@@ -43,21 +43,12 @@ const BODY_LIMIT: usize = 64 * 1024 * 1024;
 /// Bounds the prompt-cache memory of a long-running demo; forgetting is harmless.
 const CACHE_CAPACITY: usize = 100_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SimOptions {
     /// Delay before the first byte of a response (default 0).
     pub first_token_delay: Duration,
     /// Delay between streamed tokens/events (default 0).
     pub token_interval: Duration,
-}
-
-impl Default for SimOptions {
-    fn default() -> Self {
-        SimOptions {
-            first_token_delay: Duration::ZERO,
-            token_interval: Duration::ZERO,
-        }
-    }
 }
 
 /// Counters the tests read (also served as JSON at GET /sim/stats).

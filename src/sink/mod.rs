@@ -45,32 +45,21 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Loads the cursor (a bad one stops the server from starting, rather than silently
+    /// never shipping) and starts shipping on a thread of its own.
     pub fn start(
         cfg: SinkConfig,
         metrics: SinkMetrics,
         written: Arc<AtomicU64>,
     ) -> std::io::Result<Sink> {
         let (stop, stop_rx) = watch::channel(None);
+        let mut shipper = Shipper::new(cfg, metrics, written, stop_rx)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let thread = std::thread::Builder::new()
             .name("tollgate-sink".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "sink runtime failed to start");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match Shipper::new(cfg, metrics, written, stop_rx) {
-                        Ok(mut s) => s.run().await,
-                        Err(e) => tracing::error!(error = %e, "ClickHouse sink failed to start"),
-                    }
-                });
-            })?;
+            .spawn(move || rt.block_on(shipper.run()))?;
         Ok(Sink {
             stop,
             thread: Some(thread),
@@ -117,10 +106,10 @@ impl Shipper {
         metrics: SinkMetrics,
         written: Arc<AtomicU64>,
         stop: watch::Receiver<Option<Instant>>,
-    ) -> Result<Shipper, String> {
-        let ch = ClickHouse::new(&cfg.settings).map_err(|e| e.to_string())?;
+    ) -> std::io::Result<Shipper> {
+        let ch = ClickHouse::new(&cfg.settings).map_err(std::io::Error::other)?;
         let file = CursorFile::new(cfg.state_dir.join("clickhouse.cursor"));
-        let cursor = file.load().map_err(|e| e.to_string())?;
+        let cursor = file.load()?;
         let backlog_at_start = segments::count_backlog(
             &cfg.ledger_dir,
             cursor.pending.map_or(cursor.segment, |p| p.segment),
@@ -216,7 +205,22 @@ impl Shipper {
     fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
         let dir = self.cfg.ledger_dir.clone();
         if let Some(range) = self.cursor.pending {
-            return segments::read_range(&dir, range).map(Some);
+            match segments::read_range(&dir, range) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // The segment was removed or cut short by hand: nothing left to replay.
+                    tracing::error!(
+                        segment = range.segment,
+                        "pending batch is gone from the ledger; skipping it"
+                    );
+                    self.cursor = Cursor {
+                        segment: range.segment,
+                        offset: range.end,
+                        pending: None,
+                    };
+                    self.file.save(&self.cursor)?;
+                }
+                other => return other.map(Some),
+            }
         }
         loop {
             let segs = ledger::list_segments(&dir)?;
