@@ -88,8 +88,10 @@ impl Meter {
         for ev in std::mem::take(&mut self.events) {
             let usage_only = self.observe_event(&ev);
             if let Some(out) = forward.as_mut() {
-                if !(usage_only && self.strip_usage_chunk) {
-                    out.extend_from_slice(&ev.raw);
+                if !usage_only {
+                    let (before, after) = split_null_usage(&ev.raw);
+                    out.extend_from_slice(before);
+                    out.extend_from_slice(after);
                 }
             }
         }
@@ -146,6 +148,18 @@ impl Meter {
     }
 }
 
+/// The `"usage":null` member that `include_usage` adds to every chunk, as OpenAI writes it.
+const NULL_USAGE: &[u8] = b",\"usage\":null";
+
+/// The event around its `"usage":null` member (the whole event and nothing, when it has
+/// none). The member can only be a key: inside a JSON string its quotes would be escaped.
+fn split_null_usage(raw: &[u8]) -> (&[u8], &[u8]) {
+    match raw.windows(NULL_USAGE.len()).position(|w| w == NULL_USAGE) {
+        Some(i) => (&raw[..i], &raw[i + NULL_USAGE.len()..]),
+        None => (raw, &[]),
+    }
+}
+
 /// Final usage: reported parts as reported, missing parts estimated.
 pub fn settle(
     observed: &Observed,
@@ -198,6 +212,10 @@ mod tests {
         out.extend(m.take_unforwarded());
         let out = String::from_utf8(out).unwrap();
         assert!(!out.contains("prompt_tokens"));
+        assert!(
+            !out.contains("usage"),
+            "the client did not ask for usage: {out}"
+        );
         assert!(out.contains("hello there") && out.ends_with("data: [DONE]\n\n"));
         let (u, src) = settle(&m.observed, || unreachable!(), Encoding::O200k);
         assert_eq!(
