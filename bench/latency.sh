@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Added latency and CPU per request of Tollgate against a direct call to the same upstream,
-# measured in one run on this machine. The upstream is the simulated provider with no
-# artificial delay, so the difference between the two runs is the proxy's cost.
+# and against a bare nginx reverse-proxy hop (keep-alive upstream, one worker), measured in
+# one run on this machine. The upstream is the simulated provider with no artificial delay,
+# so the differences between the runs are the hops' costs.
 #
 #   bench/latency.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${1:-15}
 CONNS=${2:-16}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked --quiet
 BIN=target/release/tollgate
 OUT=$PWD/bench/out
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SIM=$(port); PROXY=$(port); ADMIN=$(port)
+SIM=$(port); PROXY=$(port); ADMIN=$(port); NGX=$(port)
 cat > "$OUT/bench.yaml" <<YAML
 listen: 127.0.0.1:$PROXY
 admin_listen: 127.0.0.1:$ADMIN
@@ -30,15 +35,39 @@ keys:
   - { name: bench, key_env: BENCH_KEY, team: bench }
 YAML
 export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
+mkdir -p "$OUT/nginx"
+cat > "$OUT/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+error_log $OUT/nginx/error.log warn;
+pid $OUT/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $OUT/nginx/body;
+    proxy_temp_path $OUT/nginx/proxy;
+    upstream sim { server 127.0.0.1:$SIM; keepalive 32; }
+    server {
+        listen 127.0.0.1:$NGX;
+        location / {
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGINX
 "$BIN" sim-provider --listen "127.0.0.1:$SIM" 2>"$OUT/sim.log" & SIM_PID=$!
+"$NGINX" -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" -e "$OUT/nginx/error.log"
 "$BIN" serve --config "$OUT/bench.yaml" 2>"$OUT/proxy.log" & PROXY_PID=$!
-trap 'kill $SIM_PID $PROXY_PID 2>/dev/null; wait 2>/dev/null' EXIT
+trap 'kill $SIM_PID $PROXY_PID 2>/dev/null; kill "$(cat "$OUT/nginx/nginx.pid" 2>/dev/null)" 2>/dev/null; wait 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Warm both paths (tokenizer tables, pooled connections).
 wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$SIM" >/dev/null
 wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$PROXY" >/dev/null
+wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$NGX" >/dev/null
 
 pct() { awk -v p="$2" '$1==p {print $2}' "$OUT/$1.txt"; }
 reqs() { awk '/requests in/ {print $1}' "$OUT/$1.txt"; }
@@ -50,19 +79,23 @@ HZ=$(getconf CLK_TCK)
 # machine's two cores, shared by wrk, the upstream and the proxy.
 for c in 1 "$CONNS"; do
     wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$SIM" > "$OUT/direct.txt"
+    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$NGX" > "$OUT/nginx.txt"
     before=$(cpu_ticks $PROXY_PID)
     wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$PROXY" > "$OUT/proxied.txt"
     after=$(cpu_ticks $PROXY_PID)
     n=$(reqs proxied)
     echo "== $c connection(s), ${DURATION}s each"
     printf '%-8s %10s %10s %10s %10s\n' path p50_us p90_us p99_us req_per_s
-    for name in direct proxied; do
+    for name in direct nginx proxied; do
         printf '%-8s %10s %10s %10s %10s\n' $name "$(to_us "$(pct $name 50%)")" "$(to_us "$(pct $name 90%)")" "$(to_us "$(pct $name 99%)")" "$(rps $name)"
     done
-    python3 - "$(to_us "$(pct direct 50%)")" "$(to_us "$(pct proxied 50%)")" "$(to_us "$(pct direct 99%)")" "$(to_us "$(pct proxied 99%)")" <<'PY'
+    python3 - "$(to_us "$(pct direct 50%)")" "$(to_us "$(pct nginx 50%)")" "$(to_us "$(pct proxied 50%)")" \
+        "$(to_us "$(pct direct 99%)")" "$(to_us "$(pct nginx 99%)")" "$(to_us "$(pct proxied 99%)")" <<'PY'
 import sys
-d50, p50, d99, p99 = map(float, sys.argv[1:])
+d50, n50, p50, d99, n99, p99 = map(float, sys.argv[1:])
 print(f"latency ratio proxied/direct: p50 {p50/d50:.2f}x, p99 {p99/d99:.2f}x; added p50 {p50-d50:.0f} us")
+print(f"added p50 latency, Tollgate vs nginx hop: {p50-d50:.0f} us vs {n50-d50:.0f} us; "
+      f"latency ratio proxied/nginx: p50 {p50/n50:.2f}x, p99 {p99/n99:.2f}x")
 PY
     python3 -c "print(f'proxy CPU per request: {($after-$before)/$HZ*1e6/$n:.1f} us (user+system, over $n requests)')"
 done
