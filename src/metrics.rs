@@ -3,6 +3,7 @@
 //! Cost is counted in integer nano-USD and turned into USD only when scraped, so the
 //! exported total is exact rather than a running sum of floats.
 
+use crate::api::Endpoint;
 use crate::money::NANOS_PER_USD;
 use crate::record::Record;
 use prometheus::core::{Collector, Desc};
@@ -11,14 +12,48 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Label value standing for every attribution past the series cap.
+pub const OVERFLOW: &str = "__overflow__";
+/// Distinct (team, project, env, model) label sets exported before new ones are pooled.
+pub const MAX_ATTRIBUTION_SERIES: usize = 10_000;
+
+/// Remembers which attribution label sets have series, up to a cap.
+struct SeriesCap {
+    seen: Mutex<HashSet<u64>>,
+    max: usize,
+}
+
+impl SeriesCap {
+    fn admit(&self, r: &Record) -> bool {
+        let mut h = std::hash::DefaultHasher::new();
+        (&r.team, &r.project, &r.env, &r.model).hash(&mut h);
+        let key = h.finish();
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() >= self.max {
+            return false;
+        }
+        seen.insert(key);
+        true
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    series: Arc<SeriesCap>,
     pub requests: IntCounterVec,
     pub tokens: IntCounterVec,
     cost_nanos: IntCounterVec,
@@ -43,6 +78,10 @@ pub struct SinkMetrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Self::with_series_cap(MAX_ATTRIBUTION_SERIES)
+    }
+
+    pub fn with_series_cap(max: usize) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -157,6 +196,10 @@ impl Metrics {
         }
         Metrics {
             registry,
+            series: Arc::new(SeriesCap {
+                seen: Mutex::default(),
+                max,
+            }),
             requests,
             tokens,
             cost_nanos,
@@ -173,8 +216,19 @@ impl Metrics {
     /// Counts one finished request.
     pub fn observe(&self, r: &Record) {
         let status = r.status.to_string();
+        // Attribution can come from request headers: cap the series it may create.
+        let (team, project, env, model) = if self.series.admit(r) {
+            (
+                r.team.as_str(),
+                r.project.as_str(),
+                r.env.as_str(),
+                r.model.as_str(),
+            )
+        } else {
+            (OVERFLOW, OVERFLOW, OVERFLOW, OVERFLOW)
+        };
         self.requests
-            .with_label_values(&[&r.team, &r.project, &r.env, &r.model, &r.provider, &status])
+            .with_label_values(&[team, project, env, model, &r.provider, &status])
             .inc();
         for (kind, n) in [
             ("input", r.input_tokens),
@@ -185,23 +239,28 @@ impl Metrics {
         ] {
             if n > 0 {
                 self.tokens
-                    .with_label_values(&[&r.team, &r.project, &r.env, &r.model, kind])
+                    .with_label_values(&[team, project, env, model, kind])
                     .inc_by(n);
             }
         }
         match r.cost_usd {
             Some(c) if c.0 > 0 => self
                 .cost_nanos
-                .with_label_values(&[&r.team, &r.project, &r.env, &r.model])
+                .with_label_values(&[team, project, env, model])
                 .inc_by(c.0 as u64),
             Some(_) => {}
-            None => self.unpriced.with_label_values(&[&r.model]).inc(),
+            None => self.unpriced.with_label_values(&[model]).inc(),
         }
         if r.usage_source == crate::usage::UsageSource::Estimated {
             self.estimated.with_label_values(&[&r.provider]).inc();
         }
+        // Pass-through paths can carry ids (`/v1/files/file-…`): one label for all of them.
+        let endpoint = match Endpoint::from_path(&r.endpoint) {
+            Some(Endpoint::Other) | None => "other",
+            Some(_) => r.endpoint.as_str(),
+        };
         self.duration
-            .with_label_values(&[&r.provider, &r.endpoint])
+            .with_label_values(&[&r.provider, endpoint])
             .observe(r.latency_ms as f64 / 1000.0);
         if let Some(t) = r.ttfb_ms {
             self.ttfb
@@ -243,5 +302,36 @@ impl Collector for UsdCollector {
             }
         }
         families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(team: &str, endpoint: &str) -> Record {
+        serde_json::from_value(serde_json::json!({
+            "ts": "2026-11-27T10:00:00.000Z", "request_id": "r", "team": team, "project": "p",
+            "env": "prod", "user": "", "feature": "", "workflow_id": "", "tags": {}, "key_name": "",
+            "provider": "openai", "endpoint": endpoint, "requested_model": "m", "model": "m",
+            "stream": false, "status": 200, "input_tokens": 3, "output_tokens": 1,
+            "cached_input_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0,
+            "usage_source": "reported", "cost_usd": "0.000000010", "latency_ms": 1, "ttfb_ms": 1,
+            "error": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn header_supplied_labels_cannot_grow_series_without_bound() {
+        let m = Metrics::with_series_cap(2);
+        for team in ["a", "b", "c", "d", "a"] {
+            m.observe(&record(team, "/v1/files/file-123"));
+        }
+        let text = m.render();
+        assert!(text.contains(r#"team="a""#) && text.contains(r#"team="b""#));
+        assert!(!text.contains(r#"team="c""#) && !text.contains(r#"team="d""#));
+        assert!(text.contains(&format!(r#"tollgate_requests_total{{env="{OVERFLOW}",model="{OVERFLOW}",project="{OVERFLOW}",provider="openai",status="200",team="{OVERFLOW}"}} 2"#)), "{text}");
+        assert!(text.contains(r#"endpoint="other""#) && !text.contains("file-123"));
     }
 }
