@@ -16,6 +16,7 @@ pub mod money;
 pub mod prices;
 pub mod proxy;
 pub mod record;
+pub mod reload;
 pub mod report;
 pub mod server;
 pub mod sim;

@@ -138,7 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let cfg = load_or_exit(&config)?;
             init_logging(cfg.log.format, cfg.log.level.as_deref());
-            tollgate::server::serve(cfg)?;
+            tollgate::server::serve(cfg, &config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match config::load(&config) {

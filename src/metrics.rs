@@ -64,6 +64,7 @@ pub struct Metrics {
     pub estimated: IntCounterVec,
     pub ledger_disk_bytes: IntGauge,
     pub sink: SinkMetrics,
+    pub config_reloads: IntCounterVec,
 }
 
 /// Delivery of ledger records to ClickHouse.
@@ -172,8 +173,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "SIGHUP reloads, by result (ok, refused)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(ledger_disk_bytes.clone()) as Box<dyn Collector>,
+            Box::new(config_reloads.clone()) as Box<dyn Collector>,
+            Box::new(ledger_disk_bytes.clone()),
             Box::new(sink.shipped.clone()),
             Box::new(sink.lag.clone()),
             Box::new(sink.errors.clone()),
@@ -210,6 +220,7 @@ impl Metrics {
             estimated,
             ledger_disk_bytes,
             sink,
+            config_reloads,
         }
     }
 

@@ -6,9 +6,11 @@ use crate::config::validate::{ProviderKind, UpstreamAddr};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
+use crate::reload::Reloader;
 use crate::sim::{SimOptions, SimProvider};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -20,7 +22,7 @@ use std::time::Duration;
 const SINK_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs until SIGTERM or SIGINT, then lets in-flight requests finish and flushes the ledger.
-pub fn serve(cfg: Validated) -> anyhow::Result<()> {
+pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     crate::tokens::warm_up();
     let metrics = Metrics::new();
@@ -93,7 +95,16 @@ pub fn serve(cfg: Validated) -> anyhow::Result<()> {
     ));
 
     let listen = cfg.listen.to_string();
-    let proxy = Tollgate::new(cfg.clone(), ledger.clone(), metrics);
+    let shared_config = Arc::new(ArcSwap::new(cfg.clone()));
+    server.add_service(background_service(
+        "config reload",
+        Reloader {
+            path: config_path.to_path_buf(),
+            config: shared_config.clone(),
+            reloads: metrics.config_reloads.clone(),
+        },
+    ));
+    let proxy = Tollgate::new(shared_config, ledger.clone(), metrics);
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&listen);
     server.add_service(service);

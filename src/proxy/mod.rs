@@ -28,7 +28,7 @@ use std::sync::Arc;
 /// State shared by every request.
 pub struct Tollgate {
     /// Swapped whole on reload; a request keeps the config it started with.
-    pub config: ArcSwap<Validated>,
+    pub config: Arc<ArcSwap<Validated>>,
     pub ledger: Arc<Ledger>,
     pub metrics: Metrics,
     connector: Connector,
@@ -36,9 +36,9 @@ pub struct Tollgate {
 }
 
 impl Tollgate {
-    pub fn new(config: Arc<Validated>, ledger: Arc<Ledger>, metrics: Metrics) -> Tollgate {
+    pub fn new(config: Arc<ArcSwap<Validated>>, ledger: Arc<Ledger>, metrics: Metrics) -> Tollgate {
         Tollgate {
-            config: ArcSwap::new(config),
+            config,
             ledger,
             metrics,
             connector: Connector::new(None),

@@ -200,6 +200,13 @@ impl Proxy {
         self.dir.path().join("tollgate.yaml")
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the running proxy.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
     /// SIGKILLs the proxy: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
