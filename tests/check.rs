@@ -96,6 +96,13 @@ keys:
 }
 
 #[test]
+fn a_bad_listen_address_is_located() {
+    let (ok, out) = check("providers: {}\nlisten: localhost-4000\n", &[]);
+    assert!(!ok);
+    assert!(out.starts_with("tollgate.yaml:2:9: listen:"), "{out}");
+}
+
+#[test]
 fn a_set_env_var_satisfies_the_check() {
     let yaml = "providers:\n  openai:\n    kind: openai\n    api_key_env: TOLLGATE_TEST_SET_VAR\n";
     let (ok, out) = check(yaml, &[("TOLLGATE_TEST_SET_VAR", "sk-x")]);

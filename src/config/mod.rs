@@ -18,10 +18,10 @@ pub use validate::{ProviderKind, Validated};
 pub struct RawConfig {
     /// Proxy listener.
     #[serde(default = "defaults::listen")]
-    pub listen: String,
+    pub listen: Spanned<String>,
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default = "defaults::admin_listen")]
-    pub admin_listen: String,
+    pub admin_listen: Spanned<String>,
     /// Where the ledger and other state live.
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
@@ -263,11 +263,16 @@ impl Default for ServerConfig {
 mod defaults {
     use std::path::PathBuf;
 
-    pub fn listen() -> String {
-        "127.0.0.1:4000".into()
+    use serde_saphyr::{Location, Spanned};
+
+    fn unplaced(s: &str) -> Spanned<String> {
+        Spanned::new(s.to_string(), Location::UNKNOWN, Location::UNKNOWN)
     }
-    pub fn admin_listen() -> String {
-        "127.0.0.1:9464".into()
+    pub fn listen() -> Spanned<String> {
+        unplaced("127.0.0.1:4000")
+    }
+    pub fn admin_listen() -> Spanned<String> {
+        unplaced("127.0.0.1:9464")
     }
     pub fn data_dir() -> PathBuf {
         PathBuf::from("./tollgate-data")

@@ -228,12 +228,12 @@ pub fn validate(
         }
     };
 
-    let listen = parse_addr(&raw.listen).unwrap_or_else(|e| {
-        problems_push_whole(&mut bad, format!("listen: {e}"));
+    let listen = parse_addr(&raw.listen.value).unwrap_or_else(|e| {
+        bad(&raw.listen.referenced, format!("listen: {e}"));
         SocketAddr::from(([127, 0, 0, 1], 4000))
     });
-    let admin_listen = parse_addr(&raw.admin_listen).unwrap_or_else(|e| {
-        problems_push_whole(&mut bad, format!("admin_listen: {e}"));
+    let admin_listen = parse_addr(&raw.admin_listen.value).unwrap_or_else(|e| {
+        bad(&raw.admin_listen.referenced, format!("admin_listen: {e}"));
         SocketAddr::from(([127, 0, 0, 1], 9464))
     });
 
@@ -459,7 +459,7 @@ fn clickhouse_settings(
     })
 }
 
-/// Top-level scalar fields carry no span; report them at the file's first line.
+/// For fields that carry no span: the problem is reported against the file.
 fn problems_push_whole(bad: &mut impl FnMut(&serde_saphyr::Location, String), msg: String) {
     bad(&serde_saphyr::Location::UNKNOWN, msg)
 }
