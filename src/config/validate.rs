@@ -269,7 +269,7 @@ pub fn validate(
             }
         }
     }
-    models.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    models.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
     let mut keys = Vec::new();
     for k in &raw.keys {
@@ -349,7 +349,6 @@ pub fn validate(
     if raw.ledger.queue_capacity == 0 {
         problems_push_whole(&mut bad, "ledger.queue_capacity must be above 0".into());
     }
-    drop(bad);
     problems.extend(price_problems);
     if !problems.is_empty() {
         return Err(ConfigError(problems));
