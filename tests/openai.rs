@@ -458,3 +458,35 @@ async fn responses_api_streamed_usage_comes_from_response_completed() {
     assert_eq!(r.output_tokens, 6);
     assert_eq!(r.usage_source, UsageSource::Reported);
 }
+
+#[tokio::test]
+async fn stream_usage_off_leaves_the_body_alone_and_estimates() {
+    let up = start_sim().await;
+    let cfg = config_for(up.addr, "").replace(
+        "    kind: openai_compatible\n",
+        "    kind: openai_compatible\n    stream_usage: false\n",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let mut body = chat("List five colours.");
+    body["stream"] = true.into();
+    let text = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", "12")],
+        &body,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+    let r = proxy.only_record().await;
+    assert_eq!(
+        r.usage_source,
+        UsageSource::Estimated,
+        "no usage was asked for"
+    );
+    // Each simulated word is one token, so the estimate from the streamed text is exact.
+    assert_eq!(r.output_tokens, 12);
+    assert!(r.input_tokens > 0 && r.cost_usd.unwrap().0 > 0);
+}

@@ -75,6 +75,11 @@ pub struct ProviderConfig {
     /// Longest silence while reading the upstream response.
     #[serde(default = "defaults::read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Ask OpenAI-format streams for usage (`stream_options.include_usage`) when the client
+    /// did not. Turn off for compatible servers that reject the option; their streams are
+    /// then estimated.
+    #[serde(default = "defaults::yes")]
+    pub stream_usage: bool,
     /// Settings of the in-process simulated provider.
     #[serde(default)]
     pub simulated: SimulatedConfig,

@@ -145,6 +145,8 @@ pub struct Provider {
     /// The provider's key; never printed.
     pub api_key: Option<String>,
     pub allow_client_keys: bool,
+    /// Ask OpenAI-format streams for usage on the client's behalf.
+    pub stream_usage: bool,
     pub ca_pem: Option<Vec<u8>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -269,7 +271,9 @@ pub fn validate(
             }
         }
     }
-    models.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    models
+        .prefixes
+        .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
     let mut keys = Vec::new();
     for k in &raw.keys {
@@ -566,6 +570,7 @@ fn provider(
         upstream: cell,
         api_key,
         allow_client_keys: p.allow_client_keys,
+        stream_usage: p.stream_usage,
         ca_pem,
         connect_timeout: Duration::from_millis(p.connect_timeout_ms),
         read_timeout: Duration::from_millis(p.read_timeout_ms),

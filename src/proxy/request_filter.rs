@@ -128,13 +128,17 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
             .unwrap_or_else(|| model.to_string());
         ctx.stream = peek.stream.unwrap_or(false);
         let include_usage = peek.stream_options.as_ref().and_then(|o| o.include_usage);
+        // OpenAI sends stream usage only on request: ask on the client's behalf.
+        let inject_usage = ctx.format == ApiFormat::OpenAi
+            && ctx.stream
+            && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+            && include_usage != Some(true)
+            && route.provider.stream_usage;
         let prepared = prepare_body(
             &body,
-            endpoint,
-            ctx,
             route.upstream_model.as_deref().filter(|m| *m != model),
+            inject_usage,
             peek.stream_options.is_some(),
-            include_usage,
         )?;
         (route.provider.clone(), prepared)
     } else {
@@ -194,17 +198,11 @@ struct Prepared {
 /// client's behalf for an OpenAI stream.
 fn prepare_body(
     body: &Bytes,
-    endpoint: Endpoint,
-    ctx: &RequestCtx,
     rename: Option<&str>,
+    inject_usage: bool,
     has_stream_options: bool,
-    include_usage: Option<bool>,
 ) -> Result<Prepared, ProxyError> {
-    let wants_usage_injection = ctx.format == ApiFormat::OpenAi
-        && ctx.stream
-        && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
-        && include_usage != Some(true);
-    if rename.is_none() && !wants_usage_injection {
+    if rename.is_none() && !inject_usage {
         return Ok(Prepared {
             body: body.clone(),
             strip_usage_chunk: false,
@@ -233,7 +231,7 @@ fn prepare_body(
     if let Some(name) = rename {
         obj.insert("model".into(), name.into());
     }
-    if wants_usage_injection {
+    if inject_usage {
         let opts = obj
             .entry("stream_options")
             .or_insert_with(|| serde_json::json!({}));
@@ -245,7 +243,7 @@ fn prepare_body(
     let out = serde_json::to_vec(&v).map_err(|e| ProxyError::Internal(e.to_string()))?;
     Ok(Prepared {
         body: out.into(),
-        strip_usage_chunk: wants_usage_injection,
+        strip_usage_chunk: inject_usage,
     })
 }
 
