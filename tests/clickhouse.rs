@@ -83,6 +83,20 @@ async fn wait_rows(ch: &ClickHouse, db: &str, n: u64) -> (u64, u64) {
     }
 }
 
+/// The ledger's ids once no more records are arriving: a record is written just after its
+/// response completes, so the last ones can trail the client by a moment.
+async fn settled_ledger_ids(proxy: &Proxy) -> Vec<String> {
+    let mut ids = ids_in_ledger(proxy);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = ids_in_ledger(proxy);
+        if again == ids {
+            return ids;
+        }
+        ids = again;
+    }
+}
+
 fn ids_in_ledger(proxy: &Proxy) -> Vec<String> {
     let mut ids: Vec<String> = tollgate::ledger::read_all(&proxy.ledger_dir())
         .unwrap()
@@ -292,7 +306,7 @@ async fn proxy_killed_mid_load_and_restarted_ships_the_ledger_exactly_once() {
     let second = load(proxy.port, 50, 6).await;
     assert_eq!(second, 50);
 
-    let ledger = ids_in_ledger(&proxy);
+    let ledger = settled_ledger_ids(&proxy).await;
     assert!(
         ledger.len() >= 50 + served_before_kill.saturating_sub(20),
         "ledger {} served {served_before_kill}",
