@@ -147,3 +147,22 @@ async fn malformed_requests_get_400s_and_never_break_the_proxy() {
     assert_eq!(ok.status(), 200);
     assert!(!proxy.log().contains("panicked"));
 }
+
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_a_413_the_client_can_read() {
+    let up = start_sim().await;
+    let proxy = Proxy::start(&config_for(up.addr, "max_body_bytes: 1048576")).await;
+    // 3 MiB in 64 KiB chunks, with no Content-Length: the limit is found while reading.
+    let chunks = (0..48).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024]));
+    let resp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("the 413 is readable, not a broken pipe");
+    assert_eq!(resp.status(), 413);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large");
+    assert_eq!(up.sim.stats().requests, 0);
+}

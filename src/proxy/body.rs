@@ -4,7 +4,11 @@ use crate::error::ProxyError;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 
-/// Reads the request body. Bodies past `limit` are refused with 413 before more is read.
+/// Most bytes of an oversized body read and discarded so the client, still sending, gets
+/// to read the 413 instead of a broken pipe. Past this the connection is simply closed.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Reads the request body. Bodies past `limit` are refused with 413.
 pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError> {
     let declared = session
         .req_header()
@@ -12,15 +16,19 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ProxyError::TooLarge { limit });
-    }
     let expects_continue = session
         .req_header()
         .headers
         .get(http::header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared.is_some_and(|n| n > limit) {
+        // A client waiting for 100 Continue sends nothing more: answer straight away.
+        if !expects_continue {
+            drain(session).await;
+        }
+        return Err(ProxyError::TooLarge { limit });
+    }
     if expects_continue {
         // Answering 100 before the body is read would otherwise make pingora close the
         // connection after the response.
@@ -35,6 +43,7 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() as u64 + chunk.len() as u64 > limit {
+                    drain(session).await;
                     return Err(ProxyError::TooLarge { limit });
                 }
                 buf.extend_from_slice(&chunk);
@@ -48,4 +57,15 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError
         }
     }
     Ok(buf.freeze())
+}
+
+/// Reads and discards the rest of the body, up to [`DRAIN_LIMIT`].
+async fn drain(session: &mut Session) {
+    let mut drained = 0u64;
+    while drained < DRAIN_LIMIT {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => drained += chunk.len() as u64,
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
