@@ -7,6 +7,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# What a bare machine (Rust, Python, gcc) may lack: the test runner, and Python's venv module
+# (Debian splits it out). The build itself needs neither cmake nor system libraries beyond
+# OpenSSL's headers (see patches/libz-ng-sys).
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    [ "$(id -u)" = 0 ] || { echo "python3-venv is missing: apt-get install python3-venv" >&2; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+
 if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
     PY=$(scripts/setup-clickhouse.sh)
     CH_DATA=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-test-clickhouse.XXXXXX")
