@@ -1,21 +1,23 @@
 //! The local ledger: records appended as JSON Lines to segment files under
-//! `DATA_DIR/ledger/`, written and fsynced in batches by one writer thread.
+//! `DATA_DIR/ledger/`.
 //!
-//! Submitting never blocks a request: the queue is bounded and a full queue drops the
-//! record and counts it (`tollgate_records_dropped_total`). Segments are named by a
-//! sequence number that only grows; a restart opens a new segment rather than appending
-//! to one whose last line may be torn.
+//! A record is written to its segment (one `write` to the operating system's page cache)
+//! by the request that makes it, before the client sees the end of its response: once a
+//! client has a complete answer its record survives a crash of the process, SIGKILL
+//! included. Durability against power loss comes from a syncer thread that fsyncs the
+//! current segment once per flush interval, so fsync is batched and nothing on the request
+//! path waits for a disk or wakes a thread. Segments are named by a sequence number that only
+//! grows; a restart opens a new segment rather than appending to one whose last line may be
+//! torn.
 
 use crate::config::LedgerConfig;
 use crate::metrics::Metrics;
 use crate::record::Record;
-use arc_swap::ArcSwapOption;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ const SEGMENT_SUFFIX: &str = ".jsonl";
 /// Names this ledger, so delivery tokens of a wiped and recreated ledger never collide
 /// with old ones.
 const ID_FILE: &str = "LEDGER_ID";
-/// How often the writer re-measures the ledger's disk use.
+/// How often the ledger's disk use is re-measured (the sink deletes shipped segments).
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub fn segment_file_name(seq: u64) -> String {
@@ -49,56 +51,104 @@ pub fn ledger_id(dir: &Path) -> io::Result<String> {
     }
 }
 
-enum Msg {
-    Record(Box<Record>),
-    /// Write and fsync everything queued before this message, then answer.
-    Flush(SyncSender<()>),
+/// Why a record was not appended; each case is also counted in
+/// `tollgate_records_dropped_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the ledger is closed")]
+    Closed,
+    #[error("the ledger has reached its disk limit of {limit} bytes")]
+    DiskFull { limit: u64 },
+    #[error("record could not be serialized: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("ledger write failed: {0}")]
+    Io(#[from] io::Error),
 }
 
 /// Handle used by the proxy to append records.
 pub struct Ledger {
-    /// Emptied on close; an atomic swap keeps submission lock-free.
-    tx: ArcSwapOption<SyncSender<Msg>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    state: Arc<Shared>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
     dir: PathBuf,
     id: String,
-    /// Records written to disk by this process.
+    /// Records written by this process.
     written: Arc<AtomicU64>,
 }
 
+/// What the request path and the syncer share.
+struct Shared {
+    active: Mutex<Active>,
+    /// Wakes the syncer early: on close, or when a flush is asked for.
+    wake: Condvar,
+}
+
+/// The segment being appended to, and what the syncer still owes the disk.
+struct Active {
+    dir: PathBuf,
+    next_seq: u64,
+    max_bytes: u64,
+    max_age: Duration,
+    max_disk_bytes: u64,
+    current: Option<Segment>,
+    /// Closed segments not yet fsynced.
+    retired: Vec<File>,
+    /// Bytes written since the last fsync began.
+    dirty: bool,
+    disk_bytes: u64,
+    disk_checked: Instant,
+    closed: bool,
+    /// Flushes asked for and not yet done; the syncer answers them by bumping `synced`.
+    flush_requests: u64,
+    synced: u64,
+}
+
+struct Segment {
+    file: File,
+    bytes: u64,
+    opened: Instant,
+}
+
 impl Ledger {
-    /// Creates the directory and starts the writer thread.
+    /// Creates the directory and starts the syncer thread.
     pub fn open(data_dir: &Path, cfg: &LedgerConfig, metrics: Metrics) -> io::Result<Ledger> {
         let dir = data_dir.join("ledger");
         std::fs::create_dir_all(&dir)?;
         let id = ledger_id(&dir)?;
-        let written = Arc::new(AtomicU64::new(0));
         let next_seq = list_segments(&dir)?.last().map_or(1, |(seq, _)| seq + 1);
-        let (tx, rx) = sync_channel(cfg.queue_capacity);
-        let writer = Writer {
-            dir: dir.clone(),
-            seq: next_seq,
-            max_bytes: cfg.segment_max_bytes,
-            max_age: Duration::from_secs(cfg.segment_max_age_secs),
-            flush_interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
-            current: None,
-            max_disk_bytes: cfg.max_disk_bytes,
-            disk_bytes: dir_bytes(&dir),
-            disk_checked: Instant::now(),
-            metrics: metrics.clone(),
-            written: written.clone(),
+        let state = Arc::new(Shared {
+            active: Mutex::new(Active {
+                dir: dir.clone(),
+                next_seq,
+                max_bytes: cfg.segment_max_bytes,
+                max_age: Duration::from_secs(cfg.segment_max_age_secs),
+                max_disk_bytes: cfg.max_disk_bytes,
+                current: None,
+                retired: Vec::new(),
+                dirty: false,
+                disk_bytes: dir_bytes(&dir),
+                disk_checked: Instant::now(),
+                closed: false,
+                flush_requests: 0,
+                synced: 0,
+            }),
+            wake: Condvar::new(),
+        });
+        let interval = Duration::from_millis(cfg.flush_interval_ms.max(1));
+        let syncer = {
+            let state = state.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name("tollgate-ledger".into())
+                .spawn(move || run_syncer(&state, interval, &metrics))?
         };
-        let handle = std::thread::Builder::new()
-            .name("tollgate-ledger".into())
-            .spawn(move || writer.run(rx))?;
         Ok(Ledger {
-            tx: ArcSwapOption::from_pointee(tx),
-            writer: Mutex::new(Some(handle)),
+            state,
+            syncer: Mutex::new(Some(syncer)),
             metrics,
             dir,
             id,
-            written,
+            written: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -110,53 +160,104 @@ impl Ledger {
         &self.id
     }
 
-    /// Counter of records this process has written to disk.
+    /// Counter of records this process has written.
     pub fn written(&self) -> Arc<AtomicU64> {
         self.written.clone()
     }
 
-    /// Queues a record; never blocks.
-    pub fn submit(&self, record: Record) {
-        let sent = match self.tx.load().as_deref() {
-            Some(tx) => match tx.try_send(Msg::Record(Box::new(record))) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            },
-            None => false,
-        };
-        if !sent {
-            self.metrics.records_dropped.inc();
-        }
-    }
-
-    /// Waits until every record submitted so far is on disk.
-    pub fn flush(&self) {
-        if let Some(tx) = self.tx.load_full() {
-            let (done_tx, done_rx) = sync_channel(1);
-            if tx.send(Msg::Flush(done_tx)).is_ok() {
-                let _ = done_rx.recv();
+    /// Writes a record to the current segment. When this returns `Ok` the record is in the
+    /// operating system's hands (it survives the process); it reaches the disk at the next
+    /// fsync, within one flush interval. A record that cannot be written is counted as
+    /// dropped, and the reason returned.
+    pub fn append(&self, record: &Record) -> Result<(), AppendError> {
+        let res = self.try_append(record);
+        match &res {
+            Ok(()) => {
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.records_dropped.inc();
+                // One line per second at most: a full disk must not also flood the log.
+                if should_log_drop() {
+                    tracing::error!(error = %e, dir = %self.dir.display(), "ledger record dropped");
+                }
             }
         }
+        res
     }
 
-    /// Writes what is queued, fsyncs, and stops the writer. Later submissions are dropped
-    /// and counted.
+    fn try_append(&self, record: &Record) -> Result<(), AppendError> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        let mut active = self.lock();
+        if active.closed {
+            return Err(AppendError::Closed);
+        }
+        active.refresh_disk_bytes(&self.metrics);
+        let n = line.len() as u64;
+        if active.disk_bytes + n > active.max_disk_bytes {
+            return Err(AppendError::DiskFull {
+                limit: active.max_disk_bytes,
+            });
+        }
+        if active.current.as_ref().is_some_and(|s| {
+            s.bytes > 0 && (s.bytes + n > active.max_bytes || s.opened.elapsed() >= active.max_age)
+        }) {
+            active.retire_current();
+        }
+        let seg = active.segment()?;
+        // One write of a whole line: on O_APPEND a line is never interleaved with another.
+        seg.file.write_all(&line)?;
+        seg.bytes += n;
+        active.disk_bytes += n;
+        active.dirty = true;
+        Ok(())
+    }
+
+    /// Waits until every record appended so far is fsynced.
+    pub fn flush(&self) {
+        let mut active = self.lock();
+        if active.closed {
+            return;
+        }
+        active.flush_requests += 1;
+        let wanted = active.flush_requests;
+        self.state.wake.notify_all();
+        while active.synced < wanted && !active.closed {
+            active = self
+                .state
+                .wake
+                .wait(active)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Fsyncs everything and stops the syncer. Later appends are dropped and counted.
     pub fn close(&self) {
-        // The writer stops once the last sender is gone; in-flight `submit`s hold clones
-        // of the Arc only for the duration of one try_send.
-        let _: Option<Arc<SyncSender<Msg>>> = self.tx.swap(None);
-        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+        {
+            let mut active = self.lock();
+            active.closed = true;
+            self.state.wake.notify_all();
+        }
+        if let Some(handle) = self.syncer.lock().ok().and_then(|mut w| w.take()) {
             let _ = handle.join();
         }
     }
 
-    /// Whether the writer thread is running.
+    /// Whether records can be appended.
     pub fn is_alive(&self) -> bool {
-        self.writer
-            .lock()
-            .ok()
-            .and_then(|w| w.as_ref().map(|h| !h.is_finished()))
-            .unwrap_or(false)
+        !self.lock().closed
+            && self
+                .syncer
+                .lock()
+                .ok()
+                .and_then(|w| w.as_ref().map(|h| !h.is_finished()))
+                .unwrap_or(false)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Active> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -164,6 +265,125 @@ impl Drop for Ledger {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn should_log_drop() -> bool {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = STARTED.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    LAST.swap(now, Ordering::Relaxed) != now
+}
+
+impl Active {
+    fn segment(&mut self) -> io::Result<&mut Segment> {
+        if self.current.is_none() {
+            let path = self.dir.join(segment_file_name(self.next_seq));
+            self.next_seq += 1;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
+            // The new name must survive a power loss too; this happens once per segment.
+            File::open(&self.dir).and_then(|d| d.sync_all())?;
+            self.current = Some(Segment {
+                file,
+                bytes: 0,
+                opened: Instant::now(),
+            });
+        }
+        Ok(self.current.as_mut().expect("segment was just opened"))
+    }
+
+    /// Closes the current segment; its fsync is left to the syncer.
+    fn retire_current(&mut self) {
+        if let Some(seg) = self.current.take() {
+            self.retired.push(seg.file);
+        }
+    }
+
+    fn refresh_disk_bytes(&mut self, metrics: &Metrics) {
+        if self.disk_checked.elapsed() >= DISK_CHECK_EVERY {
+            self.disk_bytes = dir_bytes(&self.dir);
+            self.disk_checked = Instant::now();
+            metrics.ledger_disk_bytes.set(self.disk_bytes as i64);
+        }
+    }
+
+    /// Takes what must be fsynced: the retired segments and a handle on the current one.
+    fn take_sync_work(&mut self) -> Vec<File> {
+        let mut files = std::mem::take(&mut self.retired);
+        if self.dirty {
+            self.dirty = false;
+            if let Some(seg) = &self.current {
+                match seg.file.try_clone() {
+                    Ok(f) => files.push(f),
+                    Err(e) => {
+                        tracing::error!(error = %e, "ledger segment handle could not be cloned");
+                        self.dirty = true;
+                    }
+                }
+            }
+        }
+        files
+    }
+}
+
+/// Once per interval (or when woken): fsync what was written, outside the lock, so
+/// appends never wait for the disk. Also rotates an idle segment that grew old.
+fn run_syncer(state: &Shared, interval: Duration, metrics: &Metrics) {
+    let mut next = Instant::now() + interval;
+    loop {
+        let (work, closed, answering) = {
+            let mut active = state.active.lock().unwrap_or_else(|e| e.into_inner());
+            while !active.closed && active.flush_requests == active.synced {
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                active = state
+                    .wake
+                    .wait_timeout(active, next - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            next = Instant::now() + interval;
+            if active
+                .current
+                .as_ref()
+                .is_some_and(|s| s.opened.elapsed() >= active.max_age)
+            {
+                active.retire_current();
+            }
+            if active.closed {
+                active.retire_current();
+            }
+            active.refresh_disk_bytes(metrics);
+            (active.take_sync_work(), active.closed, active.flush_requests)
+        };
+        for file in work {
+            if let Err(e) = file.sync_data() {
+                tracing::error!(error = %e, "ledger fsync failed");
+            }
+        }
+        let mut active = state.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.synced = answering;
+        state.wake.notify_all();
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Bytes used by the files in `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Segment files in `dir`, oldest first, with their sequence numbers.
@@ -202,183 +422,6 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<Record>> {
         }
     }
     Ok(out)
-}
-
-struct Segment {
-    file: BufWriter<File>,
-    bytes: u64,
-    opened: Instant,
-}
-
-struct Writer {
-    dir: PathBuf,
-    seq: u64,
-    max_bytes: u64,
-    max_age: Duration,
-    flush_interval: Duration,
-    current: Option<Segment>,
-    max_disk_bytes: u64,
-    disk_bytes: u64,
-    disk_checked: Instant,
-    metrics: Metrics,
-    written: Arc<AtomicU64>,
-}
-
-/// Bytes used by the files in `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-impl Writer {
-    /// Group commit: the writer wakes once per flush interval, writes everything queued and
-    /// fsyncs once. It does not block on the queue, so submitting a record never has to
-    /// wake a thread: under load a wake-up or a sync per handful of records would cost
-    /// more than the requests themselves.
-    fn run(mut self, rx: Receiver<Msg>) {
-        let mut next_sync = Instant::now() + self.flush_interval;
-        loop {
-            std::thread::sleep(next_sync.saturating_duration_since(Instant::now()));
-            next_sync = Instant::now() + self.flush_interval;
-            let mut waiting = Vec::new();
-            let mut dirty = false;
-            let disconnected = loop {
-                match rx.try_recv() {
-                    Ok(Msg::Record(r)) => {
-                        self.write(&r);
-                        dirty = true;
-                    }
-                    Ok(Msg::Flush(done)) => waiting.push(done),
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Disconnected) => break true,
-                }
-            };
-            if dirty {
-                self.sync();
-            }
-            for done in waiting {
-                let _ = done.send(());
-            }
-            if disconnected {
-                return;
-            }
-            self.rotate_if_old();
-        }
-    }
-
-    fn write(&mut self, r: &Record) {
-        let mut line = match serde_json::to_vec(r) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "record could not be serialized");
-                return;
-            }
-        };
-        line.push(b'\n');
-        if !self.has_room_for(line.len() as u64) {
-            self.metrics.records_dropped.inc();
-            return;
-        }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.bytes + line.len() as u64 > self.max_bytes)
-        {
-            self.close_segment();
-        }
-        let seg = match self.segment() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, dir = %self.dir.display(), "cannot open ledger segment");
-                return;
-            }
-        };
-        match seg.file.write_all(&line) {
-            Ok(()) => {
-                seg.bytes += line.len() as u64;
-                self.disk_bytes += line.len() as u64;
-                self.written.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.metrics.records_dropped.inc();
-                tracing::error!(error = %e, "ledger write failed; record dropped");
-            }
-        }
-    }
-
-    /// Whether the ledger may grow by `n` bytes. Shipped segments are deleted by the sink, so
-    /// disk use is re-measured now and then rather than only added up.
-    fn has_room_for(&mut self, n: u64) -> bool {
-        if self.disk_checked.elapsed() >= DISK_CHECK_EVERY {
-            self.disk_bytes = dir_bytes(&self.dir);
-            self.disk_checked = Instant::now();
-            self.metrics.ledger_disk_bytes.set(self.disk_bytes as i64);
-        }
-        if self.disk_bytes + n <= self.max_disk_bytes {
-            return true;
-        }
-        if self.metrics.records_dropped.get() % 1000 == 0 {
-            tracing::error!(
-                dir = %self.dir.display(),
-                used = self.disk_bytes,
-                limit = self.max_disk_bytes,
-                "ledger disk limit reached: records are being dropped"
-            );
-        }
-        false
-    }
-
-    fn segment(&mut self) -> io::Result<&mut Segment> {
-        if self.current.is_none() {
-            let path = self.dir.join(segment_file_name(self.seq));
-            self.seq += 1;
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)?;
-            // Make the new file's name durable too.
-            File::open(&self.dir).and_then(|d| d.sync_all()).ok();
-            self.current = Some(Segment {
-                file: BufWriter::with_capacity(256 * 1024, file),
-                bytes: 0,
-                opened: Instant::now(),
-            });
-        }
-        Ok(self.current.as_mut().expect("segment was just opened"))
-    }
-
-    fn sync(&mut self) {
-        if let Some(seg) = self.current.as_mut() {
-            let res = seg
-                .file
-                .flush()
-                .and_then(|()| seg.file.get_ref().sync_data());
-            if let Err(e) = res {
-                tracing::error!(error = %e, "ledger fsync failed");
-            }
-        }
-    }
-
-    fn rotate_if_old(&mut self) {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.opened.elapsed() >= self.max_age)
-        {
-            self.close_segment();
-        }
-    }
-
-    fn close_segment(&mut self) {
-        self.sync();
-        self.current = None;
-    }
 }
 
 #[cfg(test)]
@@ -427,7 +470,7 @@ mod tests {
         };
         let ledger = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
         for i in 0..50 {
-            ledger.submit(record(i));
+            ledger.append(&record(i)).ok();
         }
         ledger.flush();
         let got = read_all(ledger.dir()).unwrap();
@@ -442,7 +485,7 @@ mod tests {
         // A reopened ledger starts a new segment after the last one.
         let before = list_segments(&tmp.path().join("ledger")).unwrap().len();
         let again = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
-        again.submit(record(99));
+        again.append(&record(99)).unwrap();
         again.close();
         assert_eq!(
             list_segments(&tmp.path().join("ledger")).unwrap().len(),
@@ -452,12 +495,12 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_and_counts() {
+    fn a_closed_ledger_drops_and_counts() {
         let tmp = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
         let ledger = Ledger::open(tmp.path(), &LedgerConfig::default(), metrics.clone()).unwrap();
         ledger.close();
-        ledger.submit(record(1));
+        assert!(matches!(ledger.append(&record(1)), Err(AppendError::Closed)));
         assert_eq!(metrics.records_dropped.get(), 1);
     }
 
@@ -472,11 +515,59 @@ mod tests {
         };
         let ledger = Ledger::open(tmp.path(), &cfg, metrics.clone()).unwrap();
         for i in 0..10 {
-            ledger.submit(record(i));
+            ledger.append(&record(i)).ok();
         }
         ledger.close();
         assert_eq!(read_all(&tmp.path().join("ledger")).unwrap().len(), 3);
         assert_eq!(metrics.records_dropped.get(), 7);
+    }
+
+    #[test]
+    fn an_appended_record_is_readable_at_once_without_a_flush() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LedgerConfig {
+            flush_interval_ms: 3_600_000,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
+        ledger.append(&record(7)).unwrap();
+        // No flush, no syncer pass: the line is already in the file.
+        let got = read_all(ledger.dir()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].request_id, "r7");
+    }
+
+    #[test]
+    fn concurrent_appends_keep_every_line_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LedgerConfig {
+            segment_max_bytes: 50_000,
+            ..LedgerConfig::default()
+        };
+        let ledger = Arc::new(Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    for i in 0..250 {
+                        ledger.append(&record(t * 1000 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        ledger.flush();
+        let mut ids: Vec<u64> = read_all(ledger.dir())
+            .unwrap()
+            .iter()
+            .map(|r| r.input_tokens)
+            .collect();
+        ids.sort();
+        let want: Vec<u64> = (0..8).flat_map(|t| (0..250).map(move |i| t * 1000 + i)).collect();
+        assert_eq!(ids, want);
+        assert!(list_segments(ledger.dir()).unwrap().len() > 1);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub ttfb: HistogramVec,
     pub unpriced: IntCounterVec,
     pub records_dropped: IntCounter,
+    /// Clients that left before the end of their response: normal traffic, so counted
+    /// rather than logged.
+    pub client_aborts: IntCounter,
     pub estimated: IntCounterVec,
     pub ledger_disk_bytes: IntGauge,
     pub sink: SinkMetrics,
@@ -130,7 +133,12 @@ impl Metrics {
         .expect("valid metric");
         let records_dropped = IntCounter::new(
             "tollgate_records_dropped_total",
-            "Records lost because the ledger queue was full or closed",
+            "Records lost because the ledger was closed, full or failing",
+        )
+        .expect("valid metric");
+        let client_aborts = IntCounter::new(
+            "tollgate_client_aborts_total",
+            "Requests whose client disconnected before the end of the response",
         )
         .expect("valid metric");
         let estimated = IntCounterVec::new(
@@ -200,6 +208,7 @@ impl Metrics {
             Box::new(ttfb.clone()),
             Box::new(unpriced.clone()),
             Box::new(records_dropped.clone()),
+            Box::new(client_aborts.clone()),
             Box::new(estimated.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -217,6 +226,7 @@ impl Metrics {
             ttfb,
             unpriced,
             records_dropped,
+            client_aborts,
             estimated,
             ledger_disk_bytes,
             sink,

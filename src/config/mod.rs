@@ -198,10 +198,7 @@ pub struct LedgerConfig {
     /// Start a new segment past this age.
     #[serde(default = "defaults::segment_max_age_secs")]
     pub segment_max_age_secs: u64,
-    /// Records waiting to be written; past this they are dropped and counted.
-    #[serde(default = "defaults::queue_capacity")]
-    pub queue_capacity: usize,
-    /// Longest time a record waits before it is written and fsynced.
+    /// Longest time between a record's write and its fsync (the power-loss window).
     #[serde(default = "defaults::flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Disk the ledger may use; past it new records are dropped and counted, not written.
@@ -217,7 +214,6 @@ impl Default for LedgerConfig {
         LedgerConfig {
             segment_max_bytes: defaults::segment_max_bytes(),
             segment_max_age_secs: defaults::segment_max_age_secs(),
-            queue_capacity: defaults::queue_capacity(),
             flush_interval_ms: defaults::flush_interval_ms(),
             max_disk_bytes: defaults::ledger_max_disk_bytes(),
             shipped_retention_secs: 0,
@@ -299,9 +295,6 @@ mod defaults {
     }
     pub fn segment_max_age_secs() -> u64 {
         3600
-    }
-    pub fn queue_capacity() -> usize {
-        65_536
     }
     pub fn flush_interval_ms() -> u64 {
         200

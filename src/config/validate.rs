@@ -350,9 +350,6 @@ pub fn validate(
     if raw.max_body_bytes == 0 {
         problems_push_whole(&mut bad, "max_body_bytes must be above 0".into());
     }
-    if raw.ledger.queue_capacity == 0 {
-        problems_push_whole(&mut bad, "ledger.queue_capacity must be above 0".into());
-    }
     problems.extend(price_problems);
     if !problems.is_empty() {
         return Err(ConfigError(problems));

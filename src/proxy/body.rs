@@ -50,6 +50,9 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError
             }
             Ok(None) => break,
             Err(e) => {
+                // After a framing error the rest of the stream is not a request: close the
+                // connection after the 400, so no byte past the error is ever parsed as one.
+                session.set_keepalive(None);
                 return Err(ProxyError::BadRequest(format!(
                     "could not read request body: {e}"
                 )));

@@ -2,15 +2,19 @@
 //!
 //! `request_filter` does the work: it reads the whole body (pingora's retry buffer holds only
 //! 64 KiB), routes by `model`, calls the upstream itself through pingora's connector and
-//! streams the answer back, metering as bytes pass. `logging` writes the record.
+//! streams the answer back, metering as bytes pass. The record is
+//! written before the client sees the end of its response (`commit`); `logging` records what
+//! ended otherwise.
 //! `fail_to_proxy` only stays quiet when a response was already under way.
 
 mod body;
+mod commit;
 mod ctx;
 mod fail_to_proxy;
 mod logging;
 mod relay;
 mod request_filter;
+mod rewrite;
 mod upstream;
 
 pub use ctx::RequestCtx;
@@ -52,7 +56,7 @@ impl ProxyHttp for Tollgate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.config.load_full())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -77,7 +81,7 @@ impl ProxyHttp for Tollgate {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        fail_to_proxy::run(session, e, ctx).await
+        fail_to_proxy::run(self, session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

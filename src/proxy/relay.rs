@@ -2,7 +2,7 @@
 //! meter it on the way, and settle its usage.
 
 use super::request_filter::Outcome;
-use super::{RequestCtx, Tollgate, upstream};
+use super::{RequestCtx, Tollgate, commit, upstream};
 use crate::api::Endpoint;
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::config::validate::Provider;
@@ -54,7 +54,15 @@ pub async fn run(
         ex.body.len(),
     )?;
 
-    let mut up = send(tg, &peer, provider, header, &ex.body).await?;
+    // Watch the client while the provider works on the answer: a client that leaves before
+    // the response header cancels the upstream call (dropping it closes the connection).
+    let mut up = tokio::select! {
+        biased;
+        sent = send(tg, &peer, provider, header, &ex.body) => sent?,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            return Err(client_left_before_header(tg, ctx));
+        }
+    };
     ctx.ttfb_ms = Some(ctx.elapsed_ms());
 
     let Some(up_resp) = up.response_header().cloned() else {
@@ -62,35 +70,48 @@ pub async fn run(
     };
     let status = up_resp.status.as_u16();
     ctx.status = status;
-    let success = (200..300).contains(&status);
     let is_sse = up_resp
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut meter = Meter::new(
+    let meter = Meter::new(
         ctx.format,
         ex.endpoint,
         is_sse,
         ex.strip_usage_chunk && is_sse,
     );
+    let mut relay = Relay {
+        success: (200..300).contains(&status),
+        content_length: content_length(&up_resp),
+        received: 0,
+        error_body: Vec::new(),
+        meter,
+    };
 
-    let resp = client_response_header(&up_resp, ctx, meter.rewrites())
+    let resp = client_response_header(&up_resp, ctx, relay.meter.rewrites())
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
-    session
+    if session
         .write_response_header(Box::new(resp), false)
         .await
-        .map_err(|_| Outcome::Abort("client went away before the response header"))?;
+        .is_err()
+    {
+        drop(up);
+        return Err(client_left_before_header(tg, ctx));
+    }
     ctx.response_started = true;
 
-    let end = pump(session, &mut up, &mut meter, ex.metered).await;
+    let end = pump(tg, session, ctx, &mut up, &mut relay, &ex).await;
     match &end {
         PumpEnd::Complete => {
-            meter.finish_body();
-            let rest = meter.take_unforwarded();
+            relay.meter.finish_body();
+            let rest = relay.meter.take_unforwarded();
             let last = (!rest.is_empty()).then(|| Bytes::from(rest));
+            // For bodies whose end only the end of the framing tells (chunked, no usage
+            // marker), the record goes in now, before that end is written.
+            finish(tg, ctx, &mut relay, &ex).await;
             if session.write_response_body(last, true).await.is_err() {
-                ctx.error = Some("client_disconnected".into());
+                tracing::debug!(request_id = %ctx.request_id, "client left as the response ended");
             }
             if up.response_done() {
                 tg.connector
@@ -102,11 +123,16 @@ pub async fn run(
             // Dropping the upstream session closes its connection, so the provider stops
             // generating tokens nobody will read.
             drop(up);
-            ctx.error = Some("client_disconnected".into());
+            ctx.mark_end();
+            ctx.fail("client_disconnected");
+            tg.metrics.client_aborts.inc();
+            tracing::debug!(request_id = %ctx.request_id, "client disconnected mid-response");
         }
         PumpEnd::UpstreamFailed(reason) => {
             drop(up);
-            ctx.error = Some(format!("upstream_failed: {reason}"));
+            ctx.mark_end();
+            ctx.fail("upstream_failed");
+            tracing::warn!(request_id = %ctx.request_id, reason = %reason, "upstream failed mid-response");
             if is_sse {
                 let _ = session
                     .write_response_body(Some(stream_error_event(ctx.format, reason)), false)
@@ -114,19 +140,102 @@ pub async fn run(
             }
         }
     }
-    if let Some(err) = meter.observed.upstream_error.take() {
-        ctx.error.get_or_insert(format!("upstream_error: {err}"));
-    }
-
-    ctx.served_model = meter.observed.model.clone();
-    if ex.metered && success {
-        settle_usage(ctx, &meter, ex.endpoint, ex.body).await;
-    }
+    // Aborted exchanges: the connection is closing anyway, so counting here holds no one up.
+    finish(tg, ctx, &mut relay, &ex).await;
     match end {
         PumpEnd::Complete => Ok(()),
         PumpEnd::ClientGone => Err(Outcome::Abort("client disconnected")),
         PumpEnd::UpstreamFailed(_) => Err(Outcome::Abort("upstream failed mid-response")),
     }
+}
+
+/// Records a client that left before any response header: status 499 (the client closed
+/// the request), never a status it did not receive. Usage is not estimated: a provider that
+/// had not answered yet is cut off before it produced anything the record could count.
+fn client_left_before_header(tg: &Tollgate, ctx: &mut RequestCtx) -> Outcome {
+    ctx.mark_end();
+    ctx.status = CLIENT_CLOSED_REQUEST;
+    ctx.fail("client_disconnected");
+    tg.metrics.client_aborts.inc();
+    tracing::debug!(request_id = %ctx.request_id, "client disconnected before the response header");
+    Outcome::Abort("client disconnected before the response header")
+}
+
+/// nginx's status for a request whose client closed the connection before the response.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The state of one response as it passes through.
+struct Relay {
+    success: bool,
+    /// The upstream's declared body length, when it declared one.
+    content_length: Option<u64>,
+    /// Body bytes read from the upstream so far.
+    received: u64,
+    /// The start of an error response, for the provider's error code.
+    error_body: Vec<u8>,
+    meter: Meter,
+}
+
+/// Error bodies are small; past this their code is not looked for.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+impl Relay {
+    /// Whether `chunk`, just read, holds the last bytes the client needs: the stream's end
+    /// marker (`[DONE]`, `message_stop`, `response.completed`) or the end of a body of
+    /// declared length.
+    fn completes(&self) -> bool {
+        self.meter.observed.finished
+            || self.content_length.is_some_and(|len| self.received >= len)
+    }
+}
+
+/// Settles usage and writes the record, once. Called just before the client receives the
+/// end of its response, so a process killed after that point has already recorded the call.
+async fn finish(tg: &Tollgate, ctx: &mut RequestCtx, relay: &mut Relay, ex: &Exchange<'_>) {
+    if ctx.committed {
+        return;
+    }
+    ctx.mark_end();
+    relay.meter.finish_body();
+    if let Some(err) = relay.meter.observed.upstream_error.take() {
+        tracing::debug!(request_id = %ctx.request_id, error = %err, "error event inside the stream");
+        ctx.fail("upstream_stream_error");
+    }
+    if !relay.success {
+        let code = provider_error_code(&relay.error_body)
+            .unwrap_or_else(|| format!("http_{}", ctx.status));
+        ctx.fail(code);
+    }
+    ctx.served_model = relay.meter.observed.model.clone();
+    if ex.metered && relay.success {
+        settle_usage(ctx, &relay.meter, ex.endpoint, ex.body.clone()).await;
+    }
+    commit::commit(tg, ctx);
+}
+
+/// The provider's own error code from an error body: OpenAI's `error.code` (else
+/// `error.type`), Anthropic's `error.type`.
+fn provider_error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let err = v.get("error")?;
+    let code = [&err["code"], &err["type"]]
+        .into_iter()
+        .find_map(|c| c.as_str().filter(|c| !c.is_empty()))
+        .or_else(|| err.as_str())?;
+    // The code goes into records and dashboards as a grouping key: keep it a short token.
+    let clean: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .take(64)
+        .collect();
+    (!clean.is_empty()).then_some(clean)
+}
+
+fn content_length(resp: &ResponseHeader) -> Option<u64> {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn upstream_err(provider: &Provider, reason: impl Into<String>) -> ProxyError {
@@ -136,8 +245,10 @@ fn upstream_err(provider: &Provider, reason: impl Into<String>) -> ProxyError {
     }
 }
 
-/// Connects and sends the request; a pooled connection that turns out dead is retried once
-/// on a fresh one.
+/// Connects and sends the request. A pooled connection is retried once on a fresh one only
+/// when the request provably never reached the provider: the write failed, or the peer
+/// closed the idle connection without a byte of answer. Never after a timeout: a provider
+/// that is slow is generating, and a second call would be billed twice.
 async fn send(
     tg: &Tollgate,
     peer: &HttpPeer,
@@ -154,27 +265,39 @@ async fn send(
             .await
             .map_err(|e| upstream_err(provider, describe(&e)))?;
         up.set_read_timeout(Some(provider.read_timeout));
-        let sent = async {
+        let written = async {
             up.write_request_header(Box::new(header.clone())).await?;
             up.write_request_body(body.clone(), true).await?;
-            up.finish_request_body().await?;
-            up.read_response_header().await
+            up.finish_request_body().await
         }
         .await;
+        let sent = match written {
+            Ok(_) => up.read_response_header().await.map_err(|e| (e, false)),
+            Err(e) => Err((e, true)),
+        };
         match sent {
             Ok(()) => return Ok(up),
-            Err(e) if reused && attempt == 1 => {
-                tracing::debug!(error = %e, "pooled upstream connection failed; retrying on a new one");
-            }
-            Err(e) if e.etype() == &pingora::ErrorType::ReadTimedout => {
+            Err((e, _)) if e.etype() == &pingora::ErrorType::ReadTimedout => {
                 return Err(ProxyError::UpstreamTimeout {
                     provider: provider.name.clone(),
                     reason: describe(&e),
                 });
             }
-            Err(e) => return Err(upstream_err(provider, describe(&e))),
+            Err((e, in_write)) if reused && attempt == 1 && (in_write || closed_unanswered(&e)) => {
+                tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on a new one");
+            }
+            Err((e, _)) => return Err(upstream_err(provider, describe(&e))),
         }
     }
+}
+
+/// The peer closed or reset the connection before any byte of response: what an idle
+/// keep-alive connection closed by the server looks like.
+fn closed_unanswered(e: &pingora::Error) -> bool {
+    matches!(
+        e.etype(),
+        pingora::ErrorType::ConnectionClosed | pingora::ErrorType::ReadError
+    )
 }
 
 /// A pingora error without its chain of internal context.
@@ -214,33 +337,59 @@ enum PumpEnd {
 }
 
 /// Moves body chunks from the upstream to the client as they arrive, watching the client
-/// connection so a disconnect is noticed even while the upstream is silent.
+/// connection so a disconnect is noticed even while the upstream is silent. The chunk that
+/// completes the answer is held until the record is written.
 async fn pump(
+    tg: &Tollgate,
     session: &mut Session,
+    ctx: &mut RequestCtx,
     up: &mut HttpSession,
-    meter: &mut Meter,
-    metered: bool,
+    relay: &mut Relay,
+    ex: &Exchange<'_>,
 ) -> PumpEnd {
     loop {
         let chunk = tokio::select! {
             biased;
             read = up.read_response_body() => read,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => return PumpEnd::ClientGone,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => {
+                // A client that already has the whole answer may close at once.
+                return if ctx.committed { PumpEnd::Complete } else { PumpEnd::ClientGone };
+            }
         };
         match chunk {
             Ok(Some(bytes)) => {
+                relay.received += bytes.len() as u64;
+                if !relay.success && relay.error_body.len() < MAX_ERROR_BODY {
+                    let room = MAX_ERROR_BODY - relay.error_body.len();
+                    relay
+                        .error_body
+                        .extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
                 // Unmetered bodies (pass-through paths) are forwarded without being kept.
-                let fed = if metered { meter.feed(&bytes) } else { None };
+                let fed = if ex.metered {
+                    relay.meter.feed(&bytes)
+                } else {
+                    None
+                };
+                if relay.completes() {
+                    finish(tg, ctx, relay, ex).await;
+                }
                 let out = match fed {
                     Some(rewritten) if rewritten.is_empty() => continue,
                     Some(rewritten) => Bytes::from(rewritten),
                     None => bytes,
                 };
                 if session.write_response_body(Some(out), false).await.is_err() {
-                    return PumpEnd::ClientGone;
+                    return if ctx.committed {
+                        PumpEnd::Complete
+                    } else {
+                        PumpEnd::ClientGone
+                    };
                 }
             }
             Ok(None) => return PumpEnd::Complete,
+            // The answer was complete; what the upstream does after it does not matter.
+            Err(_) if ctx.committed => return PumpEnd::Complete,
             Err(e) => return PumpEnd::UpstreamFailed(describe(&e)),
         }
     }

@@ -2,7 +2,7 @@
 //! the answer back. Every request is answered here; nothing falls through to pingora's
 //! own upstream path.
 
-use super::{RequestCtx, Tollgate, body, relay, upstream};
+use super::{RequestCtx, Tollgate, body, commit, relay, rewrite, upstream};
 use crate::api::{ApiFormat, Endpoint};
 use crate::attribution::{Attribution, REQUEST_ID_HEADER};
 use crate::auth::presented_key;
@@ -21,7 +21,13 @@ pub async fn run(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> 
         Ok(()) => Ok(true),
         Err(Outcome::Reply(err)) => {
             ctx.status = err.status();
-            ctx.error.get_or_insert_with(|| err.to_string());
+            ctx.fail(err.label());
+            if err.status() >= 500 {
+                tracing::warn!(request_id = %ctx.request_id, error = %err, "request failed");
+            } else {
+                tracing::debug!(request_id = %ctx.request_id, error = %err, "request refused");
+            }
+            commit::commit(tg, ctx);
             write_error(session, ctx, &err).await?;
             Ok(true)
         }
@@ -77,7 +83,7 @@ struct StreamOptions {
 }
 
 async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Outcome> {
-    let cfg = tg.config.load_full();
+    let cfg = ctx.config.clone();
     let path = session.req_header().uri.path().to_string();
     let endpoint = Endpoint::from_path(&path).ok_or_else(|| ProxyError::NotFound(path.clone()))?;
     ctx.format = endpoint.format(&session.req_header().headers);
@@ -136,9 +142,10 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
             && route.provider.stream_usage;
         let prepared = prepare_body(
             &body,
-            route.upstream_model.as_deref().filter(|m| *m != model),
-            inject_usage,
-            peek.stream_options.is_some(),
+            rewrite::Edits {
+                model: route.upstream_model.as_deref().filter(|m| *m != model),
+                include_usage: inject_usage,
+            },
         )?;
         (route.provider.clone(), prepared)
     } else {
@@ -196,54 +203,16 @@ struct Prepared {
 
 /// Rewrites the body only when needed: a renamed model, or usage to be requested on the
 /// client's behalf for an OpenAI stream.
-fn prepare_body(
-    body: &Bytes,
-    rename: Option<&str>,
-    inject_usage: bool,
-    has_stream_options: bool,
-) -> Result<Prepared, ProxyError> {
-    if rename.is_none() && !inject_usage {
+fn prepare_body(body: &Bytes, edits: rewrite::Edits<'_>) -> Result<Prepared, ProxyError> {
+    if edits.is_empty() {
         return Ok(Prepared {
             body: body.clone(),
             strip_usage_chunk: false,
         });
     }
-    if rename.is_none() && !has_stream_options {
-        // Cheap path for large prompts: add the member right after the opening brace.
-        let start = body
-            .iter()
-            .position(|b| *b == b'{')
-            .ok_or_else(|| ProxyError::BadJson("expected a JSON object".into()))?;
-        let mut out = Vec::with_capacity(body.len() + 40);
-        out.extend_from_slice(&body[..=start]);
-        out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
-        out.extend_from_slice(&body[start + 1..]);
-        return Ok(Prepared {
-            body: out.into(),
-            strip_usage_chunk: true,
-        });
-    }
-    let mut v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
-    let obj = v
-        .as_object_mut()
-        .ok_or_else(|| ProxyError::BadJson("expected a JSON object".into()))?;
-    if let Some(name) = rename {
-        obj.insert("model".into(), name.into());
-    }
-    if inject_usage {
-        let opts = obj
-            .entry("stream_options")
-            .or_insert_with(|| serde_json::json!({}));
-        if !opts.is_object() {
-            *opts = serde_json::json!({});
-        }
-        opts["include_usage"] = true.into();
-    }
-    let out = serde_json::to_vec(&v).map_err(|e| ProxyError::Internal(e.to_string()))?;
     Ok(Prepared {
-        body: out.into(),
-        strip_usage_chunk: inject_usage,
+        body: rewrite::apply(body, edits)?.into(),
+        strip_usage_chunk: edits.include_usage,
     })
 }
 

@@ -93,6 +93,7 @@ fn is_dropped_request_header(name: &str) -> bool {
 }
 
 /// Which credential goes upstream.
+#[derive(Clone, Copy)]
 pub enum Credential<'a> {
     /// The provider's own key from config.
     Provider(&'a str),
