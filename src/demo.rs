@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use crate::server::ready::Ready;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -35,10 +37,11 @@ const MODELS: [&str; 6] = [
 
 const FEATURES: &[&str] = &["summarize", "classify", "answer", "extract"];
 
-fn config(port: u16, admin: u16, data_dir: &Path) -> String {
+/// Both listeners on port 0: the proxy reports the ports it was given on its ready line.
+fn config(data_dir: &Path) -> String {
     let mut out = format!(
-        "listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin}
+        "listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
 data_dir: {}
 ledger: {{ flush_interval_ms: 20 }}
 server: {{ threads: 2, grace_period_secs: 0 }}
@@ -60,12 +63,6 @@ models:
         ));
     }
     out
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Stops the child proxy even when the demo fails half-way.
@@ -108,30 +105,34 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let kept = data_dir.is_some();
     let dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
-    let (port, admin) = (free_port()?, free_port()?);
     let config_path = dir.join("tollgate-demo.yaml");
-    std::fs::write(&config_path, config(port, admin, &dir.join("data")))?;
+    std::fs::write(&config_path, config(&dir.join("data")))?;
 
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["serve", "--config"]).arg(&config_path);
     for (i, (key, ..)) in CALLERS.iter().enumerate() {
         cmd.env(format!("TOLLGATE_DEMO_KEY_{i}"), key);
     }
-    let log = std::fs::File::create(dir.join("tollgate-demo.log"))?;
-    let mut proxy = ProxyProcess(cmd.stdout(Stdio::null()).stderr(log).spawn()?);
-    println!("tollgate demo: proxy on 127.0.0.1:{port}, metrics on 127.0.0.1:{admin}/metrics");
+    let log_path = dir.join("tollgate-demo.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut proxy = ProxyProcess(cmd.stdout(Stdio::piped()).stderr(log).spawn()?);
+    let stdout = proxy.0.stdout.take().context("proxy stdout")?;
+    let ready = Ready::wait_for(stdout, Duration::from_secs(30)).map_err(|e| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        anyhow::anyhow!("the proxy did not start: {e}\n{log}")
+    })?;
+    let (Some(proxy_addr), Some(admin)) = (ready.addr("proxy"), ready.addr("admin")) else {
+        bail!("the proxy's ready line lacks an address: {ready}");
+    };
+    println!("tollgate demo: proxy on {proxy_addr}, metrics on {admin}/metrics");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if let Err(e) = rt.block_on(wait_ready(admin, &mut proxy)) {
-        let log = std::fs::read_to_string(dir.join("tollgate-demo.log")).unwrap_or_default();
-        bail!("{e}\n{log}");
-    }
-    let sent = rt.block_on(drive(port, requests))?;
+    let sent = rt.block_on(drive(proxy_addr, requests))?;
     let metrics = rt.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        reqwest::get(format!("http://{admin}/metrics"))
             .await?
             .text()
             .await
@@ -171,26 +172,8 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_ready(admin: u16, proxy: &mut ProxyProcess) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = proxy.0.try_wait()? {
-            bail!("the proxy exited ({status}):");
-        }
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("proxy did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends `n` mixed requests, 16 at a time.
-async fn drive(port: u16, n: usize) -> anyhow::Result<usize> {
+async fn drive(proxy: SocketAddr, n: usize) -> anyhow::Result<usize> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -202,7 +185,7 @@ async fn drive(port: u16, n: usize) -> anyhow::Result<usize> {
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut rng = StdRng::seed_from_u64(i as u64);
-            one_request(&client, port, &mut rng).await
+            one_request(&client, proxy, &mut rng).await
         }));
     }
     let mut ok = 0;
@@ -226,13 +209,17 @@ fn pick_caller(rng: &mut StdRng) -> &'static str {
     CALLERS[0].0
 }
 
-async fn one_request(client: &reqwest::Client, port: u16, rng: &mut StdRng) -> anyhow::Result<()> {
+async fn one_request(
+    client: &reqwest::Client,
+    proxy: SocketAddr,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
     let key = pick_caller(rng);
     let feature = FEATURES[rng.random_range(0..FEATURES.len())];
     let user = format!("user-{}", rng.random_range(1..=25));
     let stream = rng.random_bool(0.5);
     let output = rng.random_range(20..200).to_string();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{proxy}");
     let prompt = format!(
         "Request about topic {}. {}",
         rng.random_range(0..1000),

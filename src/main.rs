@@ -14,7 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy. Once its listeners are bound it prints one line on standard output,
+    /// `tollgate ready proxy=ADDR admin=ADDR`; listen addresses may use port 0.
     Serve {
         #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
@@ -34,7 +35,7 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Run only the simulated provider (an OpenAI/Anthropic wire-format upstream), for
-    /// benchmarks and trying clients.
+    /// benchmarks and trying clients. Prints `tollgate ready sim=ADDR` once listening.
     SimProvider {
         #[arg(long, default_value = "127.0.0.1:4100")]
         listen: std::net::SocketAddr,
@@ -227,7 +228,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             tokio::runtime::Runtime::new()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
-                eprintln!("simulated provider on http://{listen}");
+                let addr = listener.local_addr()?;
+                eprintln!("simulated provider on http://{addr}");
+                tollgate::server::ready::Ready::new([("sim", addr)]).announce();
                 sim.serve(listener, async {
                     let _ = tokio::signal::ctrl_c().await;
                 })

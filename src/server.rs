@@ -1,5 +1,7 @@
 //! Assembling and running the server: proxy, admin listener, simulated providers, ledger.
 
+pub mod ready;
+
 use crate::admin::{self, AxumService};
 use crate::config::Validated;
 use crate::config::validate::{ProviderKind, UpstreamAddr};
@@ -11,9 +13,16 @@ use crate::sim::{SimOptions, SimProvider};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
+use pingora::server::{ListenFds, RunArgs, RuntimeOpts, Server, ShutdownWatch};
+use pingora::services::Service;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service as ListeningService;
+use ready::Ready;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,8 +92,14 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         ));
     }
 
-    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
-        .with_context(|| format!("binding the admin listener on {}", cfg.admin_listen))?;
+    // Both listeners are bound here, once, so port 0 works and the ports announced on the
+    // ready line are the ones serving.
+    let proxy_listener = bind(cfg.listen, "proxy")?;
+    let admin_listener = bind(cfg.admin_listen, "admin")?;
+    let ready = Ready::new([
+        ("proxy", proxy_listener.local_addr()?),
+        ("admin", admin_listener.local_addr()?),
+    ]);
     server.add_service(background_service(
         "admin",
         AxumService::new(
@@ -94,7 +109,6 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         ),
     ));
 
-    let listen = cfg.listen.to_string();
     let shared_config = Arc::new(ArcSwap::new(cfg.clone()));
     server.add_service(background_service(
         "config reload",
@@ -105,11 +119,11 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         },
     ));
     let proxy = Tollgate::new(shared_config, ledger.clone(), metrics);
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(&listen);
-    server.add_service(service);
+    let service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    server.add_service(PreBound::new(service, proxy_listener)?);
 
-    tracing::info!(listen = %listen, admin = %cfg.admin_listen, "tollgate serving");
+    tracing::info!(%ready, "tollgate serving");
+    ready.announce();
     server.run(RunArgs::default());
     // Order matters: every request has finished, so the ledger's last write happens now,
     // and only then can the sink drain it.
@@ -120,4 +134,67 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
     }
     tracing::info!("tollgate stopped");
     Ok(())
+}
+
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// A pingora listening service on a socket bound before the server runs. Pingora looks up a
+/// service's address in its table of listening fds (the table its zero-downtime upgrades
+/// hand over) before binding; finding this socket there, it serves on it instead of binding
+/// the address again.
+struct PreBound<S> {
+    inner: S,
+    addr: String,
+    fd: Option<OwnedFd>,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> PreBound<ListeningService<A>> {
+    fn new(mut inner: ListeningService<A>, listener: TcpListener) -> anyhow::Result<Self> {
+        // Pingora's accept loop is async: the socket must not block.
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?.to_string();
+        inner.add_tcp(&addr);
+        Ok(PreBound {
+            inner,
+            addr,
+            fd: Some(listener.into()),
+        })
+    }
+}
+
+#[async_trait]
+impl<S: Service> Service for PreBound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        // The server always passes its table; without one the fd would be dropped and pingora
+        // would bind the same address itself.
+        if let (Some(table), Some(fd)) = (&fds, self.fd.take()) {
+            table.lock().add(self.addr.clone(), fd.into_raw_fd());
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(&self, global: &RuntimeOpts) -> Option<RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
 }
