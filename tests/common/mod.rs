@@ -4,12 +4,13 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tollgate::record::Record;
+use tollgate::server::ready::Ready;
 use tollgate::sim::{SimOptions, SimProvider};
 
 /// Virtual key used by the default test config; bound to team `search`, project `ranking`.
@@ -54,12 +55,17 @@ pub fn nanos_per_token(usd_per_million: f64) -> i64 {
     (usd_per_million * 1000.0).round() as i64
 }
 
+/// A loopback port with no listener, for an upstream that refuses connections. A socket stays
+/// bound to it, never listening, for the rest of this test process: connections to it are
+/// refused, and nothing else can bind it meanwhile (a port taken by binding and closing a
+/// listener could be handed to the next socket that asks for port 0).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    // Kept open until the process exits: the reservation is the point.
+    std::mem::forget(socket);
+    port
 }
 
 /// The simulated provider, served from this test process.
@@ -144,23 +150,23 @@ pub fn test_env() -> Vec<(&'static str, &'static str)> {
 /// A running `tollgate serve`.
 pub struct Proxy {
     child: Option<Child>,
+    /// The ports the running process bound (new ones after [`Proxy::restart`]).
     pub port: u16,
     pub admin_port: u16,
     pub dir: TempDir,
 }
 
 impl Proxy {
-    /// Starts the binary on free ports with `config` (listen addresses are appended).
+    /// Starts the binary with `config` (listen addresses on port 0 are prepended) and reads
+    /// the ports it bound from its ready line.
     pub async fn start(config: &str) -> Proxy {
         Self::start_with(config, &[]).await
     }
 
     pub async fn start_with(config: &str, files: &[(&str, &[u8])]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let admin_port = free_port();
         let full = format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\ndata_dir: data\n{config}"
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndata_dir: data\n{config}"
         );
         std::fs::write(dir.path().join("tollgate.yaml"), full).unwrap();
         std::fs::write(dir.path().join("prices.yaml"), PRICES).unwrap();
@@ -169,31 +175,40 @@ impl Proxy {
         }
         let mut proxy = Proxy {
             child: None,
-            port,
-            admin_port,
+            port: 0,
+            admin_port: 0,
             dir,
         };
-        proxy.spawn();
-        proxy.wait_ready().await;
+        proxy.spawn().await;
         proxy
     }
 
-    fn spawn(&mut self) {
+    /// Runs the binary and waits until it serves on the ports its ready line names.
+    async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("tollgate.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["serve", "--config"])
             .arg(self.config_path())
             .envs(test_env())
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
         self.child = Some(child);
+        let ready =
+            tokio::task::spawn_blocking(move || Ready::wait_for(stdout, Duration::from_secs(30)))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("proxy did not start: {e}\n{}", self.log()));
+        self.port = ready.addr("proxy").expect("proxy address").port();
+        self.admin_port = ready.addr("admin").expect("admin address").port();
+        self.wait_ready().await;
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -215,11 +230,11 @@ impl Proxy {
         }
     }
 
-    /// Starts the proxy again with the same config, ports and data dir.
+    /// Starts the proxy again with the same config and data dir. It binds new ports, so no
+    /// other process can be holding them; `port` and `admin_port` follow.
     pub async fn restart(&mut self) {
         self.kill9();
-        self.spawn();
-        self.wait_ready().await;
+        self.spawn().await;
     }
 
     /// Runs another `tollgate` subcommand against this proxy's config.
@@ -233,15 +248,13 @@ impl Proxy {
             .unwrap()
     }
 
+    /// Both sockets accept once the ready line is out; this waits for the ledger writer.
     async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = client.get(self.admin_url("/readyz")).send().await;
-            let proxy_up = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok();
-            if ready.is_ok_and(|r| r.status().is_success()) && proxy_up {
+            if ready.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             assert!(
