@@ -3,9 +3,11 @@
 import json
 import os
 import pathlib
+import queue
+import re
 import signal
-import socket
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -16,15 +18,10 @@ BINARY = pathlib.Path(os.environ.get("TOLLGATE_BIN", ROOT / "target" / "debug" /
 KEY = "tg-sdk-test-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+# Port 0: the proxy binds each listener once and names the ports on its ready line.
 CONFIG = """
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin}
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
 data_dir: {data}
 ledger: {{ flush_interval_ms: 5 }}
 server: {{ threads: 2, grace_period_secs: 0 }}
@@ -43,32 +40,55 @@ keys:
 """
 
 
+READY = re.compile(r"^tollgate ready proxy=(\S+) admin=(\S+)$")
+
+
+def read_ready(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The (proxy, admin) addresses from the ready line. The rest of stdout is drained on the
+    reading thread, so the proxy never writes into a full pipe."""
+    found: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            m = READY.match(line.decode(errors="replace").rstrip("\n"))
+            if m:
+                found.put(m.groups())
+        found.put(None)  # end of output: the process is gone
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        addrs = found.get(timeout=timeout)
+    except queue.Empty:
+        raise RuntimeError(f"tollgate printed no ready line within {timeout} s") from None
+    if addrs is None:
+        raise RuntimeError(f"tollgate exited ({proc.wait()}) before its ready line")
+    return addrs
+
+
 class Proxy:
     def __init__(self, tmp: pathlib.Path):
-        self.port, self.admin = free_port(), free_port()
         self.data = tmp / "data"
         cfg = tmp / "tollgate.yaml"
-        cfg.write_text(CONFIG.format(port=self.port, admin=self.admin, data=self.data))
-        self.log = open(tmp / "tollgate.log", "wb")
+        cfg.write_text(CONFIG.format(data=self.data))
+        self.log_path = tmp / "tollgate.log"
+        self.log = open(self.log_path, "wb")
         env = dict(os.environ, TOLLGATE_SDK_KEY=KEY)
         self.proc = subprocess.Popen(
-            [str(BINARY), "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=self.log, env=env
+            [str(BINARY), "serve", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=self.log, env=env
         )
-        deadline = time.time() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("tollgate did not start")
-            time.sleep(0.05)
+        try:
+            self.addr, self.admin = read_ready(self.proc, timeout=30)
+            with urllib.request.urlopen(f"http://{self.admin}/readyz", timeout=10) as r:
+                assert r.status == 200, r.status
+        except Exception as e:
+            self.proc.kill()
+            self.proc.wait()
+            self.log.close()
+            raise RuntimeError(f"tollgate did not start: {e}\n{self.log_path.read_text()}") from e
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.addr}"
 
     def records(self, n: int, timeout: float = 10.0) -> list[dict]:
         """All ledger records, once there are at least n."""
