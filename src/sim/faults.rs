@@ -2,7 +2,8 @@
 //!
 //! - `x-sim-fault`: comma-separated directives:
 //!   `status=N` (reply N with a wire-format error body), `no-usage` (omit every usage object),
-//!   `reset-after=K` (send K content events, then abort the connection mid-body).
+//!   `reset-after=K` (send K content events, then abort the connection mid-body),
+//!   `delay-ms=N` (hold the response header back N ms: a provider that hangs).
 //! - `x-sim-output-tokens: N`: generate exactly N visible output tokens.
 //! - `x-sim-token-interval-ms: N`: pause N ms between streamed events.
 //!
@@ -25,6 +26,7 @@ pub(crate) struct Directives {
     pub status: Option<StatusCode>,
     pub no_usage: bool,
     pub reset_after: Option<usize>,
+    pub header_delay: Option<Duration>,
     pub output_tokens: Option<u64>,
     pub token_interval: Option<Duration>,
 }
@@ -68,6 +70,12 @@ impl Directives {
             }
             ("no-usage", None) => self.no_usage = true,
             ("reset-after", Some(v)) => self.reset_after = v.parse().ok(),
+            ("delay-ms", Some(v)) => {
+                self.header_delay = v
+                    .parse::<u64>()
+                    .ok()
+                    .map(|ms| Duration::from_millis(ms.min(MAX_INTERVAL_MS)))
+            }
             _ => {}
         }
     }

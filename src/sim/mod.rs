@@ -241,6 +241,9 @@ impl Call {
     }
 
     async fn respond(self, reply: Reply) -> Response {
+        if let Some(delay) = self.directives.header_delay {
+            tokio::time::sleep(delay).await;
+        }
         let timing = self.timing();
         let reset_after = self.directives.reset_after;
         let response = match reply {
