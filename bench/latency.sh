@@ -14,29 +14,36 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --locked --quiet
-BIN=target/release/tollgate
+# TOLLGATE_BIN runs another build (e.g. a debug one, to check the script, not to measure).
+[ -n "${TOLLGATE_BIN:-}" ] || cargo build --release --locked --quiet
+BIN=${TOLLGATE_BIN:-target/release/tollgate}
 OUT=$PWD/bench/out
-rm -rf "$OUT" && mkdir -p "$OUT"
+rm -rf "$OUT" && mkdir -p "$OUT/nginx"
+source bench/ready.sh
+trap 'kill ${SIM_PID:-} ${PROXY_PID:-} ${NGINX_PID:-} 2>/dev/null; wait 2>/dev/null' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SIM=$(port); PROXY=$(port); ADMIN=$(port); NGX=$(port)
+"$BIN" sim-provider --listen 127.0.0.1:0 >"$OUT/sim.out" 2>"$OUT/sim.log" & SIM_PID=$!
+SIM=$(ready_addr "$OUT/sim.out" sim $SIM_PID)
+
 cat > "$OUT/bench.yaml" <<YAML
-listen: 127.0.0.1:$PROXY
-admin_listen: 127.0.0.1:$ADMIN
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
 data_dir: $OUT/data
 log: { level: warn }
 server: { threads: 1, grace_period_secs: 0 }
 providers:
-  upstream: { kind: openai_compatible, base_url: "http://127.0.0.1:$SIM", api_key_env: BENCH_UPSTREAM_KEY }
+  upstream: { kind: openai_compatible, base_url: "http://$SIM", api_key_env: BENCH_UPSTREAM_KEY }
 models:
   gpt-4o-mini: { provider: upstream }
 keys:
   - { name: bench, key_env: BENCH_KEY, team: bench }
 YAML
 export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
-mkdir -p "$OUT/nginx"
-cat > "$OUT/nginx/nginx.conf" <<NGINX
+"$BIN" serve --config "$OUT/bench.yaml" >"$OUT/proxy.out" 2>"$OUT/proxy.log" & PROXY_PID=$!
+PROXY=$(ready_addr "$OUT/proxy.out" proxy $PROXY_PID)
+ADMIN=$(ready_addr "$OUT/proxy.out" admin $PROXY_PID)
+
+cat > "$OUT/nginx/nginx.conf.in" <<NGINX
 worker_processes 1;
 error_log $OUT/nginx/error.log warn;
 pid $OUT/nginx/nginx.pid;
@@ -45,9 +52,9 @@ http {
     access_log off;
     client_body_temp_path $OUT/nginx/body;
     proxy_temp_path $OUT/nginx/proxy;
-    upstream sim { server 127.0.0.1:$SIM; keepalive 32; }
+    upstream sim { server $SIM; keepalive 32; }
     server {
-        listen 127.0.0.1:$NGX;
+        listen @ADDR@;
         location / {
             proxy_pass http://sim;
             proxy_http_version 1.1;
@@ -57,17 +64,35 @@ http {
     }
 }
 NGINX
-"$BIN" sim-provider --listen "127.0.0.1:$SIM" 2>"$OUT/sim.log" & SIM_PID=$!
-"$NGINX" -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" -e "$OUT/nginx/error.log"
-"$BIN" serve --config "$OUT/bench.yaml" 2>"$OUT/proxy.log" & PROXY_PID=$!
-trap 'kill $SIM_PID $PROXY_PID 2>/dev/null; kill "$(cat "$OUT/nginx/nginx.pid" 2>/dev/null)" 2>/dev/null; wait 2>/dev/null' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+# nginx cannot report a port it was given, but it serves on listening sockets it inherits
+# (named in $NGINX, as in its binary upgrades) when they match a `listen`: bind one here,
+# once, write it into the config, and become nginx with it. The master stays in the
+# foreground, so NGINX_PID is nginx's.
+python3 - "$NGINX" "$OUT/nginx" <<'PY' & NGINX_PID=$!
+import os, socket, sys
+nginx, out = sys.argv[1:]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(511)
+addr = "%s:%d" % s.getsockname()
+with open(f"{out}/nginx.conf.in") as f:
+    conf = f.read().replace("@ADDR@", addr)
+with open(f"{out}/nginx.conf", "w") as f:
+    f.write(conf)
+os.set_inheritable(s.fileno(), True)
+os.environ["NGINX"] = f"{s.fileno()};"
+with open(f"{out}/nginx.out", "w") as f:
+    f.write(f"tollgate ready nginx={addr}\n")
+os.execv(nginx, [nginx, "-c", f"{out}/nginx.conf", "-p", out, "-e", f"{out}/error.log"])
+PY
+NGX=$(ready_addr "$OUT/nginx/nginx.out" nginx $NGINX_PID)
+for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Warm both paths (tokenizer tables, pooled connections).
-wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$SIM" >/dev/null
-wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$PROXY" >/dev/null
-wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$NGX" >/dev/null
+wrk -t1 -c4 -d2s -s bench/chat.lua "http://$SIM" >/dev/null
+wrk -t1 -c4 -d2s -s bench/chat.lua "http://$PROXY" >/dev/null
+wrk -t1 -c4 -d2s -s bench/chat.lua "http://$NGX" >/dev/null
 
 pct() { awk -v p="$2" '$1==p {print $2}' "$OUT/$1.txt"; }
 reqs() { awk '/requests in/ {print $1}' "$OUT/$1.txt"; }
@@ -78,10 +103,10 @@ HZ=$(getconf CLK_TCK)
 # One connection measures the hop itself; $CONNS connections add queueing on this
 # machine's two cores, shared by wrk, the upstream and the proxy.
 for c in 1 "$CONNS"; do
-    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$SIM" > "$OUT/direct.txt"
-    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$NGX" > "$OUT/nginx.txt"
+    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://$SIM" > "$OUT/direct.txt"
+    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://$NGX" > "$OUT/nginx.txt"
     before=$(cpu_ticks $PROXY_PID)
-    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$PROXY" > "$OUT/proxied.txt"
+    wrk -t1 -c"$c" -d"${DURATION}s" --latency -s bench/chat.lua "http://$PROXY" > "$OUT/proxied.txt"
     after=$(cpu_ticks $PROXY_PID)
     n=$(reqs proxied)
     echo "== $c connection(s), ${DURATION}s each"
