@@ -24,7 +24,11 @@ if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
         rm -rf "$CH_DATA"
     }
     trap stop_clickhouse EXIT # the script's exit status is kept
-    # The free port may be taken before the server binds it: then try another.
+    # The one port picked and then bound by another process. ClickHouse binds port 0 fine,
+    # but clickhouse-server.py waits for /ping on the port it was given and cannot report
+    # another. Safe here: no test runs yet to take the port, and if anything else does,
+    # `start` fails (ClickHouse cannot bind it, and only ClickHouse's /ping answers "Ok.")
+    # and another port is tried. Everything started later binds port 0 and reports it.
     for attempt in 1 2 3; do
         port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         if url=$("$PY" scripts/clickhouse-server.py start --port "$port" --data "$CH_DATA" 2>"$CH_DATA/start.err"); then
