@@ -264,3 +264,63 @@ async fn stream_options_null_cannot_switch_off_usage_reporting() {
         "priced from an estimate: {record:?}"
     );
 }
+
+#[tokio::test]
+async fn counting_a_huge_prompt_holds_up_neither_its_client_nor_the_next_request() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
+    // 16 MiB of one repeated word, and a provider that reports no usage: the input must be
+    // counted locally. An unbounded exact count of this took about 15 s of CPU.
+    let word = "a".repeat(16 * 1024 * 1024);
+    let huge = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": word}]});
+    let small = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    // One connection, reused by both calls.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let first = client
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-sim-fault", "no-usage")
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    first.bytes().await.unwrap();
+    let first_took = started.elapsed();
+    let second = client
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    second.bytes().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "two calls took {:?}",
+        started.elapsed()
+    );
+
+    let records = proxy.records(2).await;
+    let counted = &records[0];
+    assert_eq!(counted.usage_source, tollgate::usage::UsageSource::Estimated);
+    // 16 MiB of one letter is a few million tokens whatever the cuts.
+    assert!(
+        counted.input_tokens > 1_000_000,
+        "input estimated at {}",
+        counted.input_tokens
+    );
+    // latency_ms is what the client saw, no more.
+    assert!(
+        u128::from(counted.latency_ms) <= first_took.as_millis(),
+        "recorded {} ms, the client saw {:?}",
+        counted.latency_ms,
+        first_took
+    );
+}
