@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod estimate;
+pub mod images;
 pub mod meter;
 pub mod openai;
 pub mod sse;
