@@ -3,14 +3,20 @@
 # the sink on vs off, measured in one run against a real ClickHouse 26.9 (chdb-core).
 #
 #   bench/sink.sh [DURATION_SECONDS] [CONNECTIONS]
+#   TOLLGATE_BIN=/path/to/tollgate bench/sink.sh ...   # a prebuilt binary, e.g. to compare builds
+#   BENCH_OUT=/tmp/sink-bench bench/sink.sh ...        # working files elsewhere than bench/out/sink
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${1:-15}
 CONNS=${2:-16}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --locked --quiet
-BIN=$PWD/target/release/tollgate
-OUT=$PWD/bench/out/sink
+if [ -n "${TOLLGATE_BIN:-}" ]; then
+    BIN=$(realpath "$TOLLGATE_BIN")
+else
+    cargo build --release --locked --quiet
+    BIN=$PWD/target/release/tollgate
+fi
+OUT=${BENCH_OUT:-$PWD/bench/out/sink}   # working files; wiped at start
 rm -rf "$OUT" && mkdir -p "$OUT"
 PY=$(scripts/setup-clickhouse.sh)
 
