@@ -69,25 +69,40 @@ impl KeyStore {
     }
 }
 
-/// The key a client presented: `Authorization: Bearer KEY` or `x-api-key: KEY`.
-pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
+/// A key found in a request's headers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    Key(&'a str),
+    /// A key is there but is not text (not UTF-8): it cannot match any key.
+    Unreadable,
+}
+
+/// The key a client presented: `Authorization: Bearer KEY` (the scheme in any case, any
+/// whitespace after it) or `x-api-key: KEY`. `None` when neither carries one.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<Presented<'_>> {
+    let bearer = headers
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if let Some(k) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(k.trim()).filter(|k| !k.is_empty());
-        }
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+        .and_then(|v| bearer_credentials(v.as_bytes()));
+    let key = bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|k| !k.is_empty())
+    })?;
+    Some(match std::str::from_utf8(key) {
+        Ok(k) => Presented::Key(k),
+        Err(_) => Presented::Unreadable,
+    })
+}
+
+/// The credentials of a `Bearer` authorization value (RFC 9110 §11.4: the scheme is
+/// case-insensitive, separated from the credentials by whitespace).
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let split = value.iter().position(|b| b.is_ascii_whitespace())?;
+    let (scheme, rest) = value.split_at(split);
+    let creds = rest.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !creds.is_empty()).then_some(creds)
 }
 
 #[cfg(test)]
@@ -117,9 +132,33 @@ mod tests {
     fn reads_either_header() {
         let mut h = http::HeaderMap::new();
         h.insert("x-api-key", "abc".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("abc"));
+        assert_eq!(presented_key(&h), Some(Presented::Key("abc")));
         h.insert("authorization", "Bearer xyz".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("xyz"));
+        assert_eq!(presented_key(&h), Some(Presented::Key("xyz")));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_any_whitespace_separates_it() {
+        for value in ["BEARER k1", "bearer k1", "Bearer\tk1", "  BeArEr   k1  "] {
+            let mut h = http::HeaderMap::new();
+            h.insert("authorization", value.parse().unwrap());
+            assert_eq!(presented_key(&h), Some(Presented::Key("k1")), "{value:?}");
+        }
+        for value in ["Bearer", "Bearer   ", "Basic k1", "Bearerk1"] {
+            let mut h = http::HeaderMap::new();
+            h.insert("authorization", value.parse().unwrap());
+            assert_eq!(presented_key(&h), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_that_is_not_text_is_unreadable_not_missing() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            http::HeaderValue::from_bytes(b"Bearer k\xff\xfe").unwrap(),
+        );
+        assert_eq!(presented_key(&h), Some(Presented::Unreadable));
     }
 
     #[test]

@@ -24,11 +24,21 @@ const DURATION_BUCKETS: &[f64] = &[
 pub const OVERFLOW: &str = "__overflow__";
 /// Distinct (team, project, env, model) label sets exported before new ones are pooled.
 pub const MAX_ATTRIBUTION_SERIES: usize = 10_000;
+/// Bytes of label values those sets may hold in all; long values fill it sooner, so a few
+/// huge names cannot bloat `/metrics` where many short ones would not.
+pub const MAX_ATTRIBUTION_BYTES: usize = 2 * 1024 * 1024;
 
-/// Remembers which attribution label sets have series, up to a cap.
+/// Remembers which attribution label sets have series, up to a count and a byte cap.
 struct SeriesCap {
-    seen: Mutex<HashSet<u64>>,
+    seen: Mutex<Admitted>,
     max: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Admitted {
+    sets: HashSet<u64>,
+    bytes: usize,
 }
 
 impl SeriesCap {
@@ -39,13 +49,15 @@ impl SeriesCap {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
-        if seen.contains(&key) {
+        if seen.sets.contains(&key) {
             return true;
         }
-        if seen.len() >= self.max {
+        let bytes = r.team.len() + r.project.len() + r.env.len() + r.model.len();
+        if seen.sets.len() >= self.max || seen.bytes + bytes > self.max_bytes {
             return false;
         }
-        seen.insert(key);
+        seen.sets.insert(key);
+        seen.bytes += bytes;
         true
     }
 }
@@ -86,6 +98,10 @@ impl Metrics {
     }
 
     pub fn with_series_cap(max: usize) -> Metrics {
+        Self::with_series_caps(max, MAX_ATTRIBUTION_BYTES)
+    }
+
+    pub fn with_series_caps(max: usize, max_bytes: usize) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -218,6 +234,7 @@ impl Metrics {
             series: Arc::new(SeriesCap {
                 seen: Mutex::default(),
                 max,
+                max_bytes,
             }),
             requests,
             tokens,
@@ -354,5 +371,18 @@ mod tests {
         assert!(!text.contains(r#"team="c""#) && !text.contains(r#"team="d""#));
         assert!(text.contains(&format!(r#"tollgate_requests_total{{env="{OVERFLOW}",model="{OVERFLOW}",project="{OVERFLOW}",provider="openai",status="200",team="{OVERFLOW}"}} 2"#)), "{text}");
         assert!(text.contains(r#"endpoint="other""#) && !text.contains("file-123"));
+    }
+
+    #[test]
+    fn long_label_values_fill_the_byte_cap() {
+        let m = Metrics::with_series_caps(100, 1000);
+        let long = "x".repeat(600);
+        m.observe(&record(&long, "/v1/chat/completions"));
+        m.observe(&record(&format!("{long}y"), "/v1/chat/completions"));
+        m.observe(&record("short", "/v1/chat/completions"));
+        let text = m.render();
+        assert!(text.contains(&format!(r#"team="{long}""#)));
+        assert!(!text.contains(&format!(r#"team="{long}y""#)));
+        assert!(text.contains(r#"team="short""#), "room is left for short values");
     }
 }

@@ -1,6 +1,7 @@
 //! Writing a request's one record: priced with the request's own config snapshot, counted in
 //! the metrics, and appended to the ledger before the client sees the end of its response.
 
+use super::request_filter::MAX_NAME_LEN;
 use super::{RequestCtx, Tollgate};
 use crate::money::NanoUsd;
 use crate::record::Record;
@@ -13,10 +14,12 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
     }
     ctx.committed = true;
     ctx.mark_end();
+    // The provider names the model it served; bound it like a client-sent name.
     let model = ctx
         .served_model
-        .clone()
+        .as_deref()
         .filter(|m| !m.is_empty())
+        .map(|m| truncate(m, MAX_NAME_LEN))
         .unwrap_or_else(|| ctx.upstream_model.clone());
     let cost = price(ctx, &model);
     let record = Record {
@@ -62,4 +65,13 @@ fn price(ctx: &RequestCtx, model: &str) -> Option<NanoUsd> {
         .lookup(model, ctx.ts)
         .or_else(|| prices.lookup(&ctx.upstream_model, ctx.ts))
         .map(|p| p.cost(&ctx.usage))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }

@@ -84,6 +84,12 @@ impl ProxyHttp for Tollgate {
         fail_to_proxy::run(self, session, e, ctx).await
     }
 
+    /// Failures Tollgate explained are already logged (upstream failures at warn, client
+    /// aborts at debug); pingora's own line would repeat them at error level.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        ctx.error.is_some()
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         logging::run(self, session, e, ctx).await
     }

@@ -5,7 +5,7 @@
 use super::{RequestCtx, Tollgate, body, commit, relay, rewrite, upstream};
 use crate::api::{ApiFormat, Endpoint};
 use crate::attribution::{Attribution, REQUEST_ID_HEADER};
-use crate::auth::presented_key;
+use crate::auth::{Presented, presented_key};
 use crate::config::validate::ProviderKind;
 use crate::error::ProxyError;
 use bytes::Bytes;
@@ -52,6 +52,12 @@ impl From<ProxyError> for Outcome {
     }
 }
 
+/// Longest model name accepted: names reach records and metric labels. Real names,
+/// fine-tuned and deployment names included, are far shorter.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest path accepted; the path is recorded as `endpoint`.
+const MAX_PATH_LEN: usize = 2048;
+
 /// The client's `x-request-id` when it is sane, else a fresh UUIDv7.
 fn request_id(session: &Session) -> String {
     session
@@ -85,16 +91,23 @@ struct StreamOptions {
 async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Outcome> {
     let cfg = ctx.config.clone();
     let path = session.req_header().uri.path().to_string();
+    if path.len() > MAX_PATH_LEN {
+        return Err(ProxyError::BadRequest(format!(
+            "the path is longer than {MAX_PATH_LEN} bytes"
+        ))
+        .into());
+    }
     let endpoint = Endpoint::from_path(&path).ok_or_else(|| ProxyError::NotFound(path.clone()))?;
     ctx.format = endpoint.format(&session.req_header().headers);
     ctx.endpoint = path;
     ctx.recorded = true;
 
-    let presented = presented_key(&session.req_header().headers).map(str::to_string);
-    let vkey = presented.as_deref().and_then(|k| cfg.keys.find(k));
-    if presented.is_none() {
-        return Err(ProxyError::MissingKey.into());
-    }
+    let presented = match presented_key(&session.req_header().headers) {
+        None => return Err(ProxyError::MissingKey.into()),
+        Some(Presented::Unreadable) => return Err(ProxyError::UnknownKey.into()),
+        Some(Presented::Key(k)) => k.to_string(),
+    };
+    let vkey = cfg.keys.find(&presented);
     let any_client_keys = cfg.providers.values().any(|p| p.allow_client_keys);
     if vkey.is_none() && !any_client_keys {
         return Err(ProxyError::UnknownKey.into());
@@ -111,6 +124,12 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
             .as_deref()
             .filter(|m| !m.is_empty())
             .ok_or_else(|| ProxyError::BadRequest("`model` is required".into()))?;
+        if model.len() > MAX_NAME_LEN || model.chars().any(char::is_control) {
+            return Err(ProxyError::BadRequest(format!(
+                "`model` must be at most {MAX_NAME_LEN} bytes of printable text"
+            ))
+            .into());
+        }
         ctx.requested_model = model.to_string();
         let route = cfg
             .models
