@@ -1,7 +1,9 @@
 //! Follows one upstream response, streamed or not, and works out its usage.
 
+use super::body_text::BodyText;
 use super::{Usage, UsageSource, anthropic, openai, sse::SseBuffer, sse::SseEvent};
 use crate::api::{ApiFormat, Endpoint};
+use crate::tokens::{Count, Encoding, Tally};
 
 /// Output text kept for estimation is capped; past it the estimate is scaled by bytes.
 const MAX_OUTPUT_TEXT: usize = 4 * 1024 * 1024;
@@ -42,6 +44,8 @@ pub struct Meter {
     sse: SseBuffer,
     body: Vec<u8>,
     body_overflow: bool,
+    /// Output text of a non-streamed body as it arrives, for a body that never completes.
+    body_text: Option<BodyText>,
     events: Vec<SseEvent>,
     pub observed: Observed,
 }
@@ -61,6 +65,11 @@ impl Meter {
             sse: SseBuffer::default(),
             body: Vec::new(),
             body_overflow: false,
+            body_text: if stream {
+                None
+            } else {
+                BodyText::new(format, endpoint)
+            },
             events: Vec::new(),
             observed: Observed::default(),
         }
@@ -75,7 +84,12 @@ impl Meter {
     /// Feeds one chunk of the upstream body. When [`Meter::rewrites`] is true, returns the
     /// bytes to forward instead of the chunk; otherwise returns `None` (forward as is).
     pub fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let text_before = self.observed.output_text.len();
         if !self.stream {
+            if let Some(scanner) = self.body_text.as_mut() {
+                scanner.feed(chunk, &mut self.observed.output_text);
+                self.cap_output_text(text_before);
+            }
             if self.body.len() + chunk.len() <= MAX_BODY {
                 self.body.extend_from_slice(chunk);
             } else {
@@ -95,7 +109,7 @@ impl Meter {
                 }
             }
         }
-        self.cap_output_text();
+        self.cap_output_text(text_before);
         forward
     }
 
@@ -118,9 +132,11 @@ impl Meter {
         }
     }
 
-    fn cap_output_text(&mut self) {
+    /// Counts the output text added since it was `before` bytes long, and keeps it under
+    /// the cap.
+    fn cap_output_text(&mut self, before: usize) {
         let o = &mut self.observed;
-        o.output_text_bytes = o.output_text_bytes.max(o.output_text.len());
+        o.output_text_bytes += o.output_text.len().saturating_sub(before);
         if o.output_text.len() > MAX_OUTPUT_TEXT {
             let mut cut = MAX_OUTPUT_TEXT;
             while !o.output_text.is_char_boundary(cut) {
@@ -138,12 +154,15 @@ impl Meter {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
             return;
         };
+        // The whole body replaces what was taken from it on the way.
+        self.observed.output_text.clear();
+        self.observed.output_text_bytes = 0;
         match self.format {
             ApiFormat::OpenAi => openai::observe_body(self.endpoint, &v, &mut self.observed),
             ApiFormat::Anthropic => anthropic::observe_body(&v, &mut self.observed),
         }
         self.observed.finished = true;
-        self.cap_output_text();
+        self.cap_output_text(0);
         self.body = Vec::new();
     }
 }
@@ -160,27 +179,53 @@ fn split_null_usage(raw: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// A call's final usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub usage: Usage,
+    pub source: UsageSource,
+    /// False when a locally counted part was extrapolated, cut or guessed (a huge text, a
+    /// tokenizer failure, an image of unknown size), beyond the usual estimation error.
+    pub exact: bool,
+}
+
 /// Final usage: reported parts as reported, missing parts estimated.
 pub fn settle(
     observed: &Observed,
     estimate_input: impl FnOnce() -> u64,
-    encoding: crate::tokens::Encoding,
+    encoding: Encoding,
 ) -> (Usage, UsageSource) {
+    let s = settle_counted(
+        observed,
+        || Count {
+            tokens: estimate_input(),
+            exact: true,
+        },
+        encoding,
+    );
+    (s.usage, s.source)
+}
+
+/// [`settle`], with the input estimate's own exactness (see
+/// [`crate::usage::estimate::input_count`]) carried into the result.
+pub fn settle_counted(
+    observed: &Observed,
+    estimate_input: impl FnOnce() -> Count,
+    encoding: Encoding,
+) -> Settled {
     let mut source = UsageSource::Reported;
+    let mut exact = true;
     let input = observed.input_tokens.unwrap_or_else(|| {
         source = UsageSource::Estimated;
-        estimate_input()
+        let n = estimate_input();
+        exact &= n.exact;
+        n.tokens
     });
     let output = observed.output_tokens.unwrap_or_else(|| {
         source = UsageSource::Estimated;
-        let counted = encoding.count(&observed.output_text);
-        // Scale up when more text passed than was kept.
-        let kept = observed.output_text.len().max(1);
-        if observed.output_text_bytes > kept {
-            counted * observed.output_text_bytes as u64 / kept as u64
-        } else {
-            counted
-        }
+        let n = output_count(observed, encoding);
+        exact &= n.exact;
+        n.tokens
     });
     let usage = Usage {
         input_tokens: input,
@@ -189,7 +234,27 @@ pub fn settle(
         cache_write_tokens: observed.cache_write_tokens.min(input),
         reasoning_tokens: observed.reasoning_tokens.min(output),
     };
-    (usage, source)
+    Settled {
+        usage,
+        source,
+        exact,
+    }
+}
+
+/// Tokens of the output text seen, scaled up when more passed than was kept.
+fn output_count(observed: &Observed, encoding: Encoding) -> Count {
+    let mut tally = Tally::new(encoding);
+    tally.add_text(&observed.output_text);
+    let counted = tally.count();
+    let kept = observed.output_text.len();
+    if observed.output_text_bytes <= kept || kept == 0 {
+        return counted;
+    }
+    let scaled = u128::from(counted.tokens) * observed.output_text_bytes as u128 / kept as u128;
+    Count {
+        tokens: u64::try_from(scaled).unwrap_or(u64::MAX),
+        exact: false,
+    }
 }
 
 #[cfg(test)]
@@ -236,5 +301,98 @@ mod tests {
             (u.input_tokens, u.output_tokens, src),
             (7, 2, UsageSource::Estimated)
         );
+    }
+
+    fn chat_body(content: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"id": "chatcmpl-1", "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 99}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cut_non_streamed_answer_counts_what_arrived() {
+        let content = "The capital of France is Paris, a city on the Seine. ".repeat(20);
+        let body = chat_body(&content);
+        let mut m = Meter::new(ApiFormat::OpenAi, Endpoint::ChatCompletions, false, false);
+        // The upstream resets halfway: no end of body, so no finish_body.
+        for chunk in body[..body.len() / 2].chunks(100) {
+            assert!(m.feed(chunk).is_none());
+        }
+        let arrived = &m.observed.output_text;
+        assert!(content.starts_with(arrived.as_str()) && arrived.len() > 400);
+        let s = settle_counted(
+            &m.observed,
+            || Count {
+                tokens: 7,
+                exact: true,
+            },
+            Encoding::O200k,
+        );
+        assert_eq!(s.source, UsageSource::Estimated);
+        assert_eq!(s.usage.output_tokens, Encoding::O200k.count(arrived));
+        assert!(s.usage.output_tokens > 80, "{s:?}");
+    }
+
+    #[test]
+    fn a_complete_non_streamed_answer_is_read_once() {
+        let body = chat_body("hello world");
+        let mut m = Meter::new(ApiFormat::OpenAi, Endpoint::ChatCompletions, false, false);
+        for chunk in body.chunks(7) {
+            m.feed(chunk);
+        }
+        m.finish_body();
+        assert_eq!(m.observed.output_text, "hello world");
+        assert_eq!(m.observed.output_text_bytes, 11);
+        let (u, src) = settle(&m.observed, || unreachable!(), Encoding::O200k);
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, src),
+            (11, 99, UsageSource::Reported)
+        );
+    }
+
+    #[test]
+    fn output_past_the_kept_text_is_scaled_and_flagged() {
+        let mut m = Meter::new(ApiFormat::OpenAi, Endpoint::ChatCompletions, true, false);
+        let event = format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"delta": {"content": "word ".repeat(10_000)}}]})
+        );
+        let events = 2 * MAX_OUTPUT_TEXT / 50_000;
+        for _ in 0..events {
+            m.feed(event.as_bytes());
+        }
+        assert_eq!(m.observed.output_text_bytes, events * 50_000);
+        assert!(m.observed.output_text.len() <= MAX_OUTPUT_TEXT);
+        let s = settle_counted(
+            &m.observed,
+            || Count {
+                tokens: 1,
+                exact: true,
+            },
+            Encoding::O200k,
+        );
+        // "word " is one token, so about a token per 5 bytes.
+        let expected = (events * 10_000) as u64;
+        assert!(
+            s.usage.output_tokens.abs_diff(expected) <= expected / 1000,
+            "{s:?}"
+        );
+        assert!(!s.exact);
+    }
+
+    #[test]
+    fn an_inexact_input_estimate_flags_the_result() {
+        let m = Meter::new(ApiFormat::OpenAi, Endpoint::ChatCompletions, true, false);
+        let s = settle_counted(
+            &m.observed,
+            || Count {
+                tokens: 5,
+                exact: false,
+            },
+            Encoding::O200k,
+        );
+        assert_eq!((s.usage.input_tokens, s.exact), (5, false));
     }
 }

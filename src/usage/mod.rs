@@ -6,6 +6,7 @@
 //! part at its own rate, so no token is priced twice.
 
 pub mod anthropic;
+pub mod body_text;
 pub mod estimate;
 pub mod images;
 pub mod meter;
