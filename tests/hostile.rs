@@ -137,3 +137,36 @@ async fn the_bearer_scheme_is_read_in_any_case_with_any_whitespace() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     assert!(answer.contains("invalid_api_key"), "{answer}");
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_in_order() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
+    for n in [2, 3, 10, 50] {
+        let wire: String = (0..n)
+            .map(|i| {
+                let body = json!({"model": "gpt-4o-mini", "stream": i % 2 == 1,
+                                  "messages": [{"role": "user", "content": format!("p{i}")}]})
+                .to_string();
+                let close = if i == n - 1 { "connection: close\r\n" } else { "" };
+                format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+                     x-request-id: pipe-{n}-{i}\r\ncontent-type: application/json\r\n{close}\
+                     content-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            })
+            .collect();
+        let (answer, closed) = exchange(&proxy, wire.as_bytes()).await;
+        assert!(closed, "{n} pipelined: the last asked to close");
+        let ids: Vec<&str> = answer
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-tollgate-request-id: "))
+            .collect();
+        let want: Vec<String> = (0..n).map(|i| format!("pipe-{n}-{i}")).collect();
+        assert_eq!(ids, want, "{n} pipelined requests: {answer}");
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), n);
+    }
+    let records = proxy.records(2 + 3 + 10 + 50).await;
+    assert_eq!(records.len(), 65);
+}

@@ -10,12 +10,18 @@ use crate::config::validate::ProviderKind;
 use crate::error::ProxyError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use std::borrow::Cow;
 
 pub async fn run(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    // Pipelined requests (sent before the previous answer was read) are answered in order
+    // (RFC 9112 §9.3.2) rather than dropped with the connection.
+    if let ServerSession::H1(h1) = session.as_downstream_mut() {
+        h1.set_pipelining_enabled(true);
+    }
     ctx.request_id = request_id(session);
     match handle(tg, session, ctx).await {
         Ok(()) => Ok(true),
