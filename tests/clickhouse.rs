@@ -342,15 +342,7 @@ async fn lines_that_are_not_records_are_set_aside_and_the_rest_ships() {
 
     let (rows, _) = wait_rows(&ch, &db, 10).await;
     assert_eq!(rows, 10);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = proxy.metrics().await;
-        if metric(&m, "tollgate_sink_dead_letter_total", &[]) == Some(1.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(&proxy, "tollgate_sink_dead_letter_total", 1.0).await;
     let dl: Vec<_> = std::fs::read_dir(proxy.dir.path().join("data/sink/dead-letter"))
         .unwrap()
         .collect();
@@ -362,6 +354,88 @@ async fn lines_that_are_not_records_are_set_aside_and_the_rest_ships() {
         remaining.iter().all(|(seq, _)| *seq > first),
         "{remaining:?}"
     );
+}
+
+/// Sends `n` chat requests one after the other, attributed to `feature`.
+async fn calls_with_feature(proxy: &Proxy, feature: &str, n: usize) {
+    for _ in 0..n {
+        let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        let resp = openai(
+            proxy,
+            "/v1/chat/completions",
+            &[("x-tollgate-feature", feature)],
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+async fn wait_metric(proxy: &Proxy, name: &str, value: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = proxy.metrics().await;
+        if metric(&m, name, &[]) == Some(value) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {value}: {m}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn rows_clickhouse_rejects_are_set_aside_once_and_never_retried() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("rejected_rows").await;
+    let up = start_sim().await;
+    let proxy = Proxy::start(&config_for(up.addr, &telemetry(&ch.url, &db, ""))).await;
+    calls_with_feature(&proxy, "search", 2).await;
+    assert_eq!(wait_rows(&ch, &db, 2).await, (2, 2));
+
+    // A column that now takes only known values: the next batch is bad data to ClickHouse.
+    ch.exec(&format!(
+        "ALTER TABLE {db}.requests MODIFY COLUMN feature Enum8('search' = 1)"
+    ))
+    .await;
+    calls_with_feature(&proxy, "chat", 3).await;
+    wait_metric(&proxy, "tollgate_sink_dead_letter_total", 3.0).await;
+    calls_with_feature(&proxy, "search", 2).await;
+    let m = wait_metric(&proxy, "tollgate_sink_shipped_total", 4.0).await;
+
+    assert_eq!(
+        metric(&m, "tollgate_sink_errors_total", &[]),
+        Some(0.0),
+        "bad data is not retried"
+    );
+    assert_eq!(wait_rows(&ch, &db, 4).await, (4, 4));
+    // Each rejected batch is set aside as its rows and ClickHouse's reason.
+    let dead = proxy.dir.path().join("data/sink/dead-letter");
+    let (mut rows, mut reasons) = (String::new(), Vec::new());
+    for entry in std::fs::read_dir(&dead).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if path.to_string_lossy().ends_with(".error.txt") {
+            reasons.push(text);
+        } else {
+            rows.push_str(&text);
+        }
+    }
+    assert_eq!(rows.lines().count(), 3, "{rows}");
+    assert!(
+        rows.lines().all(|l| l.contains(r#""feature":"chat""#)),
+        "{rows}"
+    );
+    assert!(!reasons.is_empty());
+    for reason in reasons {
+        assert!(
+            reason.contains("code 691") && reason.contains("chat"),
+            "{reason}"
+        );
+    }
 }
 
 #[tokio::test]

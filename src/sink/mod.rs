@@ -153,13 +153,13 @@ impl Shipper {
     async fn run(&mut self) {
         let mut migrated = !self.cfg.settings.migrate_on_start;
         loop {
-            if let Some(deadline) = self.stopping() {
-                if Instant::now() >= deadline {
-                    tracing::info!(
-                        "ClickHouse sink stopped at its deadline; the rest stays in the ledger"
-                    );
-                    return;
-                }
+            if let Some(deadline) = self.stopping()
+                && Instant::now() >= deadline
+            {
+                tracing::info!(
+                    "ClickHouse sink stopped at its deadline; the rest stays in the ledger"
+                );
+                return;
             }
             self.update_lag();
             if !migrated {
@@ -280,7 +280,7 @@ impl Shipper {
             let started = Instant::now();
             let res = self
                 .ch
-                .insert_rows(TABLE, batch.rows.clone().into(), &token)
+                .insert_json_rows(TABLE, batch.rows.clone(), &token)
                 .await;
             self.metrics
                 .batch_seconds

@@ -3,6 +3,7 @@
 use super::cursor::Range;
 use crate::ledger;
 use crate::record::Record;
+use bytes::Bytes;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,7 @@ const MAX_BATCH_BYTES: u64 = 32 * 1024 * 1024;
 pub struct Batch {
     pub range: Range,
     /// Valid records, one JSON line each, as written in the ledger.
-    pub rows: Vec<u8>,
+    pub rows: Bytes,
     pub row_count: usize,
     /// Lines that are not records (they are set aside, never sent).
     pub bad_lines: Vec<Vec<u8>>,
@@ -102,7 +103,7 @@ fn split(bytes: &[u8], range: Range) -> Batch {
     }
     Batch {
         range,
-        rows,
+        rows: rows.into(),
         row_count,
         bad_lines,
     }

@@ -1,20 +1,36 @@
-//! ClickHouse over its HTTP interface. Ledger lines are already JSONEachRow rows, so they
-//! are sent as they are on disk: no second encoder that could drift from the record.
+//! ClickHouse through the `clickhouse` crate, over its HTTP interface, LZ4-compressed both
+//! ways. Ledger lines are already JSONEachRow rows, so the sink sends them as they are on
+//! disk (a formatted insert): no second encoder that could drift from the record. Reads are
+//! typed rows (`clickhouse::Row`).
+//!
+//! TLS goes through native-tls (OpenSSL here), the provider the rest of the binary uses;
+//! `ca_file` adds roots to the system ones.
 
 use crate::config::validate::ClickHouseSettings;
+use ::clickhouse::error::Error;
+use ::clickhouse::query::Query;
+use ::clickhouse::{Client, Compression, RowOwned, RowRead, RowWrite};
 use bytes::Bytes;
+use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Below the server's keep-alive timeout (10 s by default since 23.11, 3 s before), so
+/// the pool never hands out a connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_millis(2500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChError {
+    /// No answer: refused, reset, timed out, TLS failure. Worth retrying.
     #[error("cannot reach ClickHouse: {0}")]
     Transport(String),
-    #[error("ClickHouse answered {status}{}: {message}", code.map(|c| format!(" (code {c})")).unwrap_or_default())]
-    Server {
-        status: u16,
-        code: Option<u32>,
-        message: String,
-    },
+    /// ClickHouse answered with an exception (its code when it sent one).
+    #[error("ClickHouse refused{}: {message}", code.map(|c| format!(" (code {c})")).unwrap_or_default())]
+    Server { code: Option<u32>, message: String },
+    /// An answer that does not fit the rows asked for.
+    #[error("unexpected answer from ClickHouse: {0}")]
+    Decode(String),
     #[error("ClickHouse client setup: {0}")]
     Setup(String),
 }
@@ -34,6 +50,8 @@ const BAD_DATA_CODES: &[u32] = &[
     117, // INCORRECT_DATA
     131, // TOO_LARGE_STRING_SIZE
     349, // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    376, // CANNOT_PARSE_UUID
+    691, // UNKNOWN_ELEMENT_OF_ENUM
 ];
 
 impl ChError {
@@ -43,120 +61,182 @@ impl ChError {
     }
 }
 
+impl From<Error> for ChError {
+    fn from(e: Error) -> ChError {
+        match e {
+            // The server's exception text ("Code: 27. DB::Exception: ..."), or just its code
+            // or the HTTP status when the body was empty.
+            Error::BadResponse(message) => ChError::Server {
+                code: exception_code(&message),
+                message: message.chars().take(2000).collect(),
+            },
+            Error::Network(_) | Error::TimedOut | Error::Decompression(_) => {
+                ChError::Transport(with_causes(&e))
+            }
+            Error::InvalidParams(_) | Error::Unsupported(_) => ChError::Setup(with_causes(&e)),
+            other => ChError::Decode(with_causes(&other)),
+        }
+    }
+}
+
+/// `27` from `Code: 27. DB::Exception: ...`.
+fn exception_code(message: &str) -> Option<u32> {
+    let rest = message.trim_start().strip_prefix("Code: ")?;
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// An error with its sources: the crate's network error alone says only "client error".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
 #[derive(Clone)]
 pub struct ClickHouse {
-    http: reqwest::Client,
-    url: String,
-    user: String,
-    password: Option<String>,
+    /// No default database: DDL names its database, which may not exist yet.
+    server: Client,
+    /// Reads and inserts in the configured database.
+    db: Client,
+    timeout: Duration,
     pub database: String,
 }
 
 impl ClickHouse {
     pub fn new(s: &ClickHouseSettings) -> Result<ClickHouse, ChError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(s.timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30));
+        let mut http = HttpConnector::new();
+        http.enforce_http(false); // https is handled by the TLS layer around it
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.set_nodelay(true);
+        let mut tls = native_tls::TlsConnector::builder();
         if let Some(pem) = &s.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ChError::Setup(format!("ca_file: {e}")))?
-            {
-                builder = builder.add_root_certificate(cert);
+            let certs = native_tls::Certificate::stack_from_pem(pem)
+                .map_err(|e| ChError::Setup(format!("ca_file: {e}")))?;
+            if certs.is_empty() {
+                return Err(ChError::Setup("ca_file holds no certificate".into()));
+            }
+            for cert in certs {
+                tls.add_root_certificate(cert);
             }
         }
+        let tls = tls
+            .build()
+            .map_err(|e| ChError::Setup(format!("TLS: {e}")))?;
+        let transport = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(hyper_tls::HttpsConnector::from((http, tls.into())));
+        let mut server = Client::with_http_client(transport)
+            .with_url(&s.url)
+            .with_user(&s.user)
+            .with_compression(Compression::Lz4);
+        if let Some(p) = &s.password {
+            server = server.with_password(p);
+        }
         Ok(ClickHouse {
-            http: builder.build().map_err(|e| ChError::Setup(e.to_string()))?,
-            url: s.url.clone(),
-            user: s.user.clone(),
-            password: s.password.clone(),
+            db: server.clone().with_database(&s.database),
+            server,
+            timeout: s.timeout,
             database: s.database.clone(),
         })
     }
 
-    fn request(&self, params: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
-            .post(&self.url)
-            .query(params)
-            .header("X-ClickHouse-User", &self.user);
-        if let Some(p) = &self.password {
-            req = req.header("X-ClickHouse-Key", p);
-        }
-        req
-    }
-
-    async fn send(req: reqwest::RequestBuilder) -> Result<String, ChError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ChError::Transport(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let code = resp
-            .headers()
-            .get("x-clickhouse-exception-code")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| ChError::Transport(e.to_string()))?;
-        if (200..300).contains(&status) && code.is_none() {
-            Ok(body)
-        } else {
-            Err(ChError::Server {
-                status,
-                code,
-                message: body.trim().chars().take(2000).collect(),
-            })
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, ChError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(res) => res.map_err(ChError::from),
+            Err(_) => Err(ChError::Transport(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
     }
 
-    /// Runs one statement (DDL or a query) and returns the response body.
-    pub async fn execute(&self, sql: &str) -> Result<String, ChError> {
-        Self::send(self.request(&[]).body(sql.to_string())).await
+    /// Runs one statement (DDL), sent as written: no placeholders are filled in.
+    pub async fn execute(&self, sql: &str) -> Result<(), ChError> {
+        self.bounded(self.server.query_raw(sql).execute()).await
     }
 
-    /// Runs a SELECT in the configured database and returns its rows.
+    /// A query in the configured database, sent as written; bind values with
+    /// [`Query::param`] (`{name:Type}` in the SQL) and run it with [`ClickHouse::fetch_all`].
+    pub fn query(&self, sql: &str) -> Query {
+        self.db.query_raw(sql)
+    }
+
+    /// All rows of `query`, typed.
+    pub async fn fetch_all<T: RowOwned + RowRead>(&self, query: Query) -> Result<Vec<T>, ChError> {
+        self.bounded(query.fetch_all::<T>()).await
+    }
+
+    /// Runs a SELECT in the configured database and returns its rows as JSON.
     pub async fn select(&self, sql: &str) -> Result<Vec<serde_json::Value>, ChError> {
-        let body = Self::send(
-            self.request(&[
-                ("database", &self.database),
-                ("default_format", "JSONEachRow"),
-                ("output_format_json_quote_64bit_integers", "0"),
-                ("output_format_json_quote_decimals", "1"),
-            ])
-            .body(sql.to_string()),
-        )
-        .await?;
-        body.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .map_err(|e| ChError::Transport(format!("bad row from ClickHouse: {e}")))
+        let body = self
+            .bounded(async {
+                self.db
+                    .query_raw(sql)
+                    .with_setting("output_format_json_quote_64bit_integers", "0")
+                    .with_setting("output_format_json_quote_decimals", "1")
+                    .fetch_bytes("JSONEachRow")?
+                    .collect()
+                    .await
             })
+            .await?;
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).map_err(|e| ChError::Decode(e.to_string())))
             .collect()
+    }
+
+    /// Inserts typed rows into `table` of the configured database.
+    pub async fn insert<T: RowOwned + RowWrite>(
+        &self,
+        table: &str,
+        rows: &[T],
+    ) -> Result<(), ChError> {
+        self.bounded(async {
+            let mut insert = self.db.insert::<T>(table).await?;
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await
+        })
+        .await
     }
 
     /// Inserts JSONEachRow `rows` into `table`. The same `token` for the same rows makes a
     /// replay a no-op, in the table and in the views fed from it.
-    pub async fn insert_rows(&self, table: &str, rows: Bytes, token: &str) -> Result<(), ChError> {
-        let query = format!("INSERT INTO {table} FORMAT JSONEachRow");
-        Self::send(
-            self.request(&[
-                ("database", &self.database),
-                ("query", &query),
-                ("insert_deduplication_token", token),
-                ("insert_deduplicate", "1"),
-                ("deduplicate_blocks_in_dependent_materialized_views", "1"),
-                ("async_insert", "0"),
-                ("date_time_input_format", "best_effort"),
-                ("input_format_skip_unknown_fields", "1"),
-            ])
-            .body(rows),
-        )
+    pub async fn insert_json_rows(
+        &self,
+        table: &str,
+        rows: Bytes,
+        token: &str,
+    ) -> Result<(), ChError> {
+        let mut insert = self
+            .db
+            .insert_formatted_with("INSERT INTO {table:Identifier} FORMAT JSONEachRow")
+            .with_setting("param_table", table)
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("insert_deduplicate", "1")
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
+            .with_setting("async_insert", "0")
+            .with_setting("date_time_input_format", "best_effort")
+            .with_setting("input_format_skip_unknown_fields", "1");
+        self.bounded(async {
+            insert.send(rows).await?;
+            insert.end().await
+        })
         .await
-        .map(|_| ())
     }
 }
 
@@ -166,19 +246,25 @@ mod tests {
 
     #[test]
     fn only_data_errors_are_final() {
-        let server = |code| ChError::Server {
-            status: 400,
-            code,
-            message: String::new(),
-        };
-        assert!(server(Some(27)).is_bad_data(), "cannot parse input");
-        assert!(server(Some(117)).is_bad_data(), "incorrect data");
-        assert!(!server(Some(241)).is_bad_data(), "memory limit: retry");
+        let answered = |text: &str| ChError::from(Error::BadResponse(text.into()));
         assert!(
-            !server(Some(60)).is_bad_data(),
-            "unknown table: retry after migration"
+            answered("Code: 27. DB::Exception: Cannot parse input: expected '\"'").is_bad_data()
         );
-        assert!(!server(None).is_bad_data());
-        assert!(!ChError::Transport("refused".into()).is_bad_data());
+        assert!(answered("Code: 117").is_bad_data(), "incorrect data");
+        assert!(
+            !answered("Code: 241. DB::Exception: Memory limit exceeded").is_bad_data(),
+            "retry"
+        );
+        assert!(
+            !answered("Code: 60. DB::Exception: Unknown table").is_bad_data(),
+            "retry after migration"
+        );
+        assert!(
+            !answered("502 Bad Gateway").is_bad_data(),
+            "a proxy in between"
+        );
+        let refused = ChError::from(Error::Network("connection refused".into()));
+        assert!(matches!(refused, ChError::Transport(_)) && !refused.is_bad_data());
+        assert!(!ChError::from(Error::TimedOut).is_bad_data());
     }
 }

@@ -5,6 +5,7 @@
 
 use super::client::{ChError, ClickHouse};
 use crate::config::validate::ClickHouseSettings;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -132,20 +133,23 @@ fn bookkeeping(s: &ClickHouseSettings) -> [String; 2] {
     ]
 }
 
+/// A row of `schema_migrations` (`applied_at` is filled in by ClickHouse).
+#[derive(::clickhouse::Row, Serialize, Deserialize)]
+struct Applied {
+    version: u32,
+    name: String,
+    checksum: String,
+}
+
 /// Versions already applied, with the checksum each was applied with.
 pub async fn applied(ch: &ClickHouse) -> Result<BTreeMap<u32, String>, ChError> {
-    let rows = ch
-        .select("SELECT version, any(checksum) AS checksum FROM schema_migrations GROUP BY version")
+    let rows: Vec<Applied> = ch
+        .fetch_all(ch.query(
+            "SELECT version, any(name) AS name, any(checksum) AS checksum \
+             FROM schema_migrations GROUP BY version",
+        ))
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            Some((
-                r["version"].as_u64()? as u32,
-                r["checksum"].as_str()?.to_string(),
-            ))
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| (r.version, r.checksum)).collect())
 }
 
 /// The SQL `migrate` would run: bookkeeping, then every migration up to `target`.
@@ -193,14 +197,12 @@ pub async fn migrate(
         for sql in m.statements(s) {
             ch.execute(&sql).await?;
         }
-        ch.execute(&format!(
-            "INSERT INTO {}.schema_migrations (version, name, checksum) VALUES ({}, '{}', '{}')",
-            s.database,
-            m.version,
-            m.name,
-            m.checksum()
-        ))
-        .await?;
+        let row = Applied {
+            version: m.version,
+            name: m.name.to_string(),
+            checksum: m.checksum(),
+        };
+        ch.insert("schema_migrations", &[row]).await?;
         tracing::info!(
             version = m.version,
             name = m.name,
