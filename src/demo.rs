@@ -4,11 +4,11 @@
 
 use crate::ledger;
 use crate::report::{self, Dim, Format};
+use crate::server::ready::Ready;
 use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use crate::server::ready::Ready;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -165,9 +165,8 @@ impl Proxy {
 
     pub async fn start_with(config: &str, files: &[(&str, &[u8])]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let full = format!(
-            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndata_dir: data\n{config}"
-        );
+        let full =
+            format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndata_dir: data\n{config}");
         std::fs::write(dir.path().join("tollgate.yaml"), full).unwrap();
         std::fs::write(dir.path().join("prices.yaml"), PRICES).unwrap();
         for (name, content) in files {
