@@ -5,9 +5,12 @@ use crate::attribution::is_tollgate_header;
 use crate::config::validate::{Provider, ProviderKind, UpstreamAddr};
 use crate::error::ProxyError;
 use pingora::http::RequestHeader;
+use pingora::tls::ssl::SslRef;
+use pingora::tls::ssl_sys;
+use pingora::tls::x509::X509Ref;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,7 +70,44 @@ pub async fn peer(
         })?;
         peer.options.ca = Some(Arc::new(certs.into_boxed_slice()));
     }
+    // Pingora checks the certificate against the host as a DNS name only, which an IP address
+    // SAN never matches. For an IP host it still verifies the chain, and the name is checked
+    // here once the handshake is done: a certificate that does not name the address gets its
+    // session shut before a byte of request, key included, is written. (No SNI is sent for an
+    // IP literal, as RFC 6066 requires.)
+    let host = addr.host.trim_start_matches('[').trim_end_matches(']');
+    if addr.tls
+        && let Ok(ip) = host.parse::<IpAddr>()
+    {
+        peer.options.verify_hostname = false;
+        let provider = provider.name.clone();
+        peer.options.upstream_tls_handshake_complete_hook = Some(Arc::new(move |ssl: &SslRef| {
+            if !ssl.peer_certificate().is_some_and(|c| names_ip(&c, ip)) {
+                tracing::warn!(%provider, %ip, "upstream certificate does not name its IP address");
+                // SAFETY: an `&SslRef` is the address of the live `SSL` (openssl's foreign
+                // type references), used by this task alone during this call. Marked shut
+                // down, the session fails every later write without sending anything.
+                unsafe {
+                    ssl_sys::SSL_set_shutdown(
+                        std::ptr::from_ref(ssl).cast_mut().cast(),
+                        ssl_sys::SSL_SENT_SHUTDOWN | ssl_sys::SSL_RECEIVED_SHUTDOWN,
+                    );
+                }
+            }
+            None
+        }));
+    }
     Ok(peer)
+}
+
+/// Whether `cert` carries `ip` as an IP address SAN (as OpenSSL's `X509_check_ip` decides).
+fn names_ip(cert: &X509Ref, ip: IpAddr) -> bool {
+    let octets = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    cert.subject_alt_names()
+        .is_some_and(|names| names.iter().any(|n| n.ipaddress() == Some(&octets[..])))
 }
 
 /// Request headers a proxy must not forward (RFC 9110 §7.6.1), plus ones Tollgate sets.
