@@ -194,10 +194,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rows = match cfg.clickhouse.as_ref().filter(|_| !ledger) {
                 Some(settings) => {
                     let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
-                    let sql = tollgate::report::clickhouse_sql(&by, since.num_seconds());
-                    let result = tokio::runtime::Runtime::new()?.block_on(ch.select(&sql))?;
-                    tollgate::report::rows_from_clickhouse(&by, &result)
-                        .map_err(anyhow::Error::msg)?
+                    let report = tollgate::report::from_clickhouse(&ch, &by, since.num_seconds());
+                    tokio::runtime::Runtime::new()?.block_on(report)?
                 }
                 None => {
                     let from = chrono::Utc::now() - since;

@@ -2,6 +2,7 @@
 
 use crate::money::NanoUsd;
 use crate::record::Record;
+use crate::sink::clickhouse::{ChError, ClickHouse};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -67,8 +68,8 @@ impl FromStr for Dim {
     }
 }
 
-/// Totals of one group.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Totals of one group; also a row of [`clickhouse_sql`]'s result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, ::clickhouse::Row, serde::Deserialize)]
 pub struct Row {
     pub key: Vec<String>,
     pub requests: u64,
@@ -80,6 +81,7 @@ pub struct Row {
     pub reasoning_tokens: u64,
     pub estimated: u64,
     /// Sum of known costs.
+    #[serde(rename = "cost_usd", deserialize_with = "nanos_from_decimal")]
     pub cost: NanoUsd,
     /// Requests whose model had no price (not included in `cost`).
     pub unpriced: u64,
@@ -160,11 +162,12 @@ pub fn parse_since(s: &str) -> Result<chrono::Duration, String> {
     Ok(chrono::Duration::seconds(n.saturating_mul(secs)))
 }
 
-/// The same report computed by ClickHouse over the `requests` table.
-pub fn clickhouse_sql(by: &[Dim], since_secs: i64) -> String {
-    let dims: String = by
+/// The same report computed by ClickHouse over the `requests` table. Binds `since_secs`
+/// (the look-back, in seconds).
+pub fn clickhouse_sql(by: &[Dim]) -> String {
+    let key: Vec<String> = by
         .iter()
-        .map(|d| format!("toString(r.`{0}`) AS `{0}`, ", d.name()))
+        .map(|d| format!("toString(r.`{}`)", d.name()))
         .collect();
     let group = if by.is_empty() {
         String::new()
@@ -174,54 +177,43 @@ pub fn clickhouse_sql(by: &[Dim], since_secs: i64) -> String {
     };
     // Source columns are qualified: the output names reuse them.
     format!(
-        "SELECT {dims}count() AS requests, \
+        "SELECT CAST([{key}] AS Array(String)) AS key, count() AS requests, \
          countIf(r.status >= 400 OR r.error IS NOT NULL) AS errors, \
          sum(r.input_tokens) AS input_tokens, sum(r.output_tokens) AS output_tokens, \
          sum(r.cached_input_tokens) AS cached_input_tokens, \
          sum(r.cache_write_tokens) AS cache_write_tokens, \
          sum(r.reasoning_tokens) AS reasoning_tokens, \
          countIf(r.usage_source = 'estimated') AS estimated, \
-         countIf(r.cost_usd IS NULL) AS unpriced, \
-         toString(sum(ifNull(r.cost_usd, toDecimal128(0, 9)))) AS cost_usd \
-         FROM requests AS r WHERE r.ts >= now64(3) - INTERVAL {since_secs} SECOND{group}"
+         sum(ifNull(r.cost_usd, toDecimal128(0, 9))) AS cost_usd, \
+         countIf(r.cost_usd IS NULL) AS unpriced \
+         FROM requests AS r \
+         WHERE r.ts >= now64(3) - toIntervalSecond({{since_secs:Int64}}){group}",
+        key = key.join(", ")
     )
 }
 
-/// Rows of [`clickhouse_sql`]'s result.
-pub fn rows_from_clickhouse(by: &[Dim], result: &[serde_json::Value]) -> Result<Vec<Row>, String> {
-    let num = |v: &serde_json::Value, k: &str| -> Result<u64, String> {
-        v[k].as_u64()
-            .or_else(|| v[k].as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| format!("column {k} missing in {v}"))
-    };
-    let mut rows = Vec::new();
-    for v in result {
-        let requests = num(v, "requests")?;
-        if requests == 0 {
-            continue; // the empty aggregate of a query with no GROUP BY
-        }
-        let cost = v["cost_usd"]
-            .as_str()
-            .and_then(NanoUsd::parse_usd)
-            .ok_or_else(|| format!("cost_usd missing in {v}"))?;
-        rows.push(Row {
-            key: by
-                .iter()
-                .map(|d| v[d.name()].as_str().unwrap_or_default().to_string())
-                .collect(),
-            requests,
-            errors: num(v, "errors")?,
-            input_tokens: num(v, "input_tokens")?,
-            output_tokens: num(v, "output_tokens")?,
-            cached_input_tokens: num(v, "cached_input_tokens")?,
-            cache_write_tokens: num(v, "cache_write_tokens")?,
-            reasoning_tokens: num(v, "reasoning_tokens")?,
-            estimated: num(v, "estimated")?,
-            unpriced: num(v, "unpriced")?,
-            cost,
-        });
-    }
-    Ok(with_total(rows))
+/// The report from ClickHouse, for records of the last `since_secs` seconds.
+pub async fn from_clickhouse(
+    ch: &ClickHouse,
+    by: &[Dim],
+    since_secs: i64,
+) -> Result<Vec<Row>, ChError> {
+    let query = ch
+        .query(&clickhouse_sql(by))
+        .param("since_secs", since_secs);
+    let rows: Vec<Row> = ch.fetch_all(query).await?;
+    // The empty aggregate of a query with no GROUP BY has no requests.
+    Ok(with_total(
+        rows.into_iter().filter(|r| r.requests > 0).collect(),
+    ))
+}
+
+/// `Decimal(38, 9)` arrives as its integer count of nano-USD.
+fn nanos_from_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NanoUsd, D::Error> {
+    let nanos = <i128 as serde::Deserialize>::deserialize(d)?;
+    i64::try_from(nanos)
+        .map(NanoUsd)
+        .map_err(|_| serde::de::Error::custom(format!("cost of {nanos} nano-USD is out of range")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -179,25 +179,6 @@ impl ClickHouse {
         self.bounded(query.fetch_all::<T>()).await
     }
 
-    /// Runs a SELECT in the configured database and returns its rows as JSON.
-    pub async fn select(&self, sql: &str) -> Result<Vec<serde_json::Value>, ChError> {
-        let body = self
-            .bounded(async {
-                self.db
-                    .query_raw(sql)
-                    .with_setting("output_format_json_quote_64bit_integers", "0")
-                    .with_setting("output_format_json_quote_decimals", "1")
-                    .fetch_bytes("JSONEachRow")?
-                    .collect()
-                    .await
-            })
-            .await?;
-        body.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).map_err(|e| ChError::Decode(e.to_string())))
-            .collect()
-    }
-
     /// Inserts typed rows into `table` of the configured database.
     pub async fn insert<T: RowOwned + RowWrite>(
         &self,
