@@ -101,12 +101,12 @@ impl Meter {
         let mut forward = self.rewrites().then(Vec::new);
         for ev in std::mem::take(&mut self.events) {
             let usage_only = self.observe_event(&ev);
-            if let Some(out) = forward.as_mut() {
-                if !usage_only {
-                    let (before, after) = split_null_usage(&ev.raw);
-                    out.extend_from_slice(before);
-                    out.extend_from_slice(after);
-                }
+            if let Some(out) = forward.as_mut()
+                && !usage_only
+            {
+                let (before, after) = split_null_usage(&ev.raw);
+                out.extend_from_slice(before);
+                out.extend_from_slice(after);
             }
         }
         self.cap_output_text(text_before);
