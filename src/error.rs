@@ -20,6 +20,8 @@ pub enum ProxyError {
     NotFound(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
     #[error("upstream {provider} unreachable: {reason}")]
     Upstream { provider: String, reason: String },
     #[error("upstream {provider} timed out: {reason}")]
@@ -35,6 +37,7 @@ impl ProxyError {
             ProxyError::UnknownKey | ProxyError::MissingKey => 401,
             ProxyError::UnknownModel(_) | ProxyError::NotFound(_) => 404,
             ProxyError::TooLarge { .. } => 413,
+            ProxyError::BodyTimeout { .. } => 408,
             ProxyError::Upstream { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::Internal(_) => 500,
@@ -54,6 +57,7 @@ impl ProxyError {
                 ("invalid_request_error", "not_found_error")
             }
             ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ProxyError::BodyTimeout { .. } => ("invalid_request_error", "invalid_request_error"),
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ("upstream_error", "api_error")
             }
@@ -71,6 +75,7 @@ impl ProxyError {
             ProxyError::UnknownModel(_) => "model_not_found",
             ProxyError::NotFound(_) => "not_found",
             ProxyError::TooLarge { .. } => "request_too_large",
+            ProxyError::BodyTimeout { .. } => "request_timeout",
             ProxyError::Upstream { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Internal(_) => "internal_error",

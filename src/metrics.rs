@@ -76,6 +76,11 @@ pub struct Metrics {
     /// Clients that left before the end of their response: normal traffic, so counted
     /// rather than logged.
     pub client_aborts: IntCounter,
+    /// Open client connections, those refused past the cap, and clients too slow to send
+    /// a request (`phase`: header, body).
+    pub client_connections: IntGauge,
+    pub connections_refused: IntCounter,
+    pub client_timeouts: IntCounterVec,
     pub estimated: IntCounterVec,
     pub ledger_disk_bytes: IntGauge,
     pub sink: SinkMetrics,
@@ -152,6 +157,24 @@ impl Metrics {
             "Records lost because the ledger was closed, full or failing",
         )
         .expect("valid metric");
+        let client_connections = IntGauge::new(
+            "tollgate_client_connections",
+            "Client connections open now",
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "tollgate_connections_refused_total",
+            "Client connections refused with a 503 because server.max_connections were open",
+        )
+        .expect("valid metric");
+        let client_timeouts = IntCounterVec::new(
+            Opts::new(
+                "tollgate_client_timeouts_total",
+                "Connections closed because the client was too slow to send its request",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
         let client_aborts = IntCounter::new(
             "tollgate_client_aborts_total",
             "Requests whose client disconnected before the end of the response",
@@ -225,6 +248,9 @@ impl Metrics {
             Box::new(unpriced.clone()),
             Box::new(records_dropped.clone()),
             Box::new(client_aborts.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(client_timeouts.clone()),
             Box::new(estimated.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -244,6 +270,9 @@ impl Metrics {
             unpriced,
             records_dropped,
             client_aborts,
+            client_connections,
+            connections_refused,
+            client_timeouts,
             estimated,
             ledger_disk_bytes,
             sink,

@@ -73,6 +73,12 @@ fn fixed_fields_changed(old: &Validated, new: &Validated) -> Vec<&'static str> {
     if old.data_dir != new.data_dir {
         changed.push("data_dir");
     }
+    let connection_limits = |s: &crate::config::ServerConfig| {
+        (s.max_connections, s.header_timeout_ms, s.idle_timeout_secs)
+    };
+    if connection_limits(&old.server) != connection_limits(&new.server) {
+        changed.push("server (connection limits)");
+    }
     if old.clickhouse.as_ref().map(|c| (&c.url, &c.database))
         != new.clickhouse.as_ref().map(|c| (&c.url, &c.database))
     {

@@ -8,6 +8,7 @@ use crate::config::validate::{ProviderKind, UpstreamAddr};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
+use crate::proxy::connections::{Guarded, Limits};
 use crate::reload::Reloader;
 use crate::sim::{SimOptions, SimProvider};
 use crate::sink::{Sink, SinkConfig};
@@ -118,8 +119,18 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
             reloads: metrics.config_reloads.clone(),
         },
     ));
-    let proxy = Tollgate::new(shared_config, ledger.clone(), metrics);
-    let service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    let proxy = Tollgate::new(shared_config, ledger.clone(), metrics.clone());
+    let limits = Limits {
+        max_connections: cfg.server.max_connections,
+        header_timeout: Duration::from_millis(cfg.server.header_timeout_ms),
+        idle_timeout: Duration::from_secs(cfg.server.idle_timeout_secs),
+    };
+    let app = Guarded::new(
+        pingora::proxy::http_proxy(&server.configuration, proxy),
+        limits,
+        metrics,
+    );
+    let service = ListeningService::new("tollgate proxy".to_string(), app);
     server.add_service(PreBound::new(service, proxy_listener)?);
 
     tracing::info!(%ready, "tollgate serving");

@@ -8,11 +8,15 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+async fn connect(proxy: &Proxy) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap()
+}
+
 /// Sends `bytes` on a fresh connection and reads until the proxy closes it (or 5 s pass).
 async fn exchange(proxy: &Proxy, bytes: &[u8]) -> (String, bool) {
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
-        .await
-        .unwrap();
+    let mut sock = connect(proxy).await;
     sock.write_all(bytes).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
@@ -169,4 +173,124 @@ async fn pipelined_requests_are_all_answered_in_order() {
     }
     let records = proxy.records(2 + 3 + 10 + 50).await;
     assert_eq!(records.len(), 65);
+}
+
+/// A config whose connection limits are small enough to test.
+fn with_limits(upstream: std::net::SocketAddr, limits: &str) -> String {
+    config_for(upstream, "").replace(
+        "  grace_period_secs: 0\n",
+        &format!("  grace_period_secs: 0\n{limits}"),
+    )
+}
+
+/// Reads until the peer closes (true) or `within` passes (false).
+async fn closed_within(sock: &mut tokio::net::TcpStream, within: Duration) -> (bool, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, String::from_utf8_lossy(&got).into()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (false, String::from_utf8_lossy(&got).into()),
+        }
+    }
+}
+
+async fn served(proxy: &Proxy) -> bool {
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    openai(proxy, "/v1/chat/completions", &[], &body).await.status() == 200
+}
+
+#[tokio::test]
+async fn a_client_dribbling_its_header_is_cut_off_while_others_are_served() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&with_limits(upstream.addr, "  header_timeout_ms: 1000\n")).await;
+    let mut slow = connect(&proxy).await;
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let dribble = async {
+        for _ in 0..100 {
+            if slow.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (_, ok) = tokio::join!(dribble, served(&proxy));
+    assert!(ok, "a normal request was not served meanwhile");
+    let (closed, _) = closed_within(&mut slow, Duration::from_secs(1)).await;
+    assert!(closed, "the slow header was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "tollgate_client_timeouts_total", &[("phase", "header")]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_client_dribbling_its_body_gets_408_and_the_connection_closes() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&with_limits(upstream.addr, "  body_timeout_ms: 800\n")).await;
+    let mut slow = connect(&proxy).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..12 {
+        let _ = slow.write_all(b" ").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (closed, answer) = closed_within(&mut slow, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(closed);
+    let record = proxy.only_record().await;
+    assert_eq!(
+        (record.status, record.error.as_deref()),
+        (408, Some("request_timeout"))
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&with_limits(upstream.addr, "  idle_timeout_secs: 1\n")).await;
+    let mut sock = connect(&proxy).await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let (closed, answer) = closed_within(&mut sock, Duration::from_secs(4)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "the idle connection stayed open");
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_get_503_and_room_comes_back() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&with_limits(upstream.addr, "  max_connections: 4\n")).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(connect(&proxy).await);
+    }
+    // Give the proxy a moment to take each connection in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = connect(&proxy).await;
+    let (closed, answer) = closed_within(&mut extra, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections") && closed, "{answer}");
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(served(&proxy).await, "no room after the connections closed");
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "tollgate_connections_refused_total", &[]), Some(1.0));
 }

@@ -250,6 +250,19 @@ pub struct ServerConfig {
     /// Seconds in-flight requests get to finish on shutdown.
     #[serde(default = "defaults::grace_period_secs")]
     pub grace_period_secs: u64,
+    /// Open client connections; past this a new connection gets a 503 and is closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a whole request header, from the connection's first byte
+    /// wait (or the end of its previous request).
+    #[serde(default = "defaults::header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a whole request body.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// How long an idle keep-alive connection is kept open for its next request.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -257,6 +270,10 @@ impl Default for ServerConfig {
         ServerConfig {
             threads: defaults::threads(),
             grace_period_secs: defaults::grace_period_secs(),
+            max_connections: defaults::max_connections(),
+            header_timeout_ms: defaults::header_timeout_ms(),
+            body_timeout_ms: defaults::body_timeout_ms(),
+            idle_timeout_secs: defaults::idle_timeout_secs(),
         }
     }
 }
@@ -328,5 +345,17 @@ mod defaults {
     }
     pub fn grace_period_secs() -> u64 {
         10
+    }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn body_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        60
     }
 }

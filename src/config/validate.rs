@@ -350,6 +350,16 @@ pub fn validate(
     if raw.max_body_bytes == 0 {
         problems_push_whole(&mut bad, "max_body_bytes must be above 0".into());
     }
+    for (field, value) in [
+        ("server.max_connections", raw.server.max_connections as u64),
+        ("server.header_timeout_ms", raw.server.header_timeout_ms),
+        ("server.body_timeout_ms", raw.server.body_timeout_ms),
+        ("server.idle_timeout_secs", raw.server.idle_timeout_secs),
+    ] {
+        if value == 0 {
+            problems_push_whole(&mut bad, format!("{field} must be above 0"));
+        }
+    }
     problems.extend(price_problems);
     if !problems.is_empty() {
         return Err(ConfigError(problems));

@@ -3,13 +3,32 @@
 use crate::error::ProxyError;
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
+use std::time::Duration;
 
 /// Most bytes of an oversized body read and discarded so the client, still sending, gets
 /// to read the 413 instead of a broken pipe. Past this the connection is simply closed.
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// Reads the request body. Bodies past `limit` are refused with 413.
-pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError> {
+/// Reads the request body. Bodies past `limit` are refused with 413; a body that has not
+/// arrived whole within `deadline` gets a 408 and the connection is closed (a client
+/// dribbling its body must not hold a connection and a buffer forever).
+pub async fn read(
+    session: &mut Session,
+    limit: u64,
+    deadline: Duration,
+) -> Result<Bytes, ProxyError> {
+    match tokio::time::timeout(deadline, read_within(session, limit)).await {
+        Ok(body) => body,
+        Err(_) => {
+            session.set_keepalive(None);
+            Err(ProxyError::BodyTimeout {
+                ms: deadline.as_millis() as u64,
+            })
+        }
+    }
+}
+
+async fn read_within(session: &mut Session, limit: u64) -> Result<Bytes, ProxyError> {
     let declared = session
         .req_header()
         .headers

@@ -9,6 +9,7 @@
 
 mod body;
 mod commit;
+pub mod connections;
 mod ctx;
 mod fail_to_proxy;
 mod logging;
@@ -82,6 +83,17 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         fail_to_proxy::run(self, session, e, ctx).await
+    }
+
+    /// Called on every request of a guarded connection (see `connections`), right after its
+    /// header was read: the header deadline stops here.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        conn_ctx: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        connections::header_read(conn_ctx);
     }
 
     /// Failures Tollgate explained are already logged (upstream failures at warn, client

@@ -15,6 +15,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use std::borrow::Cow;
+use std::time::Duration;
 
 pub async fn run(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     // Pipelined requests (sent before the previous answer was read) are answered in order
@@ -120,7 +121,14 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
     }
     ctx.attribution = Attribution::resolve(&session.req_header().headers, vkey, &cfg.attribution);
 
-    let body = body::read(session, cfg.max_body_bytes).await?;
+    let body_deadline = Duration::from_millis(cfg.server.body_timeout_ms);
+    let body = body::read(session, cfg.max_body_bytes, body_deadline)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ProxyError::BodyTimeout { .. }) {
+                tg.metrics.client_timeouts.with_label_values(&["body"]).inc();
+            }
+        })?;
     let is_post = session.req_header().method == http::Method::POST;
     let (provider, request) = if endpoint.has_model() && is_post {
         let peek: Peek =

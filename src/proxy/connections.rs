@@ -1,0 +1,156 @@
+//! Client connections: the limits pingora's HTTP/1 layer does not enforce by itself.
+//!
+//! - A cap on open connections: past it a new connection gets a 503 and is closed, so idle
+//!   or slow clients cannot exhaust memory.
+//! - A deadline for each whole request header. Pingora's read timeout applies to each read,
+//!   so a client sending one byte at a time (slowloris) would keep a connection forever.
+//! - An idle timeout between the requests of a keep-alive connection.
+//!
+//! The body has its own deadline, enforced where the body is read (`proxy::body`).
+
+use crate::api::ApiFormat;
+use crate::error::wire_error;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+/// What a connection may take, from `server.*` in the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Wraps the HTTP application (the proxy) with the connection limits.
+pub struct Guarded<A> {
+    app: Arc<A>,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(app: A, limits: Limits, metrics: Metrics) -> Guarded<A> {
+        Guarded {
+            app: Arc::new(app),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            metrics,
+        }
+    }
+}
+
+/// Set on each request's session; the proxy marks it when the request header has been read
+/// (see [`header_read`]), which stops the header deadline.
+#[derive(Debug, Default)]
+pub struct HeaderClock {
+    read: AtomicBool,
+}
+
+/// Called with the connection context the request's session was handed: the header is in.
+pub fn header_read(conn_ctx: Box<dyn Any + Send + Sync>) {
+    if let Ok(clock) = conn_ctx.downcast::<Arc<HeaderClock>>() {
+        clock.read.store(true, Ordering::Release);
+    }
+}
+
+/// The answer to a connection past the cap (the API is not known yet: OpenAI's shape).
+fn too_many_connections() -> Vec<u8> {
+    let body = wire_error(
+        ApiFormat::OpenAi,
+        ("server_error", "overloaded_error"),
+        "too_many_connections",
+        "too many open connections to this gateway; retry shortly",
+    );
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[async_trait]
+impl<A> ServerApp for Guarded<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics.connections_refused.inc();
+            let _ = stream.write_all(&too_many_connections()).await;
+            let _ = stream.shutdown().await;
+            return None;
+        };
+        self.metrics.client_connections.inc();
+        self.serve(stream, shutdown).await;
+        self.metrics.client_connections.dec();
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+impl<A> Guarded<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// The connection's requests, one after the other, each under its header deadline.
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        let mut wait = self.limits.header_timeout;
+        loop {
+            session.set_keepalive(if *shutdown.borrow() {
+                None
+            } else {
+                Some(self.limits.idle_timeout.as_secs().max(1))
+            });
+            let clock = Arc::new(HeaderClock::default());
+            session.set_connection_user_context(Some(Box::new(clock.clone())));
+            let reused = tokio::select! {
+                reused = self.app.process_new_http(session, shutdown) => reused,
+                () = header_deadline(&clock, wait) => {
+                    // Dropping the session closes the connection.
+                    self.metrics.client_timeouts.with_label_values(&["header"]).inc();
+                    tracing::debug!(?wait, "request header not received in time; connection closed");
+                    return;
+                }
+            };
+            let Some((stream, settings)) = reused.map(|r| r.consume()) else {
+                return;
+            };
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            // The next request may first sit idle, then has the usual time for its header.
+            wait = self.limits.idle_timeout + self.limits.header_timeout;
+        }
+    }
+}
+
+/// Resolves when `wait` has passed without the header being read; never once it was.
+async fn header_deadline(clock: &HeaderClock, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    if clock.read.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
