@@ -82,6 +82,9 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub client_timeouts: IntCounterVec,
     pub estimated: IntCounterVec,
+    /// Local counts that were extrapolated or guessed in part (huge or odd inputs, images
+    /// of unknown size).
+    pub usage_approximate: IntCounterVec,
     pub ledger_disk_bytes: IntGauge,
     pub sink: SinkMetrics,
     pub config_reloads: IntCounterVec,
@@ -188,6 +191,14 @@ impl Metrics {
             &["provider"],
         )
         .expect("valid metric");
+        let usage_approximate = IntCounterVec::new(
+            Opts::new(
+                "tollgate_usage_approximate_total",
+                "Local counts that were extrapolated or guessed in part rather than exact",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
         let ledger_disk_bytes = IntGauge::new(
             "tollgate_ledger_disk_bytes",
             "Bytes used by ledger segments",
@@ -252,6 +263,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(estimated.clone()),
+            Box::new(usage_approximate.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -274,6 +286,7 @@ impl Metrics {
             connections_refused,
             client_timeouts,
             estimated,
+            usage_approximate,
             ledger_disk_bytes,
             sink,
             config_reloads,

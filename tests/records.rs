@@ -316,6 +316,12 @@ async fn counting_a_huge_prompt_holds_up_neither_its_client_nor_the_next_request
         "input estimated at {}",
         counted.input_tokens
     );
+    // Past the exact-count budget the rest was extrapolated, and that is counted.
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "tollgate_usage_approximate_total", &[("provider", "openai")]),
+        Some(1.0)
+    );
     // latency_ms is what the client saw, no more.
     assert!(
         u128::from(counted.latency_ms) <= first_took.as_millis(),

@@ -8,7 +8,7 @@ use crate::attribution::REQUEST_ID_HEADER;
 use crate::config::validate::Provider;
 use crate::error::{ProxyError, stream_error_event};
 use crate::tokens::Encoding;
-use crate::usage::meter::{Meter, settle};
+use crate::usage::meter::{Meter, settle_counted};
 use crate::usage::{UsageSource, estimate};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -208,7 +208,7 @@ async fn finish(tg: &Tollgate, ctx: &mut RequestCtx, relay: &mut Relay, ex: &Exc
     }
     ctx.served_model = relay.meter.observed.model.clone();
     if ex.metered && relay.success {
-        settle_usage(ctx, &relay.meter, ex.endpoint, ex.body.clone()).await;
+        settle_usage(tg, ctx, &relay.meter, ex.endpoint, ex.body.clone()).await;
     }
     commit::commit(tg, ctx);
 }
@@ -396,30 +396,39 @@ async fn pump(
 }
 
 /// Fills the context's usage: reported where the provider said, estimated where not.
-async fn settle_usage(ctx: &mut RequestCtx, meter: &Meter, endpoint: Endpoint, body: Bytes) {
+async fn settle_usage(
+    tg: &Tollgate,
+    ctx: &mut RequestCtx,
+    meter: &Meter,
+    endpoint: Endpoint,
+    body: Bytes,
+) {
     let enc = Encoding::for_model(ctx.served_model.as_deref().unwrap_or(&ctx.upstream_model));
-    let observed = meter.observed.clone();
-    let needs_count = observed.input_tokens.is_none() || observed.output_tokens.is_none();
-    let (usage, source) = if needs_count {
-        // Counting can take milliseconds on large prompts: keep it off the async workers.
+    let reported = &meter.observed;
+    let settled = if reported.input_tokens.is_some() && reported.output_tokens.is_some() {
+        settle_counted(reported, || unreachable!("input was reported"), enc)
+    } else {
+        // Counting is bounded but can take milliseconds: keep it off the async workers.
+        let observed = reported.clone();
         crate::tokens::spawn_count(move || {
-            settle(
+            settle_counted(
                 &observed,
                 || {
                     serde_json::from_slice::<serde_json::Value>(&body)
-                        .map(|v| estimate::input_tokens(endpoint, &v, enc))
-                        .unwrap_or(0)
+                        .map(|v| estimate::input_count(endpoint, &v, enc))
+                        .unwrap_or_default()
                 },
                 enc,
             )
         })
         .await
-    } else {
-        settle(&observed, || 0, enc)
     };
-    ctx.usage = usage;
-    ctx.usage_source = source;
-    if source == UsageSource::Estimated {
-        tracing::debug!(request_id = %ctx.request_id, "usage missing; estimated locally");
+    ctx.usage = settled.usage;
+    ctx.usage_source = settled.source;
+    if settled.source == UsageSource::Estimated {
+        tracing::debug!(request_id = %ctx.request_id, exact = settled.exact, "usage missing; counted locally");
+        if !settled.exact {
+            tg.metrics.usage_approximate.with_label_values(&[&ctx.provider]).inc();
+        }
     }
 }
