@@ -485,6 +485,33 @@ async fn a_batch_replayed_after_a_crash_before_its_commit_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_backlog_from_a_previous_run_ships_without_waiting_for_the_batch_period() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("backlog").await;
+    let up = start_sim().await;
+    // Small batches that would each wait a minute for more records.
+    let cfg = keeping(up.addr, &ch.url, &db, "    batch_max_rows: 7")
+        .replace("batch_period_ms: 50", "batch_period_ms: 60000");
+    let mut proxy = Proxy::start(&cfg).await;
+    assert_eq!(load(proxy.port, 30, 4).await, 30);
+    let ledger = settled_ledger_ids(&proxy).await;
+    proxy.kill9();
+
+    // The restarted proxy writes a new segment, so the old one cannot grow: its batches,
+    // full or not, ship at once.
+    proxy.restart().await;
+    let started = Instant::now();
+    let (rows, distinct) = wait_rows(&ch, &db, ledger.len() as u64).await;
+    assert_eq!((rows, distinct), (30, 30), "{}", proxy.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ids_in_clickhouse(&ch, &db).await, ledger);
+}
+
+#[tokio::test]
 async fn shutdown_drains_the_ledger_into_clickhouse() {
     let ch = ClickHouse::shared().await;
     let db = ch.fresh_database("drain").await;

@@ -96,6 +96,9 @@ struct Shipper {
     backlog_at_start: u64,
     settled: u64,
     stop: watch::Receiver<Option<Instant>>,
+    /// Segments below this one were left by an earlier run: the ledger never appends to
+    /// them again (it opens a new segment after the last one it finds).
+    first_live_segment: u64,
     backoff: Duration,
     last_ship: Instant,
 }
@@ -116,6 +119,10 @@ impl Shipper {
             cursor.pending.map_or(cursor.offset, |p| p.start),
         )
         .unwrap_or(0);
+        // The ledger is open, but the proxy does not serve yet: every segment here is old.
+        let first_live_segment = ledger::list_segments(&cfg.ledger_dir)?
+            .last()
+            .map_or(0, |(seq, _)| seq + 1);
         Ok(Shipper {
             cfg,
             ch,
@@ -126,6 +133,7 @@ impl Shipper {
             backlog_at_start,
             settled: 0,
             stop,
+            first_live_segment,
             backoff: Duration::from_millis(100),
             last_ship: Instant::now(),
         })
@@ -186,11 +194,13 @@ impl Shipper {
                     continue;
                 }
             };
-            // Wait for a fuller batch unless it is full, old enough, or we are draining.
+            // Wait for a fuller batch unless it is full, old enough, cannot grow, or we are
+            // draining.
             let fresh = self.cursor.pending.is_none()
                 && batch.line_count() < self.cfg.settings.batch_max_rows
                 && self.last_ship.elapsed() < self.cfg.settings.batch_period
-                && self.stopping().is_none();
+                && self.stopping().is_none()
+                && self.may_grow(&batch);
             if fresh {
                 let wait = self.cfg.settings.batch_period - self.last_ship.elapsed();
                 self.pause(wait).await;
@@ -257,6 +267,22 @@ impl Shipper {
             self.file.save(&self.cursor)?;
             self.remove_shipped_segments(&segs);
         }
+    }
+
+    /// Whether records may still be appended to the batch's segment soon: this process's
+    /// ledger writes it (the last segment, not one left by an earlier run) and wrote it
+    /// within the batch period. A backlog, or a finished segment, ships at once instead of
+    /// waiting a batch period per batch.
+    fn may_grow(&self, batch: &Batch) -> bool {
+        let segment = batch.range.segment;
+        if segment < self.first_live_segment {
+            return false;
+        }
+        let is_last = ledger::list_segments(&self.cfg.ledger_dir)
+            .map(|segs| segs.last().is_none_or(|(seq, _)| *seq == segment))
+            .unwrap_or(true);
+        let path = segments::segment_path(&self.cfg.ledger_dir, segment);
+        is_last && !older_than(&path, self.cfg.settings.batch_period)
     }
 
     async fn ship(&mut self, batch: Batch) {
