@@ -1,5 +1,10 @@
 //! The client-facing APIs: which wire format a path speaks and whether it is metered.
 
+/// Longest model name accepted from a client or recorded from a provider: names reach
+/// records and metric labels. Real names, fine-tuned and deployment names included, are far
+/// shorter.
+pub const MAX_NAME_LEN: usize = 256;
+
 /// Wire format of the API a client called; errors are written in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiFormat {

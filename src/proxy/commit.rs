@@ -1,8 +1,8 @@
 //! Writing a request's one record: priced with the request's own config snapshot, counted in
 //! the metrics, and appended to the ledger before the client sees the end of its response.
 
-use super::request_filter::MAX_NAME_LEN;
 use super::{RequestCtx, Tollgate};
+use crate::api::MAX_NAME_LEN;
 use crate::money::NanoUsd;
 use crate::record::Record;
 use crate::usage::UsageSource;

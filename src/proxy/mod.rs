@@ -13,6 +13,7 @@ pub mod connections;
 mod ctx;
 mod fail_to_proxy;
 mod logging;
+mod outcome;
 mod relay;
 mod request_filter;
 mod rewrite;

@@ -1,7 +1,7 @@
 //! One upstream exchange: send the request, stream the response back as it arrives,
 //! meter it on the way, and settle its usage.
 
-use super::request_filter::Outcome;
+use super::outcome::Outcome;
 use super::{RequestCtx, Tollgate, commit, upstream};
 use crate::api::Endpoint;
 use crate::attribution::REQUEST_ID_HEADER;

@@ -2,8 +2,9 @@
 //! the answer back. Every request is answered here; nothing falls through to pingora's
 //! own upstream path.
 
+use super::outcome::Outcome;
 use super::{RequestCtx, Tollgate, body, commit, relay, rewrite, upstream};
-use crate::api::{ApiFormat, Endpoint};
+use crate::api::{ApiFormat, Endpoint, MAX_NAME_LEN};
 use crate::attribution::{Attribution, REQUEST_ID_HEADER};
 use crate::auth::{Presented, presented_key};
 use crate::config::validate::ProviderKind;
@@ -39,29 +40,12 @@ pub async fn run(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> 
             Ok(true)
         }
         Err(Outcome::Abort(reason)) => {
-            // The response is under way: dropping the connection is the only honest signal.
+            // A response is under way or the client is gone: closing is all that is left.
             Err(Error::explain(ErrorType::ConnectionClosed, reason))
         }
     }
 }
 
-/// How a request that did not complete normally ends.
-pub enum Outcome {
-    /// Answer with this error (no response written yet).
-    Reply(ProxyError),
-    /// Cut the connection: a response was already under way.
-    Abort(&'static str),
-}
-
-impl From<ProxyError> for Outcome {
-    fn from(e: ProxyError) -> Outcome {
-        Outcome::Reply(e)
-    }
-}
-
-/// Longest model name accepted: names reach records and metric labels. Real names,
-/// fine-tuned and deployment names included, are far shorter.
-pub const MAX_NAME_LEN: usize = 256;
 /// Longest path accepted; the path is recorded as `endpoint`.
 const MAX_PATH_LEN: usize = 2048;
 
