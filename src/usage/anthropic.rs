@@ -22,7 +22,11 @@ fn observe_usage(usage: &Value, obs: &mut Observed) {
         obs.cache_write_tokens = w;
     }
     if let Some(i) = obs.anthropic_uncached_input {
-        obs.input_tokens = Some(i + obs.cached_input_tokens + obs.cache_write_tokens);
+        // Saturating: a nonsensical report must not panic or wrap below its parts.
+        obs.input_tokens = Some(
+            i.saturating_add(obs.cached_input_tokens)
+                .saturating_add(obs.cache_write_tokens),
+        );
     }
     if let Some(o) = usage["output_tokens"].as_u64() {
         obs.output_tokens = Some(o);
@@ -141,6 +145,21 @@ mod tests {
         assert_eq!(obs.output_tokens, Some(42));
         assert_eq!(obs.output_text, "yo");
         assert!(obs.finished);
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        let mut obs = Observed::default();
+        observe_body(
+            &json!({"usage":{"input_tokens":u64::MAX,"cache_read_input_tokens":3,
+                "cache_creation_input_tokens":u64::MAX - 1,"output_tokens":1}}),
+            &mut obs,
+        );
+        assert_eq!(obs.input_tokens, Some(u64::MAX));
+        assert_eq!(
+            (obs.cached_input_tokens, obs.cache_write_tokens),
+            (3, u64::MAX - 1)
+        );
     }
 
     #[test]
