@@ -2,6 +2,7 @@
 //! [`validate`]; the proxy only ever sees a [`validate::Validated`] config.
 
 pub mod load;
+pub mod problem;
 pub mod validate;
 
 use serde::Deserialize;
@@ -9,7 +10,8 @@ use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use load::{ConfigError, Problem, load};
+pub use load::load;
+pub use problem::{ConfigError, Problem};
 pub use validate::{ProviderKind, Validated};
 
 /// The top level of `tollgate.yaml`.

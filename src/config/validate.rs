@@ -1,7 +1,7 @@
 //! Checks a [`RawConfig`] and turns it into the [`Validated`] form the proxy runs on.
 //! Every problem is collected (not just the first) with the position it refers to.
 
-use super::load::{ConfigError, Problem};
+use super::problem::{ConfigError, Problem};
 use super::{
     AttributionConfig, LedgerConfig, LogConfig, ProviderConfig, RawConfig, ServerConfig,
     SimulatedConfig,
