@@ -125,6 +125,11 @@ fn load_or_exit(path: &std::path::Path) -> anyhow::Result<tollgate::config::Vali
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. })
+        && let Err(e) = tollgate::memory::spawn_trimmer()
+    {
+        eprintln!("warning: memory freed by closed connections stays with the process: {e}");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
