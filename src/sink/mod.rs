@@ -99,8 +99,17 @@ struct Shipper {
     /// Segments below this one were left by an earlier run: the ledger never appends to
     /// them again (it opens a new segment after the last one it finds).
     first_live_segment: u64,
+    read_ahead: Option<ReadAhead>,
     backoff: Duration,
     last_ship: Instant,
+}
+
+/// The batch after the one in flight, read (and checked line by line) on a blocking thread
+/// while ClickHouse stores that one.
+struct ReadAhead {
+    segment: u64,
+    offset: u64,
+    batch: tokio::task::JoinHandle<std::io::Result<Option<Batch>>>,
 }
 
 impl Shipper {
@@ -134,6 +143,7 @@ impl Shipper {
             settled: 0,
             stop,
             first_live_segment,
+            read_ahead: None,
             backoff: Duration::from_millis(100),
             last_ship: Instant::now(),
         })
@@ -179,7 +189,7 @@ impl Shipper {
                     }
                 }
             }
-            let batch = match self.next_batch() {
+            let batch = match self.next_batch().await {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     if self.stopping().is_some() {
@@ -212,7 +222,7 @@ impl Shipper {
 
     /// The pending batch if there is one, else the next complete lines after the cursor,
     /// moving on to the next segment when the current one is finished.
-    fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
+    async fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
         let dir = self.cfg.ledger_dir.clone();
         if let Some(range) = self.cursor.pending {
             match segments::read_range(&dir, range) {
@@ -246,12 +256,10 @@ impl Shipper {
                 None => return Ok(None),
                 _ => {}
             }
-            if let Some(b) = segments::read_from(
-                &dir,
-                self.cursor.segment,
-                self.cursor.offset,
-                self.cfg.settings.batch_max_rows,
-            )? {
+            if let Some(b) = self
+                .read_batch(self.cursor.segment, self.cursor.offset)
+                .await?
+            {
                 return Ok(Some(b));
             }
             // No complete line left here. The writer never returns to a segment once a
@@ -267,6 +275,33 @@ impl Shipper {
             self.file.save(&self.cursor)?;
             self.remove_shipped_segments(&segs);
         }
+    }
+
+    /// Complete lines at (`segment`, `offset`): the read-ahead's when it was for them and
+    /// found some (lines written since it ran go in the next batch), else read now.
+    async fn read_batch(&mut self, segment: u64, offset: u64) -> std::io::Result<Option<Batch>> {
+        if let Some(ahead) = self.read_ahead.take()
+            && (ahead.segment, ahead.offset) == (segment, offset)
+            && let Ok(Ok(Some(batch))) = ahead.batch.await
+        {
+            return Ok(Some(batch));
+        }
+        let max_rows = self.cfg.settings.batch_max_rows;
+        segments::read_from(&self.cfg.ledger_dir, segment, offset, max_rows)
+    }
+
+    /// Starts reading the batch at (`segment`, `offset`).
+    fn start_read_ahead(&mut self, segment: u64, offset: u64) {
+        let dir = self.cfg.ledger_dir.clone();
+        let max_rows = self.cfg.settings.batch_max_rows;
+        let batch = tokio::task::spawn_blocking(move || {
+            segments::read_from(&dir, segment, offset, max_rows)
+        });
+        self.read_ahead = Some(ReadAhead {
+            segment,
+            offset,
+            batch,
+        });
     }
 
     /// Whether records may still be appended to the batch's segment soon: this process's
@@ -303,6 +338,7 @@ impl Shipper {
                 "{}:{}:{}-{}",
                 self.cfg.ledger_id, range.segment, range.start, range.end
             );
+            self.start_read_ahead(range.segment, range.end);
             let started = Instant::now();
             let res = self
                 .ch

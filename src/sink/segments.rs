@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Bytes read at most for one batch.
 const MAX_BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// Bytes read at a time while looking for a batch's last line.
+const READ_CHUNK: u64 = 1024 * 1024;
 
 pub struct Batch {
     pub range: Range,
@@ -30,24 +32,32 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 }
 
 /// Up to `max_rows` complete lines of `segment` from `offset`; `None` when there is no
-/// complete line yet (or the segment is gone).
+/// complete line yet (or the segment is gone). Reads in chunks, so a batch costs about its
+/// own size, not [`MAX_BATCH_BYTES`].
 pub fn read_from(
     dir: &Path,
     segment: u64,
     offset: u64,
     max_rows: usize,
 ) -> io::Result<Option<Batch>> {
-    let Some(bytes) = read_bytes(dir, segment, offset, MAX_BATCH_BYTES)? else {
+    let Some(mut file) = open_at(dir, segment, offset)? else {
         return Ok(None);
     };
-    let mut end = 0;
-    let mut lines = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'\n' {
-            end = i + 1;
-            lines += 1;
-            if lines == max_rows {
-                break;
+    let mut bytes = Vec::new();
+    let (mut end, mut lines) = (0, 0);
+    'read: while (bytes.len() as u64) < MAX_BATCH_BYTES {
+        let from = bytes.len();
+        let want = READ_CHUNK.min(MAX_BATCH_BYTES - from as u64);
+        if (&mut file).take(want).read_to_end(&mut bytes)? == 0 {
+            break;
+        }
+        for (i, b) in bytes[from..].iter().enumerate() {
+            if *b == b'\n' {
+                end = from + i + 1;
+                lines += 1;
+                if lines == max_rows {
+                    break 'read;
+                }
             }
         }
     }
@@ -78,15 +88,23 @@ pub fn read_range(dir: &Path, range: Range) -> io::Result<Batch> {
 }
 
 fn read_bytes(dir: &Path, segment: u64, offset: u64, max: u64) -> io::Result<Option<Vec<u8>>> {
-    let mut f = match std::fs::File::open(segment_path(dir, segment)) {
+    let Some(file) = open_at(dir, segment, offset)? else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    file.take(max).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
+/// The segment's file positioned at `offset`; `None` when it is gone.
+fn open_at(dir: &Path, segment: u64, offset: u64) -> io::Result<Option<std::fs::File>> {
+    let mut file = match std::fs::File::open(segment_path(dir, segment)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    f.take(max).read_to_end(&mut buf)?;
-    Ok(Some(buf))
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(Some(file))
 }
 
 fn split(bytes: &[u8], range: Range) -> Batch {
@@ -125,4 +143,36 @@ pub fn count_backlog(dir: &Path, segment: u64, offset: u64) -> io::Result<u64> {
         n += bytes[from..].iter().filter(|b| **b == b'\n').count() as u64;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_end_at_the_row_limit_or_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        // 3000 lines of 500 bytes: more than one read chunk; then a torn line.
+        let line = format!("{}\n", "x".repeat(499));
+        let mut text = line.repeat(3000);
+        text.push_str("{\"torn");
+        std::fs::write(segment_path(dir.path(), 7), &text).unwrap();
+
+        let b = read_from(dir.path(), 7, 0, 2500).unwrap().unwrap();
+        assert_eq!((b.line_count(), b.range.end), (2500, 2500 * 500));
+        let rest = read_from(dir.path(), 7, b.range.end, 10_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest.line_count(), 500);
+        assert_eq!(rest.range.end, 3000 * 500, "the torn line waits");
+        assert!(
+            read_from(dir.path(), 7, rest.range.end, 10)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            read_from(dir.path(), 8, 0, 10).unwrap().is_none(),
+            "no segment"
+        );
+    }
 }
