@@ -11,6 +11,8 @@ pub mod estimate;
 pub mod images;
 pub mod meter;
 pub mod openai;
+#[cfg(test)]
+pub(crate) mod proptests;
 pub mod sse;
 
 use serde::{Deserialize, Serialize};
