@@ -241,6 +241,176 @@ mod tests {
         })
     }
 
+    /// A JSON text as a client may write it, with its members kept apart for objects.
+    #[derive(Debug, Clone)]
+    enum Doc {
+        Text(String),
+        Object(Obj),
+    }
+
+    #[derive(Debug, Clone)]
+    struct Obj {
+        members: Vec<Member>,
+        /// Whitespace before the closing brace.
+        close: String,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Member {
+        /// The key as decoded, and as written (possibly with escapes).
+        key: String,
+        key_json: String,
+        /// Whitespace before the key, before the colon, after it, and after the value.
+        ws: [String; 4],
+        value: Doc,
+    }
+
+    impl Doc {
+        fn render(&self) -> String {
+            match self {
+                Doc::Text(t) => t.clone(),
+                Doc::Object(o) => o.render(),
+            }
+        }
+    }
+
+    impl Obj {
+        fn render(&self) -> String {
+            let members: Vec<String> = self.members.iter().map(Member::render).collect();
+            format!("{{{}{}}}", members.join(","), self.close)
+        }
+
+        /// This object with every `key` member's value set to `value`, or the member added
+        /// at the front: what `apply` must produce, built from the parts.
+        fn set(&mut self, key: &str, value: impl Fn(&Doc) -> Doc) {
+            let mut found = false;
+            for m in self.members.iter_mut().filter(|m| m.key == key) {
+                m.value = value(&m.value);
+                found = true;
+            }
+            if !found {
+                self.members.insert(
+                    0,
+                    Member {
+                        key: key.into(),
+                        key_json: format!("\"{key}\""),
+                        ws: Default::default(),
+                        value: value(&Doc::Text("null".into())),
+                    },
+                );
+            }
+        }
+    }
+
+    impl Member {
+        fn render(&self) -> String {
+            let [a, b, c, d] = &self.ws;
+            format!("{a}{}{b}:{c}{}{d}", self.key_json, self.value.render())
+        }
+    }
+
+    fn ws() -> impl Strategy<Value = String> {
+        "[ \t\n\r]{0,2}"
+    }
+
+    fn doc() -> BoxedStrategy<Doc> {
+        let leaf = prop_oneof![
+            // Numbers past any float's precision or integer's range, as written.
+            "-?(0|[1-9][0-9]{0,40})(\\.[0-9]{1,40})?([eE][+-]?[0-9]{1,2})?".prop_map(Doc::Text),
+            crate::usage::proptests::jstr().prop_map(|s| Doc::Text(s.json)),
+            prop::sample::select(vec!["true", "false", "null"]).prop_map(|t| Doc::Text(t.into())),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                (
+                    prop::collection::vec((ws(), inner.clone(), ws()), 0..4),
+                    ws()
+                )
+                    .prop_map(|(items, empty)| {
+                        let items: Vec<String> = items
+                            .iter()
+                            .map(|(a, v, b)| format!("{a}{}{b}", v.render()))
+                            .collect();
+                        Doc::Text(if items.is_empty() {
+                            format!("[{empty}]")
+                        } else {
+                            format!("[{}]", items.join(","))
+                        })
+                    }),
+                obj(inner).prop_map(Doc::Object),
+            ]
+        })
+        .boxed()
+    }
+
+    fn obj(value: BoxedStrategy<Doc>) -> impl Strategy<Value = Obj> {
+        let key = prop_oneof![
+            3 => prop::sample::select(vec!["model", "stream_options", "include_usage", "stream"])
+                .prop_map(String::from),
+            1 => "[a-z_]{1,8}",
+        ];
+        // Keys spelled plainly, or with some letters as `\u` escapes.
+        let key = (key, any::<u64>()).prop_map(|(key, bits)| {
+            let json = key
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if (bits >> (2 * i % 64)) & 3 == 0 {
+                        format!("\\u{:04x}", c as u32)
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect::<String>();
+            (key, format!("\"{json}\""))
+        });
+        let member =
+            (key, [ws(), ws(), ws(), ws()], value).prop_map(|((key, key_json), ws, value)| {
+                Member {
+                    key,
+                    key_json,
+                    ws,
+                    value,
+                }
+            });
+        (prop::collection::vec(member, 0..6), ws())
+            .prop_map(|(members, close)| Obj { members, close })
+    }
+
+    proptest! {
+        /// Any object, however it is spelled: the output is the input with exactly the
+        /// edited values replaced (or the missing member added at the front), byte for byte.
+        #[test]
+        fn edits_splice_only_the_edited_values(
+            lead in ws(),
+            object in obj(doc()),
+            trail in ws(),
+            rename in proptest::option::of(".{0,12}"),
+            include_usage in any::<bool>(),
+        ) {
+            let body = format!("{lead}{}{trail}", object.render());
+            let out = apply(body.as_bytes(), Edits { model: rename.as_deref(), include_usage }).unwrap();
+            let mut want = object.clone();
+            if let Some(m) = &rename
+                && want.members.iter().any(|m| m.key == "model")
+            {
+                want.set("model", |_| Doc::Text(serde_json::to_string(m).unwrap()));
+            }
+            if include_usage {
+                want.set("stream_options", |v| match v {
+                    Doc::Object(o) => {
+                        let mut o = o.clone();
+                        o.set("include_usage", |_| Doc::Text("true".into()));
+                        Doc::Object(o)
+                    }
+                    Doc::Text(_) => Doc::Text(r#"{"include_usage":true}"#.into()),
+                });
+            }
+            let want = format!("{lead}{}{trail}", want.render());
+            prop_assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
     proptest! {
         /// Any object in, the same object out but for the edited members; bytes outside the
         /// edited members are the client's.
