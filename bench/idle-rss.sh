@@ -3,7 +3,8 @@
 # front of `tollgate sim-provider`) serves 200 warm-up requests; then CONNECTIONS clients each
 # make one request and stay connected, idle; then all of them close. The proxy's RSS
 # (VmRSS) is read before, while they are open, 3 s and 13 s after they closed, and after 200
-# more requests on one connection.
+# more requests on one connection. Fails unless the RSS 13 s after they closed is within 10%
+# or 8 MiB (whichever is more) of the RSS before.
 #
 #   bench/idle-rss.sh [CONNECTIONS]     (default 2000)
 # TOLLGATE_BIN runs a prebuilt binary, else the release build; working files go to BENCH_OUT

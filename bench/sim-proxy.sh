@@ -22,7 +22,5 @@ start_sim_and_proxy() {
         "$bin" serve --config "$out/tollgate.yaml" >"$out/proxy.out" 2>"$out/proxy.log" & PROXY_PID=$!
     PROXY=$(ready_addr "$out/proxy.out" proxy $PROXY_PID)
     ADMIN=$(ready_addr "$out/proxy.out" admin $PROXY_PID)
-    for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && return 0; sleep 0.1; done
-    echo "the proxy never became ready; see $out/proxy.log" >&2
-    return 1
+    python3 bench/loadgen.py ready --admin "$ADMIN" || { echo "see $out/proxy.log" >&2; return 1; }
 }

@@ -10,13 +10,13 @@
 # says what happened to it, no record is unexpected, reloads were all applied, nothing
 # panicked, the proxy's RSS is flat after warm-up, and it still answers at the end.
 #
-#   bench/soak.sh [SECONDS] [RATE]      (defaults: 600 s, 150 requests/s)
+#   bench/soak.sh [SECONDS] [RATE]      (defaults: 600 s, 300 requests/s)
 # TOLLGATE_BIN runs a prebuilt binary (CI runs the debug build for 120 s), else the release
 # build; working files go to BENCH_OUT (default bench/out/soak).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECONDS_TOTAL=${1:-600}
-RATE=${2:-150}
+RATE=${2:-300}
 source bench/sim-proxy.sh
 
 start_sim_and_proxy soak
