@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::clickhouse::{ClickHouse, PrivateServer};
+use common::clickhouse::{ClickHouse, PrivateServer, TlsFront};
 use common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -509,6 +509,41 @@ async fn a_backlog_from_a_previous_run_ships_without_waiting_for_the_batch_perio
         started.elapsed()
     );
     assert_eq!(ids_in_clickhouse(&ch, &db).await, ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_clickhouse_is_trusted_through_ca_file_only() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("https").await;
+    let front = TlsFront::start(&ch).await;
+    let up = start_sim().await;
+    let ca = "    ca_file: clickhouse-ca.pem";
+    let cfg = config_for(up.addr, &telemetry(&front.url, &db, ca));
+    let proxy = Proxy::start_with(&cfg, &[("clickhouse-ca.pem", &front.ca_pem)]).await;
+    assert_eq!(load(proxy.port, 10, 2).await, 10);
+    assert_eq!(wait_rows(&ch, &db, 10).await, (10, 10), "{}", proxy.log());
+    let out = proxy.command(&["report", "--since", "1h", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.as_array().unwrap().last().unwrap()["requests"], 10);
+
+    // Without the CA the server's certificate is refused.
+    let untrusting = proxy.dir.path().join("untrusting.yaml");
+    let text = std::fs::read_to_string(proxy.config_path()).unwrap();
+    std::fs::write(&untrusting, text.replace(ca, "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["migrate", "--config"])
+        .arg(&untrusting)
+        .envs(test_env())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
 }
 
 #[tokio::test]

@@ -116,6 +116,80 @@ impl ClickHouse {
     }
 }
 
+/// ClickHouse behind TLS: a relay on 127.0.0.1 presenting a fresh self-signed certificate
+/// for `localhost` (made with the `openssl` command), forwarding each connection to a plain
+/// ClickHouse. It runs on the test's runtime, so tests that block on a subprocess need a
+/// multi-threaded one.
+pub struct TlsFront {
+    /// `https://localhost:PORT`
+    pub url: String,
+    /// The certificate, which is also its own CA.
+    pub ca_pem: Vec<u8>,
+}
+
+impl TlsFront {
+    pub async fn start(backend: &ClickHouse) -> TlsFront {
+        use openssl::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor.set_certificate_chain_file(&cert).unwrap();
+        acceptor
+            .set_private_key_file(&key, SslFiletype::PEM)
+            .unwrap();
+        let acceptor = acceptor.build();
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = backend
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let ssl = Ssl::new(acceptor.context()).unwrap();
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+                    if std::pin::Pin::new(&mut tls).accept().await.is_err() {
+                        return; // a client that does not trust the certificate
+                    }
+                    if let Ok(mut plain) = tokio::net::TcpStream::connect(&backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            url: format!("https://localhost:{port}"),
+            ca_pem: std::fs::read(&cert).unwrap(),
+        }
+    }
+}
+
 /// `[a-z0-9_]`, at most 40 characters of the test name (its end, where the distinguishing
 /// part of `module::test` is), never starting with a digit, then `_` and 48 random bits.
 fn database_name(test_name: &str) -> String {
