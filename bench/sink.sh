@@ -23,12 +23,13 @@ PY=$(scripts/setup-clickhouse.sh)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CH=$(port); SIM=$(port)
 "$PY" scripts/clickhouse-server.py start --port "$CH" --data "$OUT/clickhouse" --pidfile "$OUT/ch.pid" >/dev/null
+CH_PID=$(cat "$OUT/ch.pid")   # kept: the pidfile may be gone by cleanup time
 "$BIN" sim-provider --listen "127.0.0.1:$SIM" 2>"$OUT/sim.log" & SIM_PID=$!
 PIDS=("$SIM_PID")
 cleanup() {
     kill "${PIDS[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
-    "$PY" scripts/clickhouse-server.py stop --pidfile "$OUT/ch.pid" >/dev/null 2>&1 || true
+    "$PY" scripts/clickhouse-server.py stop --pidfile "$OUT/ch.pid" >/dev/null 2>&1 || kill "$CH_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
