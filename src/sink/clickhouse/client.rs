@@ -70,6 +70,7 @@ impl From<Error> for ChError {
                 code: exception_code(&message),
                 message: message.chars().take(2000).collect(),
             },
+            // A body that does not decompress was cut short on the way.
             Error::Network(_) | Error::TimedOut | Error::Decompression(_) => {
                 ChError::Transport(with_causes(&e))
             }
@@ -107,8 +108,8 @@ pub struct ClickHouse {
     server: Client,
     /// Reads and inserts in the configured database.
     db: Client,
+    /// Bounds every call: connecting, sending and the answer.
     timeout: Duration,
-    pub database: String,
 }
 
 impl ClickHouse {
@@ -146,7 +147,6 @@ impl ClickHouse {
             db: server.clone().with_database(&s.database),
             server,
             timeout: s.timeout,
-            database: s.database.clone(),
         })
     }
 
