@@ -45,6 +45,7 @@ fi
 # Build once; nextest then runs every test binary in parallel.
 cargo build --locked --bins --tests
 cargo nextest run --locked --no-fail-fast
+TOLLGATE_BIN="$PWD/target/debug/tollgate" bench/soak.sh 120 100  # 2-minute soak (BENCHMARKS.md)
 
 VENV=.venv-sdk
 if [ ! -x "$VENV/bin/pytest" ]; then
