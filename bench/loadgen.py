@@ -347,6 +347,28 @@ def record_problem(kind, record):
     return None
 
 
+async def hold_open(addr, ids):
+    """One plain call with each request id, each on its own connection, 100 at a time; the
+    connections stay open. Returns them and the problems seen."""
+    conns, problems = [], []
+
+    async def open_one(rid):
+        conn = await Conn.open(addr)
+        conns.append(conn)
+        try:
+            await conn.send(chat("openai", rid, False))
+            status, headers = await conn.head()
+            body = await conn.body(headers)
+            if status != 200:
+                problems.append(f"{rid}: status {status}: {body[:200]!r}")
+        except (Closed, ConnectionError) as e:
+            problems.append(f"{rid}: {e!r}")
+
+    for batch in range(0, len(ids), 100):
+        await asyncio.gather(*(open_one(rid) for rid in ids[batch:batch + 100]))
+    return conns, problems
+
+
 # ---------------------------------------------------------------------------------------
 # Soak.
 
@@ -472,6 +494,7 @@ class Soak:
             task.add_done_callback(tasks.discard)
             self.max_in_flight = max(self.max_in_flight, len(tasks))
             n += 1
+        self.steady = n
         if tasks:
             await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT + 5)
 
@@ -490,8 +513,16 @@ class Soak:
         stop.set()
         await sampler
         self.pool.close()
-        # Idle now: what the load's connections held should be back with the system (the
-        # proxy returns freed memory every 10 s).
+        # A burst of idle connections, each after one call, then all closed: what they and the
+        # load held should be back with the system once idle (the proxy returns freed memory
+        # every 10 s).
+        burst = [f"soak-{self.run}-burst{i:05d}-openai_plain" for i in range(self.args.burst)]
+        self.sent.update((rid, "openai_plain") for rid in burst)
+        conns, problems = await hold_open(self.args.proxy, burst)
+        self.client_problems["openai_plain"] += problems
+        self.rss_burst = rss_kib(self.args.pid)
+        for conn in conns:
+            conn.close()
         await asyncio.sleep(self.args.idle_wait)
         self.rss_idle = rss_kib(self.args.pid)
         _, metrics = await http_get(self.args.admin, "/metrics")
@@ -568,9 +599,9 @@ class Soak:
     def rss_flat(self):
         """Warm-up is the first quarter of the run; the level after it is the median sample of
         the second quarter. A leak lifts every later sample, so the last quarter's median, and
-        the RSS once the load has stopped, may exceed the level by at most 10% or 8 MiB,
-        whichever is more. (A stall on a shared machine piles up connections for a few
-        seconds and lifts the maximum, not the median.)"""
+        the RSS once the load and the burst of idle connections are gone, may exceed the level
+        by at most 10% or 8 MiB, whichever is more. (A stall on a shared machine piles up
+        connections for a few seconds and lifts the maximum, not the median.)"""
         total = self.args.seconds
         level = [kib for t, kib in self.rss if total / 4 <= t < total / 2]
         last = [kib for t, kib in self.rss if t >= total * 3 / 4]
@@ -580,7 +611,8 @@ class Soak:
         self.rss_max = max(last)
         allowed = max(self.rss_level * 0.10, 8 * 1024)
         for name, kib in (("the last quarter's median", self.rss_last),
-                          (f"{self.args.idle_wait:.0f} s after the load", self.rss_idle)):
+                          (f"{self.args.idle_wait:.0f} s after the load and the burst",
+                           self.rss_idle)):
             if kib > self.rss_level + allowed:
                 return (f"RSS grew after warm-up: {self.rss_level / 1024:.1f} MiB in the second "
                         f"quarter, {kib / 1024:.1f} MiB {name} (allowed "
@@ -589,12 +621,12 @@ class Soak:
 
     def summary(self, elapsed, records, levels):
         sent = collections.Counter(self.sent.values())
-        n = len(self.sent)
-        print(f"soak: {n} requests in {elapsed:.0f} s ({n / elapsed:.0f}/s, target "
-              f"{self.args.rate}/s, {self.late} started >0.5 s late, at most "
-              f"{self.max_in_flight} in flight), {len(records)} ledger records, "
-              f"{self.reloads} config reloads")
-        print(f"  CPU: proxy {self.cpu[0] / elapsed:.0%} of a core "
+        n = self.steady
+        print(f"soak: {len(self.sent)} requests: {n} in {elapsed:.0f} s ({n / elapsed:.0f}/s, "
+              f"target {self.args.rate:.0f}/s, {self.late} started >0.5 s late, at most "
+              f"{self.max_in_flight} in flight), 1 after them, {self.args.burst} on idle "
+              f"connections; {len(records)} ledger records, {self.reloads} config reloads")
+        print(f"  CPU during the load: proxy {self.cpu[0] / elapsed:.0%} of a core "
               f"({self.cpu[0] / n * 1e6:.0f} us per request), load generator "
               f"{self.cpu[1] / elapsed:.0%}")
         print(f"  {'kind':<20} {'sent':>7} {'as expected':>12} {'p50 ms':>8} {'p99 ms':>8}")
@@ -611,8 +643,9 @@ class Soak:
             mib = lambda kib: f"{kib / 1024:.1f} MiB"  # noqa: E731
             print(f"  proxy RSS: {mib(self.rss[0][1])} at start; median {mib(self.rss_level)} "
                   f"in the 2nd quarter, {mib(self.rss_last)} in the last (max "
-                  f"{mib(self.rss_max)}); {mib(self.rss_idle)} {self.args.idle_wait:.0f} s "
-                  f"after the load ({len(self.rss)} samples)")
+                  f"{mib(self.rss_max)}); {mib(self.rss_burst)} with {self.args.burst} idle "
+                  f"connections after the load, {mib(self.rss_idle)} {self.args.idle_wait:.0f} s "
+                  f"after they closed ({len(self.rss)} samples)")
 
 
 def cmd_ready(args):
@@ -658,18 +691,8 @@ async def idle(args):
     await asyncio.sleep(args.settle)
     before = mib()
 
-    conns = []
-
-    async def open_one(i):
-        conn = await Conn.open(args.proxy)
-        await conn.send(chat("openai", f"idle-conn-{i}", False))
-        status, headers = await conn.head()
-        await conn.body(headers)
-        assert status == 200, status
-        conns.append(conn)
-
-    for batch in range(0, args.connections, 100):
-        await asyncio.gather(*(open_one(i) for i in range(batch, min(batch + 100, args.connections))))
+    conns, problems = await hold_open(args.proxy, [f"idle-conn-{i}" for i in range(args.connections)])
+    assert not problems, problems[:5]
     await asyncio.sleep(args.settle)
     opened = mib()
 
@@ -716,6 +739,7 @@ def main():
     s.add_argument("--reload-every", type=float, default=30)
     s.add_argument("--rss-every", type=float, default=2)
     s.add_argument("--idle-wait", type=float, default=12)
+    s.add_argument("--burst", type=int, default=1000, help="idle connections after the load")
     s.add_argument("--seed", type=int, default=1)
     i = sub.add_parser("idle")
     i.add_argument("--proxy", required=True)
