@@ -20,11 +20,12 @@ OUT=${BENCH_OUT:-$PWD/bench/out/sink}   # working files; wiped at start
 rm -rf "$OUT" && mkdir -p "$OUT"
 PY=$(scripts/setup-clickhouse.sh)
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CH=$(port); SIM=$(port)
-"$PY" scripts/clickhouse-server.py start --port "$CH" --data "$OUT/clickhouse" --pidfile "$OUT/ch.pid" >/dev/null
+source bench/ready.sh
+# Every server binds port 0 and says which port it got (ClickHouse's launcher holds its port
+# until the server has it).
+CH_URL=$("$PY" scripts/clickhouse-server.py start --port 0 --data "$OUT/clickhouse" --pidfile "$OUT/ch.pid")
 CH_PID=$(cat "$OUT/ch.pid")   # kept: the pidfile may be gone by cleanup time
-"$BIN" sim-provider --listen "127.0.0.1:$SIM" 2>"$OUT/sim.log" & SIM_PID=$!
+"$BIN" sim-provider --listen 127.0.0.1:0 >"$OUT/sim.out" 2>"$OUT/sim.log" & SIM_PID=$!
 PIDS=("$SIM_PID")
 cleanup() {
     kill "${PIDS[@]}" 2>/dev/null || true
@@ -33,62 +34,64 @@ cleanup() {
 }
 trap cleanup EXIT
 export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
+SIM=$(ready_addr "$OUT/sim.out" sim "$SIM_PID")
 
-# config NAME DATA_DIR SINK(on|off) -> prints proxy and admin ports
+# config NAME DATA_DIR SINK(on|off): writes OUT/NAME.yaml
 config() {
-    local name=$1 data=$2 sink=$3 p a
-    p=$(port); a=$(port)
+    local name=$1 data=$2 sink=$3
     {
-        echo "listen: 127.0.0.1:$p"
-        echo "admin_listen: 127.0.0.1:$a"
+        echo "listen: 127.0.0.1:0"
+        echo "admin_listen: 127.0.0.1:0"
         echo "data_dir: $data"
         echo "log: { level: warn }"
         echo "server: { threads: 1, grace_period_secs: 0 }"
         echo "providers:"
-        echo "  upstream: { kind: openai_compatible, base_url: \"http://127.0.0.1:$SIM\", api_key_env: BENCH_UPSTREAM_KEY }"
+        echo "  upstream: { kind: openai_compatible, base_url: \"http://$SIM\", api_key_env: BENCH_UPSTREAM_KEY }"
         echo "models: { gpt-4o-mini: { provider: upstream } }"
         echo "keys: [ { name: bench, key_env: BENCH_KEY, team: bench } ]"
         if [ "$sink" = on ]; then
-            echo "telemetry: { clickhouse: { url: \"http://127.0.0.1:$CH\", database: bench_$name } }"
+            echo "telemetry: { clickhouse: { url: \"$CH_URL\", database: bench_$name } }"
         fi
     } > "$OUT/$name.yaml"
-    echo "$p $a"
 }
-start() { # NAME -> pid
-    "$BIN" serve --config "$OUT/$1.yaml" >/dev/null 2>"$OUT/$1.log" &
-    echo $!
+start() { # NAME: starts the proxy; sets PID, PROXY and ADMIN (host:port)
+    "$BIN" serve --config "$OUT/$1.yaml" >"$OUT/$1.out" 2>"$OUT/$1.log" &
+    PID=$!
+    PIDS+=("$PID")
+    PROXY=$(ready_addr "$OUT/$1.out" proxy "$PID")
+    ADMIN=$(ready_addr "$OUT/$1.out" admin "$PID")
 }
 stop() { # PID: SIGTERM, then wait until it has exited (it is not this shell's child)
     kill -TERM "$1" 2>/dev/null || return 0
     for _ in $(seq 400); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
     echo "process $1 did not stop" >&2; exit 1
 }
-ready() { for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.05; done; echo "not ready" >&2; exit 1; }
-metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1==m {print $2}'; }
-run_wrk() { # NAME PORT
-    wrk -t1 -c4 -d2s -s bench/chat.lua "http://127.0.0.1:$2" >/dev/null
-    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s bench/chat.lua "http://127.0.0.1:$2" > "$OUT/$1.txt"
+ready() { for _ in $(seq 200); do curl -sf "http://$1/readyz" >/dev/null && return; sleep 0.05; done; echo "not ready" >&2; exit 1; }
+metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1==m {print $2}'; }
+run_wrk() { # NAME HOST:PORT
+    wrk -t1 -c4 -d2s -s bench/chat.lua "http://$2" >/dev/null
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s bench/chat.lua "http://$2" > "$OUT/$1.txt"
 }
 pct() { awk -v p="$2" '$1==p {print $2}' "$OUT/$1.txt"; }
 to_us() { python3 -c "import sys,re; m=re.match(r'([0-9.]+)(us|ms|s)',sys.argv[1]); print(round(float(m[1])*{'us':1,'ms':1e3,'s':1e6}[m[2]],1))" "$1"; }
 
 # 1. Client latency, sink off then on (the sink ships while the load runs).
-read -r P_OFF A_OFF < <(config off "$OUT/data-off" off)
-PID=$(start off); PIDS+=("$PID"); ready "$A_OFF"
-run_wrk off "$P_OFF"; stop "$PID"
-read -r P_ON A_ON < <(config on "$OUT/data-on" on)
-PID=$(start on); PIDS+=("$PID"); ready "$A_ON"
-run_wrk on "$P_ON"
+config off "$OUT/data-off" off
+start off; ready "$ADMIN"
+run_wrk off "$PROXY"; stop "$PID"
+config on "$OUT/data-on" on
+start on; ready "$ADMIN"
+run_wrk on "$PROXY"
 stop "$PID"
 
 # 2. Throughput: a fresh sink ships the sink-off run's ledger as a backlog.
 BACKLOG=$(cat "$OUT"/data-off/ledger/*.jsonl | wc -l)
-read -r P_TP A_TP < <(config backlog "$OUT/data-off" on)
+config backlog "$OUT/data-off" on
 T0=$(date +%s.%N)
-PID=$(start backlog); PIDS+=("$PID"); ready "$A_TP"
-while [ "$(metric "$A_TP" tollgate_sink_shipped_total)" != "$BACKLOG" ]; do sleep 0.05; done
+start backlog; ready "$ADMIN"
+while [ "$(metric "$ADMIN" tollgate_sink_shipped_total)" != "$BACKLOG" ]; do sleep 0.05; done
 T1=$(date +%s.%N)
-ROWS=$(curl -s "http://127.0.0.1:$CH/?query=SELECT+count()+FROM+bench_backlog.requests")
+ROWS=$(curl -s "$CH_URL/?query=SELECT+count()+FROM+bench_backlog.requests")
 
 printf '%-9s %10s %10s %10s\n' sink p50_us p90_us p99_us
 for n in off on; do

@@ -11,6 +11,7 @@ that sleeps one second per row of `system.numbers` and returns nothing.
 Usage (Python 3.11 with chdb-core installed, see scripts/setup-clickhouse.sh):
 
     clickhouse-server.py start --port 18123 --data DIR [--pidfile F] [--timeout 60]
+        (--port 0: a free port, held from the pick until the server has bound it)
         start in the background (own session, logs in DIR/server.log), wait until
         GET /ping answers "Ok.", print the URL (http://127.0.0.1:PORT) and exit 0.
     clickhouse-server.py stop --pidfile F      (or --data DIR: uses DIR/server.pid)
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +53,9 @@ CONFIG_XML = """<clickhouse>
     <!-- written by scripts/clickhouse-server.py on every start -->
     <listen_host>{host}</listen_host>
     <http_port>{port}</http_port>
+    <!-- Lets the caller hold the port (a bound, non-listening SO_REUSEPORT socket) so that
+         nothing else can take it between picking it and the server binding it. -->
+    <listen_reuse_port>1</listen_reuse_port>
     <logger>
         <level>warning</level>
         <console>true</console>
@@ -212,7 +217,28 @@ def alive(pid: int) -> bool:
         return False
 
 
+def reserve_port(host: str) -> socket.socket:
+    """A port of our own: bound with SO_REUSEPORT and never listening, so only a server that
+    also sets SO_REUSEPORT (ClickHouse, through listen_reuse_port) can bind it too."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, 0))
+    return s
+
+
 def cmd_start(args: argparse.Namespace) -> int:
+    reservation = None
+    if args.port == 0:
+        reservation = reserve_port(args.host)
+        args.port = reservation.getsockname()[1]
+    try:
+        return start(args)
+    finally:
+        if reservation is not None:
+            reservation.close()
+
+
+def start(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     data.mkdir(parents=True, exist_ok=True)
     pidfile = Path(args.pidfile).resolve() if args.pidfile else data / "server.pid"

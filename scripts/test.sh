@@ -3,7 +3,7 @@
 # official OpenAI and Anthropic Python SDKs against a running proxy.
 # Tests that need ClickHouse share one server: $TOLLGATE_TEST_CLICKHOUSE_URL if set, else one
 # started here (a real ClickHouse from PyPI's chdb-core, see scripts/clickhouse-server.md) on a
-# free port with a temporary data dir, and stopped at the end whatever happens.
+# port of its own with a temporary data dir, and stopped at the end whatever happens.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,21 +24,12 @@ if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
         rm -rf "$CH_DATA"
     }
     trap stop_clickhouse EXIT # the script's exit status is kept
-    # The one port picked and then bound by another process. ClickHouse binds port 0 fine,
-    # but clickhouse-server.py waits for /ping on the port it was given and cannot report
-    # another. Safe here: no test runs yet to take the port, and if anything else does,
-    # `start` fails (ClickHouse cannot bind it, and only ClickHouse's /ping answers "Ok.")
-    # and another port is tried. Everything started later binds port 0 and reports it.
-    for attempt in 1 2 3; do
-        port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-        if url=$("$PY" scripts/clickhouse-server.py start --port "$port" --data "$CH_DATA" 2>"$CH_DATA/start.err"); then
-            break
-        fi
-        if [ "$attempt" = 3 ]; then
-            cat "$CH_DATA/start.err" >&2
-            exit 1
-        fi
-    done
+    # Port 0: the launcher holds a free port from the moment it picks it until ClickHouse
+    # has bound it, and prints the URL.
+    if ! url=$("$PY" scripts/clickhouse-server.py start --port 0 --data "$CH_DATA" 2>"$CH_DATA/start.err"); then
+        cat "$CH_DATA/start.err" >&2
+        exit 1
+    fi
     export TOLLGATE_TEST_CLICKHOUSE_URL="$url"
 fi
 

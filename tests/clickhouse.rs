@@ -449,11 +449,27 @@ async fn a_batch_replayed_after_a_crash_before_its_commit_is_stored_once() {
     let mut proxy = Proxy::start(&cfg).await;
     assert_eq!(load(proxy.port, 20, 4).await, 20);
     assert_eq!(wait_rows(&ch, &db, 20).await, (20, 20));
+    // ClickHouse has the rows a moment before the sink records that it does: wait for the
+    // cursor to reach the end of the ledger, so the rewind below covers the whole batch.
+    let cursor_path = proxy.dir.path().join("data/sink/clickhouse.cursor");
+    let ledger_len: u64 = tollgate::ledger::list_segments(&proxy.ledger_dir())
+        .unwrap()
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c: Value = serde_json::from_slice(&std::fs::read(&cursor_path).unwrap()).unwrap();
+        if c["pending"].is_null() && c["offset"].as_u64() == Some(ledger_len) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sink never recorded its commit: {c}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.kill9();
 
     // Rewind the cursor as if the process died after ClickHouse stored the batch but
     // before the sink recorded that: the batch is pending again.
-    let cursor_path = proxy.dir.path().join("data/sink/clickhouse.cursor");
     let cursor: Value = serde_json::from_slice(&std::fs::read(&cursor_path).unwrap()).unwrap();
     let (segment, end) = (
         cursor["segment"].as_u64().unwrap(),

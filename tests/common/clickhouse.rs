@@ -16,7 +16,7 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -30,8 +30,6 @@ pub const URL_ENV: &str = "TOLLGATE_TEST_CLICKHOUSE_URL";
 
 /// Bound of every wait: server start, /ping, port release, one query.
 const WAIT: Duration = Duration::from_secs(60);
-/// Attempts at a fresh free port when another process took the one picked.
-const PORT_ATTEMPTS: usize = 5;
 
 /// A ClickHouse reachable over HTTP.
 #[derive(Clone, Debug)]
@@ -220,21 +218,26 @@ pub struct PrivateServer {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
+    /// Keeps the port ours for the server's whole life, restarts included.
+    _hold: PortHold,
 }
 
 impl PrivateServer {
-    /// Starts a server on a free port with an empty temporary data dir.
+    /// Starts a server on a port of its own with an empty temporary data dir.
     pub async fn start() -> PrivateServer {
         blocking(|| {
             let dir = tempfile::Builder::new()
                 .prefix("tollgate-ch-")
                 .tempdir()
                 .unwrap();
-            let (port, child) = start_on_free_port(dir.path());
+            let hold = PortHold::new();
+            let child = spawn_and_wait(hold.port, dir.path())
+                .unwrap_or_else(|log| panic!("ClickHouse did not start on port {}:\n{log}", hold.port));
             PrivateServer {
-                port,
+                port: hold.port,
                 child: Some(child),
                 dir,
+                _hold: hold,
             }
         })
         .await
@@ -281,28 +284,45 @@ impl PrivateServer {
         }
     }
 
-    /// Starts the server again on the same port and data dir (killing it first if it still
-    /// runs) and waits for /ping. Retries while the port is taken, for up to 60 s.
+    /// Starts the server again on the same port (still held, so nothing else took it) and
+    /// data dir, killing it first if it still runs, and waits for /ping.
     pub async fn restart(&mut self) {
         self.kill9();
         let (port, dir) = (self.port, self.dir.path().to_path_buf());
         let child = blocking(move || {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                match spawn_and_wait(port, &dir) {
-                    Ok(child) => return child,
-                    // Someone took the port meanwhile (or it is not free yet): try again.
-                    Err(Failure::PortInUse(_)) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(250));
-                    }
-                    Err(Failure::PortInUse(log)) | Err(Failure::Other(log)) => {
-                        panic!("ClickHouse did not restart on port {port}:\n{log}")
-                    }
-                }
-            }
+            spawn_and_wait(port, &dir)
+                .unwrap_or_else(|log| panic!("ClickHouse did not restart on port {port}:\n{log}"))
         })
         .await;
         self.child = Some(child);
+    }
+}
+
+/// A loopback port held for a server of the test's own: a socket bound with SO_REUSEPORT
+/// that never listens. Only a server that sets SO_REUSEPORT as well (ClickHouse, through
+/// `listen_reuse_port`, see scripts/clickhouse-server.py) can bind the port while it is held,
+/// so nothing else takes it between the pick and the server's bind, or across a restart.
+struct PortHold {
+    port: u16,
+    _socket: socket2::Socket,
+}
+
+impl PortHold {
+    fn new() -> PortHold {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&addr(0).into()).unwrap();
+        let port = socket
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .expect("an IPv4 address")
+            .port();
+        PortHold {
+            port,
+            _socket: socket,
+        }
     }
 }
 
@@ -361,35 +381,9 @@ fn server_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/clickhouse-server.py")
 }
 
-/// Why a start failed; both carry the log of that attempt.
-enum Failure {
-    PortInUse(String),
-    Other(String),
-}
-
-fn start_on_free_port(dir: &Path) -> (u16, Child) {
-    let mut last = String::new();
-    for _ in 0..PORT_ATTEMPTS {
-        let port = free_port();
-        match spawn_and_wait(port, dir) {
-            Ok(child) => return (port, child),
-            Err(Failure::PortInUse(log)) => last = log,
-            Err(Failure::Other(log)) => panic!("ClickHouse did not start on port {port}:\n{log}"),
-        }
-    }
-    panic!("ClickHouse did not start: {PORT_ATTEMPTS} free ports were all taken meanwhile:\n{last}")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Spawns `clickhouse-server.py run` on `port` and `dir` and waits until /ping answers.
-fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, Failure> {
+/// On failure, returns the log of that attempt.
+fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, String> {
     let log_path = dir.join("server.log");
     let log_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     let log = std::fs::OpenOptions::new()
@@ -409,12 +403,7 @@ fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, Failure> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let log = format!("(exited with {status})\n{}", log_tail(dir, log_from));
-            return Err(if log.contains("Address already in use") {
-                Failure::PortInUse(log)
-            } else {
-                Failure::Other(log)
-            });
+            return Err(format!("(exited with {status})\n{}", log_tail(dir, log_from)));
         }
         if ping(port) {
             return Ok(child);
@@ -422,10 +411,10 @@ fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, Failure> {
         if Instant::now() > deadline {
             kill_and_reap(child);
             let log = log_tail(dir, log_from);
-            return Err(Failure::Other(format!(
+            return Err(format!(
                 "no answer on {}/ping within {WAIT:?}\n{log}",
                 url(port)
-            )));
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -540,8 +529,15 @@ fn shared_server() -> &'static SharedServer {
             .unwrap()
             .keep();
         *SHARED_DIR.lock().unwrap() = Some(dir.clone());
-        let (port, child) = match std::panic::catch_unwind(|| start_on_free_port(&dir)) {
-            Ok(started) => started,
+        // The port is held until the process exits, like the server.
+        let hold = Box::leak(Box::new(PortHold::new()));
+        let port = hold.port;
+        let started = std::panic::catch_unwind(|| {
+            spawn_and_wait(port, &dir)
+                .unwrap_or_else(|log| panic!("ClickHouse did not start on port {port}:\n{log}"))
+        });
+        let child = match started {
+            Ok(child) => child,
             Err(panic) => {
                 SHARED_DIR.lock().unwrap().take();
                 let _ = std::fs::remove_dir_all(&dir);
