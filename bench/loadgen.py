@@ -174,10 +174,6 @@ def end_marker(fmt, stream):
     return FORMATS[fmt][4][stream]
 
 
-# ---------------------------------------------------------------------------------------
-# The soak's request kinds. Each sends one request and returns None when the client saw what
-# it should, else a reason; EXPECTED is what its ledger record must say.
-
 class Pool:
     """Idle keep-alive connections to the proxy."""
 
@@ -222,6 +218,10 @@ async def complete(pool, wire, want_status, want_in_body):
         return f"no {want_in_body!r} in the body: {body[-200:]!r}"
     return None
 
+
+# ---------------------------------------------------------------------------------------
+# The soak's request kinds. Each sends one request and returns None when the client saw what
+# it should, else a reason; KINDS says what its ledger record must say.
 
 def answered(fmt, stream):
     """A call answered in full: 8-64 output tokens, streams paced 0-2 ms per event."""
@@ -406,7 +406,7 @@ async def http_get(addr, path):
 
 def metric(text, name, labels=""):
     for line in text.splitlines():
-        if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+        if line.startswith(f"{name}{labels} "):
             return float(line.split()[-1])
     return 0.0
 
