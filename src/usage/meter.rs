@@ -44,7 +44,8 @@ pub struct Meter {
     sse: SseBuffer,
     body: Vec<u8>,
     body_overflow: bool,
-    /// Output text of a non-streamed body as it arrives, for a body that never completes.
+    /// Finds the output text of a non-streamed body that never parses whole (cut short, or
+    /// too big to keep).
     body_text: Option<BodyText>,
     events: Vec<SseEvent>,
     pub observed: Observed,
@@ -86,14 +87,16 @@ impl Meter {
     pub fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
         let text_before = self.observed.output_text.len();
         if !self.stream {
-            if let Some(scanner) = self.body_text.as_mut() {
-                scanner.feed(chunk, &mut self.observed.output_text);
-                self.cap_output_text(text_before);
-            }
-            if self.body.len() + chunk.len() <= MAX_BODY {
+            if !self.body_overflow && self.body.len() + chunk.len() <= MAX_BODY {
                 self.body.extend_from_slice(chunk);
             } else {
-                self.body_overflow = true;
+                if !self.body_overflow {
+                    // Too big to keep for one parse at the end: take its text as it passes.
+                    self.body_overflow = true;
+                    let kept = std::mem::take(&mut self.body);
+                    self.scan_text(&kept);
+                }
+                self.scan_text(chunk);
             }
             return None;
         }
@@ -134,6 +137,15 @@ impl Meter {
 
     /// Counts the output text added since it was `before` bytes long, and keeps it under
     /// the cap.
+    /// Adds the output text found in `bytes` of a non-streamed body.
+    fn scan_text(&mut self, bytes: &[u8]) {
+        let before = self.observed.output_text.len();
+        if let Some(scanner) = self.body_text.as_mut() {
+            scanner.feed(bytes, &mut self.observed.output_text);
+            self.cap_output_text(before);
+        }
+    }
+
     fn cap_output_text(&mut self, before: usize) {
         let o = &mut self.observed;
         o.output_text_bytes += o.output_text.len().saturating_sub(before);
@@ -152,11 +164,12 @@ impl Meter {
             return;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
+            // A body cut short: its text is taken from what arrived, once, here rather than
+            // chunk by chunk on every answer that completes.
+            let arrived = std::mem::take(&mut self.body);
+            self.scan_text(&arrived);
             return;
         };
-        // The whole body replaces what was taken from it on the way.
-        self.observed.output_text.clear();
-        self.observed.output_text_bytes = 0;
         match self.format {
             ApiFormat::OpenAi => openai::observe_body(self.endpoint, &v, &mut self.observed),
             ApiFormat::Anthropic => anthropic::observe_body(&v, &mut self.observed),
@@ -316,10 +329,11 @@ mod tests {
         let content = "The capital of France is Paris, a city on the Seine. ".repeat(20);
         let body = chat_body(&content);
         let mut m = Meter::new(ApiFormat::OpenAi, Endpoint::ChatCompletions, false, false);
-        // The upstream resets halfway: no end of body, so no finish_body.
+        // The upstream resets halfway: the body never parses whole.
         for chunk in body[..body.len() / 2].chunks(100) {
             assert!(m.feed(chunk).is_none());
         }
+        m.finish_body();
         let arrived = &m.observed.output_text;
         assert!(content.starts_with(arrived.as_str()) && arrived.len() > 400);
         let s = settle_counted(
