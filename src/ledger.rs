@@ -358,7 +358,11 @@ fn run_syncer(state: &Shared, interval: Duration, metrics: &Metrics) {
                 active.retire_current();
             }
             active.refresh_disk_bytes(metrics);
-            (active.take_sync_work(), active.closed, active.flush_requests)
+            (
+                active.take_sync_work(),
+                active.closed,
+                active.flush_requests,
+            )
         };
         for file in work {
             if let Err(e) = file.sync_data() {
@@ -500,7 +504,10 @@ mod tests {
         let metrics = Metrics::new();
         let ledger = Ledger::open(tmp.path(), &LedgerConfig::default(), metrics.clone()).unwrap();
         ledger.close();
-        assert!(matches!(ledger.append(&record(1)), Err(AppendError::Closed)));
+        assert!(matches!(
+            ledger.append(&record(1)),
+            Err(AppendError::Closed)
+        ));
         assert_eq!(metrics.records_dropped.get(), 1);
     }
 
@@ -565,7 +572,9 @@ mod tests {
             .map(|r| r.input_tokens)
             .collect();
         ids.sort();
-        let want: Vec<u64> = (0..8).flat_map(|t| (0..250).map(move |i| t * 1000 + i)).collect();
+        let want: Vec<u64> = (0..8)
+            .flat_map(|t| (0..250).map(move |i| t * 1000 + i))
+            .collect();
         assert_eq!(ids, want);
         assert!(list_segments(ledger.dir()).unwrap().len() > 1);
     }

@@ -160,11 +160,9 @@ impl Metrics {
             "Records lost because the ledger was closed, full or failing",
         )
         .expect("valid metric");
-        let client_connections = IntGauge::new(
-            "tollgate_client_connections",
-            "Client connections open now",
-        )
-        .expect("valid metric");
+        let client_connections =
+            IntGauge::new("tollgate_client_connections", "Client connections open now")
+                .expect("valid metric");
         let connections_refused = IntCounter::new(
             "tollgate_connections_refused_total",
             "Client connections refused with a 503 because server.max_connections were open",
@@ -425,6 +423,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains(&format!(r#"team="{long}""#)));
         assert!(!text.contains(&format!(r#"team="{long}y""#)));
-        assert!(text.contains(r#"team="short""#), "room is left for short values");
+        assert!(
+            text.contains(r#"team="short""#),
+            "room is left for short values"
+        );
     }
 }

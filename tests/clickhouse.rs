@@ -463,7 +463,10 @@ async fn a_batch_replayed_after_a_crash_before_its_commit_is_stored_once() {
         if c["pending"].is_null() && c["offset"].as_u64() == Some(ledger_len) {
             break;
         }
-        assert!(Instant::now() < deadline, "the sink never recorded its commit: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "the sink never recorded its commit: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.kill9();

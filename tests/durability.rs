@@ -85,8 +85,9 @@ async fn call(client: &reqwest::Client, port: u16, id: &str, kind: Call) -> bool
             .is_some_and(|v| v["type"] == "message_stop"),
         Call::OpenAi { stream: false } => serde_json::from_str::<Value>(&body)
             .is_ok_and(|v| v["choices"][0]["message"]["content"].is_string()),
-        Call::Anthropic { stream: false } => serde_json::from_str::<Value>(&body)
-            .is_ok_and(|v| v["content"][0]["text"].is_string()),
+        Call::Anthropic { stream: false } => {
+            serde_json::from_str::<Value>(&body).is_ok_and(|v| v["content"][0]["text"].is_string())
+        }
     }
 }
 
@@ -176,7 +177,10 @@ async fn sigkill_at_random_moments_loses_no_served_call_and_duplicates_none() {
     for r in tollgate::ledger::read_all(&proxy.ledger_dir()).unwrap() {
         *per_id.entry(r.request_id).or_default() += 1;
     }
-    let missing: Vec<_> = completed.iter().filter(|id| !per_id.contains_key(*id)).collect();
+    let missing: Vec<_> = completed
+        .iter()
+        .filter(|id| !per_id.contains_key(*id))
+        .collect();
     let doubled: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         missing.is_empty(),

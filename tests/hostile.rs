@@ -32,8 +32,9 @@ async fn exchange(proxy: &Proxy, bytes: &[u8]) -> (String, bool) {
 
 /// A complete, valid chat request, as a smuggler would hide it.
 fn hidden_request() -> String {
-    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "smuggled"}]})
-        .to_string();
+    let body =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "smuggled"}]})
+            .to_string();
     format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
          x-request-id: smuggled\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -56,7 +57,10 @@ async fn after_a_framing_error_the_connection_closes_and_nothing_after_it_runs()
             "chunk-size line too long",
             format!("{:x}\r\n{first}\r\n{}\r\n", first.len(), "1".repeat(70_000)),
         ),
-        ("invalid chunk size", format!("{:x}\r\n{first}\r\nzz\r\n", first.len())),
+        (
+            "invalid chunk size",
+            format!("{:x}\r\n{first}\r\nzz\r\n", first.len()),
+        ),
         (
             "no CRLF after the chunk data",
             format!("{:x}\r\n{first}XX5\r\nhello\r\n", first.len()),
@@ -121,7 +125,11 @@ async fn the_bearer_scheme_is_read_in_any_case_with_any_whitespace() {
     let upstream = start_sim().await;
     let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
-    for auth in [format!("BEARER {KEY}"), format!("Bearer\t{KEY}"), format!("bearer   {KEY}")] {
+    for auth in [
+        format!("BEARER {KEY}"),
+        format!("Bearer\t{KEY}"),
+        format!("bearer   {KEY}"),
+    ] {
         let resp = client()
             .post(proxy.url("/v1/chat/completions"))
             .header("authorization", &auth)
@@ -199,7 +207,10 @@ async fn closed_within(sock: &mut tokio::net::TcpStream, within: Duration) -> (b
 
 async fn served(proxy: &Proxy) -> bool {
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
-    openai(proxy, "/v1/chat/completions", &[], &body).await.status() == 200
+    openai(proxy, "/v1/chat/completions", &[], &body)
+        .await
+        .status()
+        == 200
 }
 
 #[tokio::test]
@@ -223,10 +234,18 @@ async fn a_client_dribbling_its_header_is_cut_off_while_others_are_served() {
     assert!(ok, "a normal request was not served meanwhile");
     let (closed, _) = closed_within(&mut slow, Duration::from_secs(1)).await;
     assert!(closed, "the slow header was not cut off");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, "tollgate_client_timeouts_total", &[("phase", "header")]),
+        metric(
+            &metrics,
+            "tollgate_client_timeouts_total",
+            &[("phase", "header")]
+        ),
         Some(1.0)
     );
 }
@@ -287,10 +306,16 @@ async fn connections_past_the_cap_get_503_and_room_comes_back() {
     let mut extra = connect(&proxy).await;
     let (closed, answer) = closed_within(&mut extra, Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("too_many_connections") && closed, "{answer}");
+    assert!(
+        answer.contains("too_many_connections") && closed,
+        "{answer}"
+    );
     drop(open);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(served(&proxy).await, "no room after the connections closed");
     let metrics = proxy.metrics().await;
-    assert_eq!(metric(&metrics, "tollgate_connections_refused_total", &[]), Some(1.0));
+    assert_eq!(
+        metric(&metrics, "tollgate_connections_refused_total", &[]),
+        Some(1.0)
+    );
 }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-
 #[tokio::test]
 async fn provider_errors_are_recorded_with_the_providers_own_code() {
     let upstream = start_sim().await;
@@ -64,7 +63,10 @@ async fn a_reload_during_a_stream_does_not_change_that_streams_price() {
 
     // While the stream runs, every price of gpt-4o-mini goes up tenfold.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let dearer = PRICES.replace("input: 2\n        output: 8", "input: 20\n        output: 80");
+    let dearer = PRICES.replace(
+        "input: 2\n        output: 8",
+        "input: 20\n        output: 80",
+    );
     assert_ne!(dearer, PRICES);
     write(&proxy.dir.path().join("prices.yaml"), &dearer);
     proxy.signal(libc::SIGHUP);
@@ -187,11 +189,17 @@ async fn a_client_leaving_before_the_header_cancels_the_call_and_is_recorded_as_
     // The provider's connection is closed, so it stops working on an answer nobody reads.
     let deadline = Instant::now() + Duration::from_secs(3);
     while !closed.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the upstream call was not cancelled");
+        assert!(
+            Instant::now() < deadline,
+            "the upstream call was not cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let metrics = proxy.metrics().await;
-    assert_eq!(metric(&metrics, "tollgate_client_aborts_total", &[]), Some(1.0));
+    assert_eq!(
+        metric(&metrics, "tollgate_client_aborts_total", &[]),
+        Some(1.0)
+    );
 }
 
 /// A raw HTTP/1.1 streaming call that reads until `marker` and closes at once.
@@ -309,7 +317,10 @@ async fn counting_a_huge_prompt_holds_up_neither_its_client_nor_the_next_request
 
     let records = proxy.records(2).await;
     let counted = &records[0];
-    assert_eq!(counted.usage_source, tollgate::usage::UsageSource::Estimated);
+    assert_eq!(
+        counted.usage_source,
+        tollgate::usage::UsageSource::Estimated
+    );
     // 16 MiB of one letter is a few million tokens whatever the cuts.
     assert!(
         counted.input_tokens > 1_000_000,
@@ -319,7 +330,11 @@ async fn counting_a_huge_prompt_holds_up_neither_its_client_nor_the_next_request
     // Past the exact-count budget the rest was extrapolated, and that is counted.
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, "tollgate_usage_approximate_total", &[("provider", "openai")]),
+        metric(
+            &metrics,
+            "tollgate_usage_approximate_total",
+            &[("provider", "openai")]
+        ),
         Some(1.0)
     );
     // latency_ms is what the client saw, no more.

@@ -180,10 +180,10 @@ impl PriceBook {
     }
 
     fn remove_alias(&mut self, alias: &str) {
-        if let Some(owner) = self.aliases.remove(alias) {
-            if let Some(model) = self.models.get_mut(&owner) {
-                model.aliases.retain(|a| a != alias);
-            }
+        if let Some(owner) = self.aliases.remove(alias)
+            && let Some(model) = self.models.get_mut(&owner)
+        {
+            model.aliases.retain(|a| a != alias);
         }
     }
 

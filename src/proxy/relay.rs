@@ -184,8 +184,7 @@ impl Relay {
     /// marker (`[DONE]`, `message_stop`, `response.completed`) or the end of a body of
     /// declared length.
     fn completes(&self) -> bool {
-        self.meter.observed.finished
-            || self.content_length.is_some_and(|len| self.received >= len)
+        self.meter.observed.finished || self.content_length.is_some_and(|len| self.received >= len)
     }
 }
 
@@ -428,7 +427,10 @@ async fn settle_usage(
     if settled.source == UsageSource::Estimated {
         tracing::debug!(request_id = %ctx.request_id, exact = settled.exact, "usage missing; counted locally");
         if !settled.exact {
-            tg.metrics.usage_approximate.with_label_values(&[&ctx.provider]).inc();
+            tg.metrics
+                .usage_approximate
+                .with_label_values(&[&ctx.provider])
+                .inc();
         }
     }
 }

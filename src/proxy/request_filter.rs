@@ -11,8 +11,8 @@ use crate::config::validate::ProviderKind;
 use crate::error::ProxyError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -110,7 +110,10 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
         .await
         .inspect_err(|e| {
             if matches!(e, ProxyError::BodyTimeout { .. }) {
-                tg.metrics.client_timeouts.with_label_values(&["body"]).inc();
+                tg.metrics
+                    .client_timeouts
+                    .with_label_values(&["body"])
+                    .inc();
             }
         })?;
     let is_post = session.req_header().method == http::Method::POST;

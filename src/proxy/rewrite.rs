@@ -52,7 +52,12 @@ pub fn apply(body: &[u8], edits: Edits<'_>) -> Result<Vec<u8>, ProxyError> {
             splices.push((span.clone(), text));
         }
         if !found {
-            splices.push(insertion(body, &members, "stream_options", USAGE_ON.as_bytes()));
+            splices.push(insertion(
+                body,
+                &members,
+                "stream_options",
+                USAGE_ON.as_bytes(),
+            ));
         }
     }
     Ok(splice(body, splices))
@@ -185,7 +190,10 @@ mod tests {
             ("{}", json!({"include_usage": true})),
             (r#"{"include_usage":false}"#, json!({"include_usage": true})),
             (r#"{"x":1}"#, json!({"include_usage": true, "x": 1})),
-            (r#"{"x":1,"include_usage":null}"#, json!({"include_usage": true, "x": 1})),
+            (
+                r#"{"x":1,"include_usage":null}"#,
+                json!({"include_usage": true, "x": 1}),
+            ),
         ] {
             let body = format!(r#"{{"stream":true,"stream_options":{opts},"model":"m"}}"#);
             let out = edit(&body, USAGE);
@@ -213,7 +221,10 @@ mod tests {
             edit(r#"  {"model":"m"}"#, USAGE),
             r#"  {"stream_options":{"include_usage":true},"model":"m"}"#
         );
-        assert_eq!(edit("{}", USAGE), r#"{"stream_options":{"include_usage":true}}"#);
+        assert_eq!(
+            edit("{}", USAGE),
+            r#"{"stream_options":{"include_usage":true}}"#
+        );
     }
 
     #[test]

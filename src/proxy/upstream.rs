@@ -30,10 +30,10 @@ impl Resolver {
             return Ok(SocketAddr::new(ip, port));
         }
         let key = (host.to_string(), port);
-        if let Some((at, addr)) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
-            if at.elapsed() < DNS_TTL {
-                return Ok(addr);
-            }
+        if let Some((at, addr)) = self.cache.lock().ok().and_then(|c| c.get(&key).copied())
+            && at.elapsed() < DNS_TTL
+        {
+            return Ok(addr);
         }
         let addr = tokio::net::lookup_host((host, port))
             .await

@@ -33,10 +33,10 @@ fn observe_responses_usage(usage: &Value, obs: &mut Observed) {
 }
 
 fn observe_model(v: &Value, obs: &mut Observed) {
-    if let Some(m) = v["model"].as_str() {
-        if obs.model.as_deref() != Some(m) {
-            obs.model = Some(m.to_string());
-        }
+    if let Some(m) = v["model"].as_str()
+        && obs.model.as_deref() != Some(m)
+    {
+        obs.model = Some(m.to_string());
     }
 }
 

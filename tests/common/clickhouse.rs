@@ -231,8 +231,9 @@ impl PrivateServer {
                 .tempdir()
                 .unwrap();
             let hold = PortHold::new();
-            let child = spawn_and_wait(hold.port, dir.path())
-                .unwrap_or_else(|log| panic!("ClickHouse did not start on port {}:\n{log}", hold.port));
+            let child = spawn_and_wait(hold.port, dir.path()).unwrap_or_else(|log| {
+                panic!("ClickHouse did not start on port {}:\n{log}", hold.port)
+            });
             PrivateServer {
                 port: hold.port,
                 child: Some(child),
@@ -403,7 +404,10 @@ fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, String> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return Err(format!("(exited with {status})\n{}", log_tail(dir, log_from)));
+            return Err(format!(
+                "(exited with {status})\n{}",
+                log_tail(dir, log_from)
+            ));
         }
         if ping(port) {
             return Ok(child);
