@@ -274,6 +274,11 @@ async fn send(
             Ok(_) => up.read_response_header().await.map_err(|e| (e, false)),
             Err(e) => Err((e, true)),
         };
+        if sent.is_err()
+            && let Some(reason) = upstream::refused_certificate(&up)
+        {
+            return Err(upstream_err(provider, reason));
+        }
         match sent {
             Ok(()) => return Ok(up),
             Err((e, _)) if e.etype() == &pingora::ErrorType::ReadTimedout => {

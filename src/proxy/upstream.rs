@@ -5,10 +5,12 @@ use crate::attribution::is_tollgate_header;
 use crate::config::validate::{Provider, ProviderKind, UpstreamAddr};
 use crate::error::ProxyError;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::tls::ssl::SslRef;
 use pingora::tls::ssl_sys;
 use pingora::tls::x509::X509Ref;
 use pingora::upstreams::peer::HttpPeer;
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -93,11 +95,23 @@ pub async fn peer(
                         ssl_sys::SSL_SENT_SHUTDOWN | ssl_sys::SSL_RECEIVED_SHUTDOWN,
                     );
                 }
+                // Left in the connection's TLS digest, so the failed write can say why.
+                return Some(Arc::new(CertificateMissesIp(ip)) as Arc<dyn Any + Send + Sync>);
             }
             None
         }));
     }
     Ok(peer)
+}
+
+/// The upstream's certificate does not name the IP address it was reached at.
+pub struct CertificateMissesIp(pub IpAddr);
+
+/// Why writing to `up` failed, when its certificate was refused after the handshake.
+pub fn refused_certificate(up: &HttpSession) -> Option<String> {
+    let ssl = up.digest()?.ssl_digest.as_ref()?;
+    let CertificateMissesIp(ip) = ssl.extension.get::<CertificateMissesIp>()?;
+    Some(format!("its TLS certificate does not name {ip}"))
 }
 
 /// Whether `cert` carries `ip` as an IP address SAN (as OpenSSL's `X509_check_ip` decides).
