@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 
 async fn post_openai(proxy: &Proxy, key: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
     let resp = client()
@@ -101,27 +100,6 @@ async fn unreachable_upstream_is_a_502_with_the_reason() {
     assert_eq!(r.cost_usd.unwrap().0, 0);
 }
 
-/// An upstream that records the headers it receives and answers one fixed completion.
-async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<http::HeaderMap>>>) {
-    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
-    let store = seen.clone();
-    let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
-        let store = store.clone();
-        async move {
-            store.lock().unwrap().push(headers);
-            axum::Json(json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
-            }))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
-}
-
 #[tokio::test]
 async fn the_provider_gets_its_own_key_and_none_of_tollgates_headers() {
     let (addr, seen) = recording_upstream().await;
@@ -140,7 +118,7 @@ async fn the_provider_gets_its_own_key_and_none_of_tollgates_headers() {
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let headers = seen.lock().unwrap().pop().unwrap();
+    let headers = seen.lock().unwrap().pop().unwrap().headers;
     assert_eq!(headers["authorization"], "Bearer sk-upstream-openai");
     assert!(
         headers

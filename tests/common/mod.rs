@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tollgate::record::Record;
@@ -93,6 +94,34 @@ pub async fn start_sim() -> Upstream {
         sim,
         _stop: tx,
     }
+}
+
+/// What a [`recording_upstream`] received for one call.
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// An upstream that keeps every request it receives (headers and body bytes) and answers
+/// one fixed chat completion.
+pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let store = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: http::HeaderMap, body: bytes::Bytes| {
+        let store = store.clone();
+        async move {
+            store.lock().unwrap().push(Received { headers, body });
+            axum::Json(serde_json::json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+            }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
 }
 
 /// Config for a proxy in front of `upstream` with both API formats routed to it.
