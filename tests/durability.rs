@@ -12,26 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tollgate::sim::{SimOptions, SimProvider};
-
-/// A simulated provider slow enough that a kill often lands mid-answer.
-async fn slow_sim() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sim = SimProvider::new(SimOptions {
-        first_token_delay: Duration::from_millis(15),
-        token_interval: Duration::from_millis(3),
-    });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = sim
-            .serve(listener, async move {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    (addr, tx)
-}
+use tollgate::sim::SimOptions;
 
 /// The kinds of call the load mixes.
 #[derive(Clone, Copy)]
@@ -132,7 +113,12 @@ fn start_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_loses_no_served_call_and_duplicates_none() {
-    let (upstream, _stop_sim) = slow_sim().await;
+    // A provider slow enough that a kill often lands mid-answer.
+    let upstream = start_sim_with(SimOptions {
+        first_token_delay: Duration::from_millis(15),
+        token_interval: Duration::from_millis(3),
+    })
+    .await;
     let ch = ClickHouse::shared().await;
     let db = ch
         .fresh_database("sigkill_at_random_moments_loses_no_served_call")
@@ -143,7 +129,7 @@ async fn sigkill_at_random_moments_loses_no_served_call_and_duplicates_none() {
         "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
         ch.url
     );
-    let config = config_for(upstream, &extra).replace(
+    let config = config_for(upstream.addr, &extra).replace(
         "flush_interval_ms: 5",
         "flush_interval_ms: 600000\n  shipped_retention_secs: 3600",
     );

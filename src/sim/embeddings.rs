@@ -4,6 +4,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use super::error::{Flavor, SimError};
@@ -73,7 +75,7 @@ fn build(call: &Call, req: &Value) -> Result<Reply, SimError> {
         let vector = unit_vector(seed, dimensions);
         let embedding = if base64 {
             let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-            json!(encode_base64(&bytes))
+            json!(BASE64.encode(&bytes))
         } else {
             json!(vector)
         };
@@ -135,41 +137,9 @@ fn unit_vector(seed: u64, dimensions: u64) -> Vec<f32> {
     raw.iter().map(|x| (x * scale) as f32).collect()
 }
 
-/// Standard base64 with padding; the one place the simulator needs it.
-pub(super) fn encode_base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (plain, encoded) in cases {
-            assert_eq!(encode_base64(plain.as_bytes()), encoded);
-        }
-    }
 
     #[test]
     fn vectors_are_unit_length_and_deterministic() {

@@ -85,7 +85,6 @@ impl Meter {
     /// Feeds one chunk of the upstream body. When [`Meter::rewrites`] is true, returns the
     /// bytes to forward instead of the chunk; otherwise returns `None` (forward as is).
     pub fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
-        let text_before = self.observed.output_text.len();
         if !self.stream {
             if !self.body_overflow && self.body.len() + chunk.len() <= MAX_BODY {
                 self.body.extend_from_slice(chunk);
@@ -100,6 +99,7 @@ impl Meter {
             }
             return None;
         }
+        let text_before = self.observed.output_text.len();
         self.sse.push(chunk, &mut self.events);
         let mut forward = self.rewrites().then(Vec::new);
         for ev in std::mem::take(&mut self.events) {
@@ -135,8 +135,6 @@ impl Meter {
         }
     }
 
-    /// Counts the output text added since it was `before` bytes long, and keeps it under
-    /// the cap.
     /// Adds the output text found in `bytes` of a non-streamed body.
     fn scan_text(&mut self, bytes: &[u8]) {
         let before = self.observed.output_text.len();
@@ -146,6 +144,8 @@ impl Meter {
         }
     }
 
+    /// Counts the output text added since it was `before` bytes long, and keeps it under
+    /// the cap.
     fn cap_output_text(&mut self, before: usize) {
         let o = &mut self.observed;
         o.output_text_bytes += o.output_text.len().saturating_sub(before);
@@ -158,7 +158,8 @@ impl Meter {
         }
     }
 
-    /// Call when the upstream body ended cleanly: parses a non-streamed body.
+    /// Call when the upstream body ended, cleanly or not: parses a non-streamed body whole,
+    /// or takes the text of what arrived of one cut short.
     pub fn finish_body(&mut self) {
         if self.stream || self.body_overflow || self.body.is_empty() {
             return;

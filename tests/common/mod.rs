@@ -77,9 +77,14 @@ pub struct Upstream {
 }
 
 pub async fn start_sim() -> Upstream {
+    start_sim_with(SimOptions::default()).await
+}
+
+/// The simulated provider with its timing set.
+pub async fn start_sim_with(opts: SimOptions) -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let sim = SimProvider::new(SimOptions::default());
+    let sim = SimProvider::new(opts);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = sim.clone();
     tokio::spawn(async move {
