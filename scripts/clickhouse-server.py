@@ -11,7 +11,8 @@ that sleeps one second per row of `system.numbers` and returns nothing.
 Usage (Python 3.11 with chdb-core installed, see scripts/setup-clickhouse.sh):
 
     clickhouse-server.py start --port 18123 --data DIR [--pidfile F] [--timeout 60]
-        (--port 0: a free port, held from the pick until the server has bound it)
+        (--port 0: a free port, held from the pick until the server has bound it;
+        --reuse-port: the caller holds --port itself with an SO_REUSEPORT socket)
         start in the background (own session, logs in DIR/server.log), wait until
         GET /ping answers "Ok.", print the URL (http://127.0.0.1:PORT) and exit 0.
     clickhouse-server.py stop --pidfile F      (or --data DIR: uses DIR/server.pid)
@@ -53,10 +54,7 @@ CONFIG_XML = """<clickhouse>
     <!-- written by scripts/clickhouse-server.py on every start -->
     <listen_host>{host}</listen_host>
     <http_port>{port}</http_port>
-    <!-- Lets the caller hold the port (a bound, non-listening SO_REUSEPORT socket) so that
-         nothing else can take it between picking it and the server binding it. -->
-    <listen_reuse_port>1</listen_reuse_port>
-    <logger>
+{reuse_port}    <logger>
         <level>warning</level>
         <console>true</console>
     </logger>
@@ -98,10 +96,17 @@ USERS_XML = """<clickhouse>
 SCRIPT = os.path.abspath(__file__)
 
 
+# With --reuse-port: the caller holds the port (a bound, non-listening SO_REUSEPORT socket)
+# so that nothing else can take it between picking it and the server binding it.
+REUSE_PORT_XML = "    <listen_reuse_port>1</listen_reuse_port>\n"
+
+
 def run_argv(port: int, host: str, data: Path, pidfile: Path, user: str | None,
-             password: str | None) -> list[str]:
+             password: str | None, reuse_port: bool) -> list[str]:
     argv = [sys.executable, SCRIPT, "run", "--port", str(port), "--host", host, "--data", str(data),
             "--pidfile", str(pidfile)]
+    if reuse_port:
+        argv.append("--reuse-port")
     if user:
         argv += ["--user", user, "--password", password or ""]
     return argv
@@ -126,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         users_xml.write_text(USERS_XML.format(user=args.user, password=escape(args.password or "")))
         user_dirs = USER_DIRECTORIES_XML.format(users_xml=escape(str(users_xml)))
     (data / "config.xml").write_text(
-        CONFIG_XML.format(host=args.host, port=args.port, user_directories=user_dirs))
+        CONFIG_XML.format(host=args.host, port=args.port, user_directories=user_dirs,
+                          reuse_port=REUSE_PORT_XML if args.reuse_port else ""))
     db_path = data / "clickhouse"
     db_path.mkdir(exist_ok=True)
     pidfile = Path(args.pidfile).resolve() if args.pidfile else data / "server.pid"
@@ -161,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"keepalive query ended ({err.strip()}); re-executing the server\n")
         sys.stderr.flush()
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        os.execv(sys.executable, run_argv(args.port, args.host, data, pidfile, args.user, args.password))
+        os.execv(sys.executable, run_argv(args.port, args.host, data, pidfile, args.user, args.password,
+                                           args.reuse_port))
 
     # The engine call blocks in C++ (Python signal handlers would never run there), so it
     # runs in a thread and the main thread stays free to handle SIGTERM/SIGINT.
@@ -231,6 +238,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.port == 0:
         reservation = reserve_port(args.host)
         args.port = reservation.getsockname()[1]
+        args.reuse_port = True
     try:
         return start(args)
     finally:
@@ -256,7 +264,7 @@ def start(args: argparse.Namespace) -> int:
     log = open(data / "server.log", "ab")
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        run_argv(args.port, args.host, data, pidfile, args.user, args.password),
+        run_argv(args.port, args.host, data, pidfile, args.user, args.password, args.reuse_port),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True, close_fds=True,
     )
@@ -320,6 +328,8 @@ def main() -> int:
         s.add_argument("--host", default="127.0.0.1")
         s.add_argument("--user", help="also create this user, with --password (default stays passwordless)")
         s.add_argument("--password", default="")
+        s.add_argument("--reuse-port", action="store_true",
+                       help="bind with SO_REUSEPORT: the caller holds the port with a socket of its own")
         if name == "start":
             s.add_argument("--timeout", type=float, default=60.0)
             s.add_argument("-v", "--verbose", action="store_true")

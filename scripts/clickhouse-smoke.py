@@ -3,7 +3,7 @@
 
     PY=$(scripts/setup-clickhouse.sh) && "$PY" scripts/clickhouse-smoke.py
 
-Starts scripts/clickhouse-server.py on a free port in a temp dir, applies
+Starts scripts/clickhouse-server.py on a port it holds, in a temp dir, applies
 src/sink/clickhouse/migrations twice, inserts records in the proxy's JSON format with the
 settings the sink must send, checks that the hourly rollup equals the raw rows (exact
 Decimal money, unpriced requests counted apart), that a re-sent batch is stored once,
@@ -104,6 +104,7 @@ def statements(text: str, subs: dict[str, str]) -> list[str]:
 
 
 def migrate(ch: CH, **subs) -> int:
+    subs.setdefault("replicated", "")  # no cluster here: plain MergeTree engines
     n = 0
     for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
         for st in statements(f.read_text(), subs):
@@ -223,16 +224,19 @@ def norm(d: dict) -> dict:
 
 # ---- server control --------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def hold_port() -> socket.socket:
+    """A port of our own for the whole check, restarts included: bound with SO_REUSEPORT and
+    never listening, so only the server (started with --reuse-port) can bind it too."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 def start(port: int, data: Path) -> tuple[str, float]:
     t0 = time.monotonic()
     out = subprocess.run(
-        [sys.executable, str(SERVER), "start", "--port", str(port), "--data", str(data),
+        [sys.executable, str(SERVER), "start", "--reuse-port", "--port", str(port), "--data", str(data),
          "--user", USER, "--password", PASSWORD],
         check=True, capture_output=True, text=True, timeout=90)
     return out.stdout.strip(), time.monotonic() - t0
@@ -270,7 +274,8 @@ def main() -> int:
     c = Checks()
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-ch-smoke-"))
     data = tmp / "ch"
-    port = free_port()
+    held = hold_port()
+    port = held.getsockname()[1]
     try:
         url, took = start(port, data)
         print(f"server {url} ready in {took:.2f}s (pid {server_pid(data)})", flush=True)

@@ -394,7 +394,7 @@ fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, String> {
         .unwrap();
     let mut cmd = Command::new(python());
     cmd.arg(server_script())
-        .args(["run", "--port", &port.to_string(), "--data"])
+        .args(["run", "--reuse-port", "--port", &port.to_string(), "--data"])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
