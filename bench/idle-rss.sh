@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONNECTIONS=${1:-2000}
 source bench/sim-proxy.sh
 # Each connection is a descriptor in the client and in the proxy.
-ulimit -n $((CONNECTIONS * 2 + 1024))
+ulimit -n $((CONNECTIONS * 2 + 1024)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 start_sim_and_proxy idle
 
