@@ -35,10 +35,10 @@ const MAX_STRETCH: usize = 16 * 1024;
 /// whitespace token length in both tables (128 spaces, 32 newlines, 16 tabs).
 const WINDOW: usize = 4096;
 /// Work units one tally spends on exact counts: a unit is one token produced, or one byte
-/// of a piece cut without a boundary (those cost the merge step more per byte). Spending it
-/// takes 10-35 ms on one core in a release build, measured on prose, base64, random letters
-/// and single-letter runs; exact counts past that cost far more than they are worth (a
-/// 16 MiB single word takes 11-18 s in tiktoken-rs).
+/// of a piece cut without a boundary (those cost the merge step more per byte). A count
+/// spending it took 10-19 ms in a release build; exact counts past that cost far more than
+/// they are worth (16 MiB of one word: 10 s in tiktoken-rs). See `counting_cost` below and
+/// BENCHMARKS.md.
 const EXACT_BUDGET: u64 = 100_000;
 /// Tokens per byte assumed when nothing has been counted to measure it from.
 const BYTES_PER_TOKEN: u64 = 4;
@@ -681,5 +681,55 @@ mod tests {
             (1..=cores).contains(&peak),
             "{peak} counts ran at once on {cores} cores"
         );
+    }
+
+    /// The cost of counting, bounded against tiktoken-rs alone, printed as a table:
+    /// `cargo test --release --lib -- --ignored --nocapture counting_cost` (BENCHMARKS.md).
+    #[test]
+    #[ignore = "a measurement, not a check: run in release"]
+    fn counting_cost() {
+        use std::time::Instant;
+        let letters: String = (0..2 << 20)
+            .map(|i: u32| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+            .collect();
+        let inputs = [
+            ("2 MiB single word", "a".repeat(2 << 20)),
+            ("2 MiB random letters", letters),
+            ("16 MiB `hello ` repeated", "hello ".repeat((16 << 20) / 6)),
+            ("16 MiB one word", "word".repeat(4 << 20)),
+            (
+                "1M spaces before text",
+                format!("{}hello world", " ".repeat(1_000_000)),
+            ),
+            (
+                "400 KiB prose",
+                "The quick brown fox jumps over the lazy dog. ".repeat(9_100),
+            ),
+        ];
+        println!(
+            "| input | encoding | tiktoken-rs alone | bounded | tokens (alone / bounded, exact) |"
+        );
+        println!("|---|---|---|---|---|");
+        for (name, text) in &inputs {
+            for enc in [Encoding::O200k, Encoding::Cl100k] {
+                let t = Instant::now();
+                let alone = catch_unwind(AssertUnwindSafe(|| unbounded(enc, text)));
+                let alone_took = t.elapsed();
+                let t = Instant::now();
+                let mut tally = Tally::new(enc);
+                tally.add_text(text);
+                let took = t.elapsed();
+                let count = tally.count();
+                let alone = match alone {
+                    Ok(n) => format!("{n} in {alone_took:.2?}"),
+                    Err(_) => format!("panics after {alone_took:.2?}"),
+                };
+                println!(
+                    "| {name} | {enc:?} | {alone} | {took:.2?} | {} ({}) |",
+                    count.tokens,
+                    if count.exact { "exact" } else { "estimate" }
+                );
+            }
+        }
     }
 }
