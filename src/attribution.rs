@@ -66,7 +66,7 @@ fn header_raw(headers: &http::HeaderMap, name: &str) -> String {
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
-fn bounded(s: &str, max: usize) -> String {
+pub(crate) fn bounded(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

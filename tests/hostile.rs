@@ -14,20 +14,12 @@ async fn connect(proxy: &Proxy) -> tokio::net::TcpStream {
         .unwrap()
 }
 
-/// Sends `bytes` on a fresh connection and reads until the proxy closes it (or 5 s pass).
+/// Sends `bytes` on a fresh connection and reads until the proxy closes it (or 10 s pass).
 async fn exchange(proxy: &Proxy, bytes: &[u8]) -> (String, bool) {
     let mut sock = connect(proxy).await;
     sock.write_all(bytes).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&got).into_owned(), closed)
+    let (closed, answer) = closed_within(&mut sock, Duration::from_secs(10)).await;
+    (answer, closed)
 }
 
 /// A complete, valid chat request, as a smuggler would hide it.

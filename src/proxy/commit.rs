@@ -3,6 +3,7 @@
 
 use super::{RequestCtx, Tollgate};
 use crate::api::MAX_NAME_LEN;
+use crate::attribution::bounded;
 use crate::money::NanoUsd;
 use crate::record::Record;
 use crate::usage::UsageSource;
@@ -19,7 +20,7 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         .served_model
         .as_deref()
         .filter(|m| !m.is_empty())
-        .map(|m| truncate(m, MAX_NAME_LEN))
+        .map(|m| bounded(m, MAX_NAME_LEN))
         .unwrap_or_else(|| ctx.upstream_model.clone());
     let cost = price(ctx, &model);
     let record = Record {
@@ -46,7 +47,7 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         reasoning_tokens: ctx.usage.reasoning_tokens,
         usage_source: ctx.usage_source,
         cost_usd: cost,
-        latency_ms: ctx.latency_ms.unwrap_or_else(|| ctx.elapsed_ms()),
+        latency_ms: ctx.latency_ms.unwrap_or_default(),
         ttfb_ms: ctx.ttfb_ms,
         error: ctx.error.clone(),
     };
@@ -65,13 +66,4 @@ fn price(ctx: &RequestCtx, model: &str) -> Option<NanoUsd> {
         .lookup(model, ctx.ts)
         .or_else(|| prices.lookup(&ctx.upstream_model, ctx.ts))
         .map(|p| p.cost(&ctx.usage))
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
