@@ -342,7 +342,9 @@ async fn lines_that_are_not_records_are_set_aside_and_the_rest_ships() {
 
     let (rows, _) = wait_rows(&ch, &db, 10).await;
     assert_eq!(rows, 10);
-    wait_metric(&proxy, "tollgate_sink_dead_letter_total", 1.0).await;
+    proxy
+        .wait_metric("tollgate_sink_dead_letter_total", &[], 1.0)
+        .await;
     let dl: Vec<_> = std::fs::read_dir(proxy.dir.path().join("data/sink/dead-letter"))
         .unwrap()
         .collect();
@@ -371,22 +373,6 @@ async fn calls_with_feature(proxy: &Proxy, feature: &str, n: usize) {
     }
 }
 
-async fn wait_metric(proxy: &Proxy, name: &str, value: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = proxy.metrics().await;
-        if metric(&m, name, &[]) == Some(value) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {value}: {m}\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn rows_clickhouse_rejects_are_set_aside_once_and_never_retried() {
     let ch = ClickHouse::shared().await;
@@ -402,9 +388,13 @@ async fn rows_clickhouse_rejects_are_set_aside_once_and_never_retried() {
     ))
     .await;
     calls_with_feature(&proxy, "chat", 3).await;
-    wait_metric(&proxy, "tollgate_sink_dead_letter_total", 3.0).await;
+    proxy
+        .wait_metric("tollgate_sink_dead_letter_total", &[], 3.0)
+        .await;
     calls_with_feature(&proxy, "search", 2).await;
-    let m = wait_metric(&proxy, "tollgate_sink_shipped_total", 4.0).await;
+    let m = proxy
+        .wait_metric("tollgate_sink_shipped_total", &[], 4.0)
+        .await;
 
     assert_eq!(
         metric(&m, "tollgate_sink_errors_total", &[]),

@@ -4,23 +4,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::time::{Duration, Instant};
-
-async fn wait_reloads(proxy: &Proxy, result: &str, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = proxy.metrics().await;
-        if metric(&m, "tollgate_config_reloads_total", &[("result", result)]) == Some(n) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {result} reload:\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn sighup_applies_a_valid_config_and_refuses_a_broken_one() {
@@ -52,7 +35,9 @@ async fn sighup_applies_a_valid_config_and_refuses_a_broken_one() {
     );
     std::fs::write(&path, &added).unwrap();
     proxy.signal(libc::SIGHUP);
-    wait_reloads(&proxy, "ok", 1.0).await;
+    proxy
+        .wait_metric("tollgate_config_reloads_total", &[("result", "ok")], 1.0)
+        .await;
     assert_eq!(status(&proxy).await, 200, "the new route is live");
 
     std::fs::write(
@@ -64,7 +49,13 @@ async fn sighup_applies_a_valid_config_and_refuses_a_broken_one() {
     )
     .unwrap();
     proxy.signal(libc::SIGHUP);
-    wait_reloads(&proxy, "refused", 1.0).await;
+    proxy
+        .wait_metric(
+            "tollgate_config_reloads_total",
+            &[("result", "refused")],
+            1.0,
+        )
+        .await;
     assert_eq!(status(&proxy).await, 200, "the running config stays");
     assert!(
         proxy.log().contains("colour"),

@@ -343,6 +343,24 @@ impl Proxy {
         all.remove(0)
     }
 
+    /// Waits up to 20 s until the sample of `name` with `labels` reads `value`; returns the
+    /// metrics text.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.metrics().await;
+            if metric(&m, name, labels) == Some(value) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} never reached {value}: {m}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.admin_url("/metrics"))
             .await
