@@ -41,7 +41,7 @@ const WINDOW: usize = 4096;
 /// BENCHMARKS.md.
 const EXACT_BUDGET: u64 = 100_000;
 /// Tokens per byte assumed when nothing has been counted to measure it from.
-const BYTES_PER_TOKEN: u64 = 4;
+pub const BYTES_PER_TOKEN: u64 = 4;
 
 /// Which BPE table approximates a model's tokenizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,6 +50,7 @@ const ANTHROPIC_TOOL_PROMPT_AUTO: u64 = 346;
 const ANTHROPIC_TOOL_PROMPT_FORCED: u64 = 313;
 
 /// Estimated input tokens of a request body.
+#[cfg(test)]
 pub fn input_tokens(endpoint: Endpoint, body: &Value, enc: Encoding) -> u64 {
     input_count(endpoint, body, enc).tokens
 }
@@ -60,7 +61,7 @@ pub fn input_count(endpoint: Endpoint, body: &Value, enc: Encoding) -> Count {
     catch_unwind(AssertUnwindSafe(|| count(endpoint, body, enc))).unwrap_or_else(|_| {
         tracing::warn!("counting a request failed; estimated from its size");
         Count {
-            tokens: (body.to_string().len() as u64).div_ceil(4),
+            tokens: (body.to_string().len() as u64).div_ceil(crate::tokens::BYTES_PER_TOKEN),
             exact: false,
         }
     })

@@ -204,6 +204,7 @@ pub struct Settled {
 }
 
 /// Final usage: reported parts as reported, missing parts estimated.
+#[cfg(test)]
 pub fn settle(
     observed: &Observed,
     estimate_input: impl FnOnce() -> u64,
