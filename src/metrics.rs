@@ -81,6 +81,9 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     pub connections_refused: IntCounter,
     pub client_timeouts: IntCounterVec,
+    /// Requests whose header could not be read (`kind`: request_line, header, too_large,
+    /// ambiguous), answered before any route runs; see `proxy::framing`.
+    pub framing_errors: IntCounterVec,
     pub estimated: IntCounterVec,
     /// Local counts that were extrapolated or guessed in part (huge or odd inputs, images
     /// of unknown size).
@@ -176,6 +179,14 @@ impl Metrics {
             &["phase"],
         )
         .expect("valid metric");
+        let framing_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_framing_errors_total",
+                "Requests refused because their request line or header could not be read",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         let client_aborts = IntCounter::new(
             "tollgate_client_aborts_total",
             "Requests whose client disconnected before the end of the response",
@@ -260,6 +271,7 @@ impl Metrics {
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
+            Box::new(framing_errors.clone()),
             Box::new(estimated.clone()),
             Box::new(usage_approximate.clone()),
         ] {
@@ -283,6 +295,7 @@ impl Metrics {
             client_connections,
             connections_refused,
             client_timeouts,
+            framing_errors,
             estimated,
             usage_approximate,
             ledger_disk_bytes,
