@@ -3,7 +3,6 @@
 //! with problems is refused and the running one stays. Listeners, the data dir, the ledger
 //! and the sink are fixed at start; changes to them are reported and wait for a restart.
 
-use crate::config::validate::ProviderKind;
 use crate::config::{self, Validated};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -48,7 +47,7 @@ impl Reloader {
 /// Simulated providers listen on ports chosen at start: keep pointing at them.
 fn carry_over(old: &Validated, new: &Validated) {
     for (name, p) in &new.providers {
-        if p.kind != ProviderKind::Simulated {
+        if !p.kind.is_in_process() {
             continue;
         }
         match old.providers.get(name).and_then(|o| o.upstream()) {

@@ -4,7 +4,7 @@ pub mod ready;
 
 use crate::admin::{self, AxumService};
 use crate::config::Validated;
-use crate::config::validate::{ProviderKind, UpstreamAddr};
+use crate::config::UpstreamAddr;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
@@ -71,7 +71,7 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
     for provider in cfg
         .providers
         .values()
-        .filter(|p| p.kind == ProviderKind::Simulated)
+        .filter(|p| p.kind.is_in_process())
     {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the simulated provider")?;

@@ -1,9 +1,9 @@
 //! Reading `tollgate.yaml`: syntax and type errors come from the YAML parser with their
-//! position; everything else is left to [`super::validate`].
+//! position; everything else is left to `validate`.
 
-use super::RawConfig;
 use super::problem::{ConfigError, Problem};
-use super::validate::{self, Validated};
+use super::validate;
+use super::{RawConfig, Validated};
 use std::path::Path;
 
 /// Parses YAML text into `T`, turning a parse error into a positioned [`Problem`].

@@ -1,9 +1,10 @@
 //! Configuration: the `tollgate.yaml` file types. Loading lives in [`load`], checks in
-//! [`validate`]; the proxy only ever sees a [`validate::Validated`] config.
+//! `validate`; the proxy only ever sees a [`Validated`] config, whose types are in `checked`.
 
+mod checked;
 pub mod load;
 pub mod problem;
-pub mod validate;
+mod validate;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -12,7 +13,9 @@ use std::path::PathBuf;
 
 pub use load::load;
 pub use problem::{ConfigError, Problem};
-pub use validate::{ProviderKind, Validated};
+pub use checked::{
+    ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, UpstreamAddr, Validated,
+};
 
 /// The top level of `tollgate.yaml`.
 #[derive(Debug, Clone, Deserialize)]

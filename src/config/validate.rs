@@ -1,213 +1,19 @@
 //! Checks a [`RawConfig`] and turns it into the [`Validated`] form the proxy runs on.
 //! Every problem is collected (not just the first) with the position it refers to.
 
-use super::problem::{ConfigError, Problem};
-use super::{
-    AttributionConfig, LedgerConfig, LogConfig, ProviderConfig, RawConfig, ServerConfig,
-    SimulatedConfig,
+use super::checked::{
+    ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, UpstreamAddr, Validated,
 };
+use super::problem::{ConfigError, Problem};
+use super::{ProviderConfig, RawConfig};
 use crate::auth::{KeyStore, VirtualKey};
 use crate::prices::PriceBook;
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// A config that passed every check.
-#[derive(Debug)]
-pub struct Validated {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub max_body_bytes: u64,
-    pub log: LogConfig,
-    pub ledger: LedgerConfig,
-    pub attribution: AttributionConfig,
-    pub server: ServerConfig,
-    pub providers: BTreeMap<String, Arc<Provider>>,
-    pub models: ModelTable,
-    pub keys: KeyStore,
-    pub prices: PriceBook,
-    pub clickhouse: Option<ClickHouseSettings>,
-}
-
-/// A checked `telemetry.clickhouse`.
-#[derive(Clone)]
-pub struct ClickHouseSettings {
-    pub url: String,
-    pub database: String,
-    pub user: String,
-    /// Never printed.
-    pub password: Option<String>,
-    pub ca_pem: Option<Vec<u8>>,
-    pub batch_max_rows: usize,
-    pub batch_period: Duration,
-    pub timeout: Duration,
-    pub ttl_days: Option<u32>,
-    pub rollup_ttl_days: Option<u32>,
-    pub cluster: Option<String>,
-    pub migrate_on_start: bool,
-}
-
-impl fmt::Debug for ClickHouseSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClickHouseSettings")
-            .field("url", &self.url)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    OpenAi,
-    Anthropic,
-    OpenAiCompatible,
-    Simulated,
-}
-
-impl ProviderKind {
-    fn parse(s: &str) -> Option<ProviderKind> {
-        Some(match s {
-            "openai" => ProviderKind::OpenAi,
-            "anthropic" => ProviderKind::Anthropic,
-            "openai_compatible" => ProviderKind::OpenAiCompatible,
-            "simulated" => ProviderKind::Simulated,
-            _ => return None,
-        })
-    }
-
-    /// Whether the provider answers requests in the given client API format.
-    pub fn speaks(self, api: crate::api::ApiFormat) -> bool {
-        use crate::api::ApiFormat;
-        match self {
-            ProviderKind::Simulated => true,
-            ProviderKind::Anthropic => api == ApiFormat::Anthropic,
-            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => api == ApiFormat::OpenAi,
-        }
-    }
-}
-
-/// Where a provider is reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamAddr {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Prefix put before the client's path, without a trailing slash (may be empty).
-    pub path_prefix: String,
-}
-
-impl UpstreamAddr {
-    pub fn parse(url: &str) -> Result<UpstreamAddr, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("URL {url:?} must start with http:// or https://")),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("URL {url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path_prefix = uri.path().trim_end_matches('/').to_string();
-        // Clients already send `/v1/...`; a prefix ending in /v1 would double it.
-        if path_prefix.ends_with("/v1") {
-            return Err(format!(
-                "base_url {url:?} should not end in /v1: clients' paths already start with /v1"
-            ));
-        }
-        Ok(UpstreamAddr {
-            tls,
-            host,
-            port,
-            path_prefix,
-        })
-    }
-}
-
-/// A provider as the proxy uses it.
-pub struct Provider {
-    pub name: String,
-    pub kind: ProviderKind,
-    /// Unset only for `simulated` until the server binds its listener.
-    upstream: OnceLock<UpstreamAddr>,
-    /// The provider's key; never printed.
-    pub api_key: Option<String>,
-    pub allow_client_keys: bool,
-    /// Ask OpenAI-format streams for usage on the client's behalf.
-    pub stream_usage: bool,
-    pub ca_pem: Option<Vec<u8>>,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
-    pub simulated: SimulatedConfig,
-}
-
-impl Provider {
-    pub fn upstream(&self) -> Option<&UpstreamAddr> {
-        self.upstream.get()
-    }
-
-    /// Points a `simulated` provider at the listener started for it.
-    pub fn set_upstream(&self, addr: UpstreamAddr) -> bool {
-        self.upstream.set(addr).is_ok()
-    }
-}
-
-impl fmt::Debug for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Provider")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("upstream", &self.upstream)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("allow_client_keys", &self.allow_client_keys)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Client model name → provider and upstream model name.
-#[derive(Debug, Clone, Default)]
-pub struct ModelTable {
-    exact: BTreeMap<String, ModelRoute>,
-    /// Prefix patterns, longest first.
-    prefixes: Vec<(String, ModelRoute)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModelRoute {
-    pub provider: Arc<Provider>,
-    pub upstream_model: Option<String>,
-}
-
-impl ModelTable {
-    pub fn len(&self) -> usize {
-        self.exact.len() + self.prefixes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn route(&self, model: &str) -> Option<&ModelRoute> {
-        self.exact.get(model).or_else(|| {
-            self.prefixes
-                .iter()
-                .find(|(p, _)| model.starts_with(p.as_str()))
-                .map(|(_, r)| r)
-        })
-    }
-}
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -264,16 +70,8 @@ pub fn validate(
             provider: provider.clone(),
             upstream_model: m.value.upstream_model.clone(),
         };
-        match name.strip_suffix('*') {
-            Some(prefix) => models.prefixes.push((prefix.to_string(), route)),
-            None => {
-                models.exact.insert(name.clone(), route);
-            }
-        }
+        models.insert(name, route);
     }
-    models
-        .prefixes
-        .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
     let mut keys = Vec::new();
     for k in &raw.keys {
@@ -497,33 +295,32 @@ fn provider(
         );
         return None;
     };
-    let upstream = match (&p.base_url, kind) {
-        (Some(url), ProviderKind::Simulated) => {
+    let upstream = match (&p.base_url, kind.is_in_process()) {
+        (Some(url), true) => {
             bad(
                 &url.referenced,
                 format!("provider {name:?}: a simulated provider has no base_url"),
             );
             None
         }
-        (Some(url), _) => match UpstreamAddr::parse(&url.value) {
+        (Some(url), false) => match UpstreamAddr::parse(&url.value) {
             Ok(u) => Some(u),
             Err(e) => {
                 bad(&url.referenced, format!("provider {name:?}: {e}"));
                 return None;
             }
         },
-        (None, ProviderKind::OpenAi) => Some(UpstreamAddr::parse("https://api.openai.com").ok()?),
-        (None, ProviderKind::Anthropic) => {
-            Some(UpstreamAddr::parse("https://api.anthropic.com").ok()?)
-        }
-        (None, ProviderKind::OpenAiCompatible) => {
-            bad(
-                &spanned.referenced,
-                format!("provider {name:?}: openai_compatible needs a base_url"),
-            );
-            return None;
-        }
-        (None, ProviderKind::Simulated) => None,
+        (None, true) => None,
+        (None, false) => match kind.default_base_url() {
+            Some(url) => Some(UpstreamAddr::parse(url).ok()?),
+            None => {
+                bad(
+                    &spanned.referenced,
+                    format!("provider {name:?}: openai_compatible needs a base_url"),
+                );
+                return None;
+            }
+        },
     };
     let api_key = match &p.api_key_env {
         Some(var) => match env(&var.value) {

@@ -5,7 +5,7 @@ use super::outcome::Outcome;
 use super::{RequestCtx, Tollgate, commit, upstream};
 use crate::api::Endpoint;
 use crate::attribution::REQUEST_ID_HEADER;
-use crate::config::validate::Provider;
+use crate::config::Provider;
 use crate::error::{ProxyError, stream_error_event};
 use crate::tokens::Encoding;
 use crate::usage::meter::{Meter, settle_counted};

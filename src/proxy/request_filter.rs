@@ -7,7 +7,6 @@ use super::{RequestCtx, Tollgate, body, commit, relay, rewrite, upstream};
 use crate::api::{ApiFormat, Endpoint, MAX_NAME_LEN};
 use crate::attribution::{Attribution, REQUEST_ID_HEADER};
 use crate::auth::{Presented, presented_key};
-use crate::config::validate::ProviderKind;
 use crate::error::ProxyError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -188,7 +187,7 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
     let credential = match (vkey, &provider.api_key) {
         (Some(_), Some(key)) => upstream::Credential::Provider(key),
         // The simulated provider needs some credential, not a real one.
-        (Some(_), None) if provider.kind == ProviderKind::Simulated => {
+        (Some(_), None) if !provider.kind.needs_real_credential() => {
             upstream::Credential::Provider("simulated")
         }
         (None, _) if provider.allow_client_keys => upstream::Credential::Client,

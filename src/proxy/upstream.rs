@@ -2,7 +2,7 @@
 
 use crate::api::ApiFormat;
 use crate::attribution::is_tollgate_header;
-use crate::config::validate::{Provider, ProviderKind, UpstreamAddr};
+use crate::config::{Provider, UpstreamAddr};
 use crate::error::ProxyError;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -191,12 +191,7 @@ pub fn request_header(
     req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
         .map_err(internal)?;
     if let Credential::Provider(key) = credential {
-        let anthropic_style = match provider.kind {
-            ProviderKind::Anthropic => true,
-            ProviderKind::Simulated => format == ApiFormat::Anthropic,
-            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => false,
-        };
-        if anthropic_style {
+        if provider.kind.sends_anthropic_headers(format) {
             req.insert_header("x-api-key", key).map_err(internal)?;
         } else {
             req.insert_header(http::header::AUTHORIZATION, format!("Bearer {key}"))

@@ -13,7 +13,7 @@ pub mod clickhouse;
 mod cursor;
 mod segments;
 
-use crate::config::validate::ClickHouseSettings;
+use crate::config::ClickHouseSettings;
 use crate::ledger;
 use crate::metrics::SinkMetrics;
 use clickhouse::{ChError, ClickHouse};

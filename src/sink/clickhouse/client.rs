@@ -6,7 +6,7 @@
 //! TLS goes through native-tls (OpenSSL here), the provider the rest of the binary uses;
 //! `ca_file` adds roots to the system ones.
 
-use crate::config::validate::ClickHouseSettings;
+use crate::config::ClickHouseSettings;
 use ::clickhouse::error::Error;
 use ::clickhouse::query::Query;
 use ::clickhouse::{Client, Compression, RowOwned, RowRead, RowWrite};

@@ -4,7 +4,7 @@
 //! may both run a migration without harm; the bookkeeping table collapses their rows.
 
 use super::client::{ChError, ClickHouse};
-use crate::config::validate::ClickHouseSettings;
+use crate::config::ClickHouseSettings;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
