@@ -3,7 +3,7 @@
 //! Anthropic's `input_tokens` excludes cache reads and writes; Tollgate's `input_tokens`
 //! counts every prompt token, so the three are added.
 
-use super::meter::Observed;
+use super::observed::Observed;
 use super::sse::SseEvent;
 use serde_json::Value;
 

@@ -333,7 +333,7 @@ impl BodyText {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::meter::Observed;
+    use crate::usage::observed::Observed;
     use serde_json::{Value, json};
 
     /// Text taken from `body` fed in chunks of `size` bytes.

@@ -1,6 +1,7 @@
 //! Follows one upstream response, streamed or not, and works out its usage.
 
 use super::body_text::BodyText;
+use super::observed::Observed;
 use super::{Usage, UsageSource, anthropic, openai, sse::SseBuffer, sse::SseEvent};
 use crate::api::{ApiFormat, Endpoint};
 use crate::tokens::{Count, Encoding, Tally};
@@ -9,29 +10,6 @@ use crate::tokens::{Count, Encoding, Tally};
 const MAX_OUTPUT_TEXT: usize = 4 * 1024 * 1024;
 /// Non-streamed bodies kept for parsing are capped; larger ones are estimated.
 const MAX_BODY: usize = 64 * 1024 * 1024;
-
-/// What a response has said so far.
-#[derive(Debug, Default, Clone)]
-pub struct Observed {
-    /// All prompt tokens (Tollgate's meaning), once reported.
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-    pub cached_input_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub reasoning_tokens: u64,
-    /// Anthropic's own `input_tokens`, which excludes the cache parts.
-    pub anthropic_uncached_input: Option<u64>,
-    /// Model the provider says served the call.
-    pub model: Option<String>,
-    /// Text the model produced, for estimating output when usage is missing.
-    pub output_text: String,
-    /// Bytes of output text seen, including any past the cap.
-    pub output_text_bytes: usize,
-    /// The stream reached its natural end.
-    pub finished: bool,
-    /// The upstream reported an error inside a 2xx stream.
-    pub upstream_error: Option<String>,
-}
 
 /// Tracks a response as its bytes pass through the proxy.
 #[derive(Debug)]

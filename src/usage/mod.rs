@@ -10,6 +10,7 @@ pub mod body_text;
 pub mod estimate;
 pub mod images;
 pub mod meter;
+pub mod observed;
 pub mod openai;
 #[cfg(test)]
 pub(crate) mod proptests;

@@ -1,6 +1,6 @@
 //! Usage in OpenAI's formats: Chat Completions, legacy Completions, Embeddings, Responses.
 
-use super::meter::Observed;
+use super::observed::Observed;
 use super::sse::SseEvent;
 use crate::api::Endpoint;
 use serde_json::Value;
