@@ -272,13 +272,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let upstream = start_sim().await;
     let proxy = Proxy::start(&with_limits(upstream.addr, "  idle_timeout_secs: 1\n")).await;
     let mut sock = connect(&proxy).await;
-    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-        .to_string();
-    let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let req = chat_request("/v1/chat/completions", "");
     sock.write_all(req.as_bytes()).await.unwrap();
     let (closed, answer) = closed_within(&mut sock, Duration::from_secs(4)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -310,4 +304,168 @@ async fn connections_past_the_cap_get_503_and_room_comes_back() {
         metric(&metrics, "tollgate_connections_refused_total", &[]),
         Some(1.0)
     );
+}
+
+/// The answer's JSON body; panics, naming `what`, when there is none.
+fn json_body(answer: &str, what: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: no JSON body ({e}): {answer}"))
+}
+
+/// Asserts `answer` refuses a request header with `status`, in OpenAI's shape with `code`
+/// (or Anthropic's when `code` is `None`), and asks to close.
+fn assert_refused(what: &str, answer: &str, status: u16, code: Option<&str>) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{what}: {answer}"
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{what}: {answer}"
+    );
+    let body = json_body(answer, what);
+    match code {
+        Some(code) => {
+            assert_eq!(body["error"]["code"], code, "{what}: {body}");
+            assert_eq!(
+                body["error"]["type"], "invalid_request_error",
+                "{what}: {body}"
+            );
+        }
+        None => assert_eq!(body["type"], "error", "{what}: {body}"),
+    }
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.len() > 20, "{what}: {body}");
+}
+
+#[tokio::test]
+async fn an_unreadable_request_header_gets_a_json_error_is_counted_and_the_connection_closes() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
+    let cases = [
+        (
+            "garbage request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+            "request_line",
+            Some("malformed_request_line"),
+        ),
+        (
+            "header line without a colon (Anthropic path)",
+            format!(
+                "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n\
+                 no colon here\r\ncontent-length: 2\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "header",
+            None,
+        ),
+        (
+            "invalid header name",
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+                 bad\x01name: y\r\ncontent-length: 2\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "header",
+            Some("malformed_header"),
+        ),
+        (
+            "header block over the limit",
+            format!(
+                "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "a".repeat(1_100_000)
+            )
+            .into_bytes(),
+            431,
+            "too_large",
+            Some("header_too_large"),
+        ),
+        (
+            "two different content-lengths",
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\
+              content-length: 3\r\n\r\n{}"
+                .to_vec(),
+            400,
+            "ambiguous",
+            Some("ambiguous_framing"),
+        ),
+    ];
+    let mut counts = std::collections::HashMap::new();
+    for (what, wire, status, kind, code) in cases {
+        let (answer, closed) = exchange(&proxy, &wire).await;
+        assert_refused(what, &answer, status, code);
+        assert!(closed, "{what}: the connection stayed open");
+        let count = counts.entry(kind).or_insert(0.0);
+        *count += 1.0;
+        proxy
+            .wait_metric("tollgate_framing_errors_total", &[("kind", kind)], *count)
+            .await;
+        assert!(served(&proxy).await, "{what}: not served afterwards");
+    }
+    assert_eq!(
+        upstream.sim.stats().requests,
+        5,
+        "only the normal requests went up"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_header_on_a_kept_alive_connection_is_answered_and_counted() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
+    let mut sock = connect(&proxy).await;
+    let good = chat_request("/v1/chat/completions", "");
+    sock.write_all(good.as_bytes()).await.unwrap();
+    let mut first = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&first).contains("\"usage\"") {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first answer");
+        first.extend_from_slice(&buf[..n]);
+    }
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n")
+        .await
+        .unwrap();
+    let (closed, answer) = closed_within(&mut sock, Duration::from_secs(5)).await;
+    assert_refused("second request", &answer, 400, Some("malformed_header"));
+    assert!(closed, "the connection stayed open");
+    proxy
+        .wait_metric("tollgate_framing_errors_total", &[("kind", "header")], 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn a_request_line_pingora_escapes_is_still_served() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
+    // A raw space, quote and angle brackets in the query (escaped by pingora), non-ASCII and
+    // `|` (taken as they are).
+    for target in [
+        "/v1/chat/completions?q=a b\"<c>",
+        "/v1/chat/completions?q=\u{e9}|x",
+    ] {
+        let wire = chat_request(target, "connection: close\r\n");
+        let (answer, closed) = exchange(&proxy, wire.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        assert!(closed);
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "tollgate_framing_errors_total", &[]), None);
+}
+
+/// A valid chat request to `target` on the wire, with `extra` header lines.
+fn chat_request(target: &str, extra: &str) -> String {
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    format!(
+        "POST {target} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n{extra}\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }

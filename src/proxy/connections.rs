@@ -5,6 +5,8 @@
 //! - A deadline for each whole request header. Pingora's read timeout applies to each read,
 //!   so a client sending one byte at a time (slowloris) would keep a connection forever.
 //! - An idle timeout between the requests of a keep-alive connection.
+//! - Tollgate's answer to a request header pingora would refuse with an empty 400 (see
+//!   [`framing`]): the header is read here first and handed to pingora once it parses.
 //!
 //! The body has its own deadline, enforced where the body is read (`proxy::body`).
 
@@ -12,7 +14,7 @@ use crate::api::ApiFormat;
 use crate::error::wire_error;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -22,6 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
+
+mod framing;
 
 /// What a connection may take, from `server.*` in the config.
 #[derive(Debug, Clone, Copy)]
@@ -72,14 +76,7 @@ fn too_many_connections() -> Vec<u8> {
         "too_many_connections",
         "too many open connections to this gateway; retry shortly",
     );
-    let mut out = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    out
+    framing::closing_response("503 Service Unavailable", &body)
 }
 
 #[async_trait]
@@ -114,10 +111,27 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     /// The connection's requests, one after the other, each under its header deadline.
-    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut session = ServerSession::new_http1(stream);
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let mut settings: Option<HttpPersistentSettings> = None;
         let mut wait = self.limits.header_timeout;
         loop {
+            // Bytes of a pipelined request pingora kept from the last one: it reads those
+            // itself, and its own refusal of them goes uncounted.
+            let head = if settings.as_ref().is_some_and(holds_pipelined_bytes) {
+                None
+            } else {
+                let Some(head) = self.read_head(&mut stream, wait, shutdown).await else {
+                    return;
+                };
+                Some(head)
+            };
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings.take() {
+                settings.apply_to_session(&mut session);
+            }
+            if let (Some(head), ServerSession::H1(h1)) = (head, &mut session) {
+                h1.set_pipelined_prefix(head);
+            }
             session.set_keepalive(if *shutdown.borrow() {
                 None
             } else {
@@ -129,22 +143,70 @@ where
                 reused = self.app.process_new_http(session, shutdown) => reused,
                 () = header_deadline(&clock, wait) => {
                     // Dropping the session closes the connection.
-                    self.metrics.client_timeouts.with_label_values(&["header"]).inc();
-                    tracing::debug!(?wait, "request header not received in time; connection closed");
+                    self.header_timed_out(wait);
                     return;
                 }
             };
-            let Some((stream, settings)) = reused.map(|r| r.consume()) else {
+            let Some(reused) = reused else {
                 return;
             };
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
+            (stream, settings) = reused.consume();
             // The next request may first sit idle, then has the usual time for its header.
             wait = self.limits.idle_timeout + self.limits.header_timeout;
         }
     }
+
+    /// The next request's header, read within `wait`; `None` when the connection is done
+    /// (closed, timed out, shutting down, or refused and answered here).
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        wait: Duration,
+        shutdown: &ShutdownWatch,
+    ) -> Option<bytes::BytesMut> {
+        let mut stopping = shutdown.clone();
+        let head = tokio::select! {
+            biased;
+            head = framing::read_head(stream, self.limits.idle_timeout) => head,
+            () = tokio::time::sleep(wait) => {
+                self.header_timed_out(wait);
+                return None;
+            }
+            // Like pingora, stop waiting for requests once the server is shutting down.
+            _ = stopping.wait_for(|stop| *stop) => return None,
+        };
+        match head {
+            framing::Head::Read(head) => Some(head),
+            framing::Head::Gone => None,
+            framing::Head::Refused(refusal) => {
+                self.metrics
+                    .framing_errors
+                    .with_label_values(&[refusal.kind.label()])
+                    .inc();
+                tracing::debug!(error = %refusal.message, "request header refused");
+                framing::answer_and_close(stream, &framing::answer(&refusal)).await;
+                None
+            }
+        }
+    }
+
+    fn header_timed_out(&self, wait: Duration) {
+        self.metrics
+            .client_timeouts
+            .with_label_values(&["header"])
+            .inc();
+        tracing::debug!(
+            ?wait,
+            "request header not received in time; connection closed"
+        );
+    }
+}
+
+/// Whether pingora holds bytes of the next request, read with the last one's body. It
+/// keeps them private; its `Debug` is the only view, and anything but a plain `None`
+/// counts as bytes, so a change there only turns reading ahead off.
+fn holds_pipelined_bytes(settings: &HttpPersistentSettings) -> bool {
+    !format!("{settings:?}").contains("pipelined_prefix: None")
 }
 
 /// Resolves when `wait` has passed without the header being read; never once it was.
