@@ -92,7 +92,7 @@ BACKLOG=$(cat "$OUT"/data-off/ledger/*.jsonl | wc -l)
 config backlog "$OUT/data-off" on
 T0=$(date +%s.%N)
 start backlog; ready "$ADMIN"
-while [ "$(metric "$ADMIN" tollgate_sink_shipped_total)" != "$BACKLOG" ]; do sleep 0.05; done
+while [ "$(metric "$ADMIN" 'tollgate_sink_shipped_total{table="requests"}')" != "$BACKLOG" ]; do sleep 0.05; done
 T1=$(date +%s.%N)
 ROWS=$(curl -s "$CH_URL/?query=SELECT+count()+FROM+bench_backlog.requests")
 

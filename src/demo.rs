@@ -139,7 +139,7 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     })?;
     proxy.terminate()?;
 
-    let records = ledger::read_all(&dir.join("data/ledger"))?;
+    let records = ledger::read_all::<crate::record::Record>(&dir.join("data/ledger"))?;
     println!(
         "sent {sent} requests; the ledger holds {} records ({} streamed, {} with estimated usage)\n",
         records.len(),

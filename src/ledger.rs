@@ -1,5 +1,6 @@
 //! The local ledger: records appended as JSON Lines to segment files under
-//! `DATA_DIR/ledger/`.
+//! `DATA_DIR/ledger/`, one stream per record type (see [`Stream`]), each with segments of
+//! its own so the sink can ship each to its table with its own cursor.
 //!
 //! A record is written to its segment (one `write` to the operating system's page cache)
 //! by the request that makes it, before the client sees the end of its response: once a
@@ -12,7 +13,9 @@
 
 use crate::config::LedgerConfig;
 use crate::metrics::Metrics;
-use crate::record::Record;
+use crate::record::{AttemptRecord, Record};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -65,13 +68,145 @@ pub enum AppendError {
     Io(#[from] io::Error),
 }
 
+/// The ledger's record streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// One record per client request, at the ledger's root (where ledgers kept them before
+    /// attempts were recorded, so an older ledger ships on unchanged).
+    Requests,
+    /// One record per upstream call, under `attempts/`.
+    Attempts,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Requests, Stream::Attempts];
+
+    /// The ClickHouse table the stream is shipped to.
+    pub fn table(self) -> &'static str {
+        match self {
+            Stream::Requests => "requests",
+            Stream::Attempts => "attempts",
+        }
+    }
+
+    /// The stream's directory inside the ledger directory.
+    pub fn dir(self, ledger_dir: &Path) -> PathBuf {
+        match self {
+            Stream::Requests => ledger_dir.to_path_buf(),
+            Stream::Attempts => ledger_dir.join("attempts"),
+        }
+    }
+
+    /// Whether `line` is a record of this stream (the sink sets other lines aside).
+    pub fn is_record(self, line: &[u8]) -> bool {
+        match self {
+            Stream::Requests => serde_json::from_slice::<Record>(line).is_ok(),
+            Stream::Attempts => serde_json::from_slice::<AttemptRecord>(line).is_ok(),
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Handle used by the proxy to append records.
 pub struct Ledger {
+    requests: Journal,
+    attempts: Journal,
+    dir: PathBuf,
+    id: String,
+}
+
+impl Ledger {
+    /// Creates `DATA_DIR/ledger/` and its streams, each with its syncer thread.
+    pub fn open(data_dir: &Path, cfg: &LedgerConfig, metrics: Metrics) -> io::Result<Ledger> {
+        let dir = data_dir.join("ledger");
+        std::fs::create_dir_all(&dir)?;
+        let id = ledger_id(&dir)?;
+        let disk = Arc::new(DiskUse::default());
+        let journal =
+            |stream: Stream| Journal::open(stream, &dir, cfg, metrics.clone(), disk.clone());
+        Ok(Ledger {
+            requests: journal(Stream::Requests)?,
+            attempts: journal(Stream::Attempts)?,
+            dir,
+            id,
+        })
+    }
+
+    /// The ledger directory (the requests stream's).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn journal(&self, stream: Stream) -> &Journal {
+        match stream {
+            Stream::Requests => &self.requests,
+            Stream::Attempts => &self.attempts,
+        }
+    }
+
+    /// Counter of records this process has written to `stream`.
+    pub fn written(&self, stream: Stream) -> Arc<AtomicU64> {
+        self.journal(stream).written.clone()
+    }
+
+    /// Writes a request's record and its attempts' records. The attempts go first: a
+    /// request record in the ledger means its attempts are there too. When this returns
+    /// `Ok` the records are in the operating system's hands (they survive the process);
+    /// they reach the disk at the next fsync, within one flush interval. Records that
+    /// cannot be written are counted as dropped, and the first reason returned.
+    pub fn append(&self, request: &Record, attempts: &[AttemptRecord]) -> Result<(), AppendError> {
+        let attempts = if attempts.is_empty() {
+            Ok(())
+        } else {
+            self.attempts.append(attempts)
+        };
+        let request = self.requests.append(std::slice::from_ref(request));
+        attempts.and(request)
+    }
+
+    /// Waits until every record appended so far is fsynced.
+    pub fn flush(&self) {
+        self.attempts.flush();
+        self.requests.flush();
+    }
+
+    /// Fsyncs everything and stops the syncers. Later appends are dropped and counted.
+    pub fn close(&self) {
+        self.attempts.close();
+        self.requests.close();
+    }
+
+    /// Whether records can be appended.
+    pub fn is_alive(&self) -> bool {
+        self.requests.is_alive() && self.attempts.is_alive()
+    }
+}
+
+/// Bytes each stream holds on disk; the disk limit is on their sum.
+#[derive(Default)]
+struct DiskUse {
+    bytes: [AtomicU64; 2],
+}
+
+impl DiskUse {
+    fn total(&self) -> u64 {
+        self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// One stream's segments and the thread that fsyncs them.
+struct Journal {
     state: Arc<Shared>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
     dir: PathBuf,
-    id: String,
     /// Records written by this process.
     written: Arc<AtomicU64>,
 }
@@ -86,6 +221,7 @@ struct Shared {
 /// The segment being appended to, and what the syncer still owes the disk.
 struct Active {
     dir: PathBuf,
+    stream: Stream,
     next_seq: u64,
     max_bytes: u64,
     max_age: Duration,
@@ -95,7 +231,7 @@ struct Active {
     retired: Vec<File>,
     /// Bytes written since the last fsync began.
     dirty: bool,
-    disk_bytes: u64,
+    disk: Arc<DiskUse>,
     disk_checked: Instant,
     closed: bool,
     /// Flushes asked for and not yet done; the syncer answers them by bumping `synced`.
@@ -109,16 +245,23 @@ struct Segment {
     opened: Instant,
 }
 
-impl Ledger {
-    /// Creates the directory and starts the syncer thread.
-    pub fn open(data_dir: &Path, cfg: &LedgerConfig, metrics: Metrics) -> io::Result<Ledger> {
-        let dir = data_dir.join("ledger");
+impl Journal {
+    fn open(
+        stream: Stream,
+        ledger_dir: &Path,
+        cfg: &LedgerConfig,
+        metrics: Metrics,
+        disk: Arc<DiskUse>,
+    ) -> io::Result<Journal> {
+        let dir = stream.dir(ledger_dir);
         std::fs::create_dir_all(&dir)?;
-        let id = ledger_id(&dir)?;
         let next_seq = list_segments(&dir)?.last().map_or(1, |(seq, _)| seq + 1);
+        let own_bytes = segments_bytes(&dir);
+        disk.bytes[stream.index()].store(own_bytes, Ordering::Relaxed);
         let state = Arc::new(Shared {
             active: Mutex::new(Active {
                 dir: dir.clone(),
+                stream,
                 next_seq,
                 max_bytes: cfg.segment_max_bytes,
                 max_age: Duration::from_secs(cfg.segment_max_age_secs),
@@ -126,7 +269,7 @@ impl Ledger {
                 current: None,
                 retired: Vec::new(),
                 dirty: false,
-                disk_bytes: dir_bytes(&dir),
+                disk,
                 disk_checked: Instant::now(),
                 closed: false,
                 flush_requests: 0,
@@ -139,44 +282,27 @@ impl Ledger {
             let state = state.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
-                .name("tollgate-ledger".into())
+                .name(format!("tollgate-ledger-{}", stream.table()))
                 .spawn(move || run_syncer(&state, interval, &metrics))?
         };
-        Ok(Ledger {
+        Ok(Journal {
             state,
             syncer: Mutex::new(Some(syncer)),
             metrics,
             dir,
-            id,
             written: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Counter of records this process has written.
-    pub fn written(&self) -> Arc<AtomicU64> {
-        self.written.clone()
-    }
-
-    /// Writes a record to the current segment. When this returns `Ok` the record is in the
-    /// operating system's hands (it survives the process); it reaches the disk at the next
-    /// fsync, within one flush interval. A record that cannot be written is counted as
-    /// dropped, and the reason returned.
-    pub fn append(&self, record: &Record) -> Result<(), AppendError> {
-        let res = self.try_append(record);
+    fn append<T: Serialize>(&self, records: &[T]) -> Result<(), AppendError> {
+        let res = self.try_append(records);
+        let n = records.len() as u64;
         match &res {
             Ok(()) => {
-                self.written.fetch_add(1, Ordering::Relaxed);
+                self.written.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => {
-                self.metrics.records_dropped.inc();
+                self.metrics.records_dropped.inc_by(n);
                 // One line per second at most: a full disk must not also flood the log.
                 if should_log_drop() {
                     tracing::error!(error = %e, dir = %self.dir.display(), "ledger record dropped");
@@ -186,16 +312,19 @@ impl Ledger {
         res
     }
 
-    fn try_append(&self, record: &Record) -> Result<(), AppendError> {
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
+    fn try_append<T: Serialize>(&self, records: &[T]) -> Result<(), AppendError> {
+        let mut line = Vec::with_capacity(512 * records.len());
+        for record in records {
+            serde_json::to_writer(&mut line, record)?;
+            line.push(b'\n');
+        }
         let mut active = self.lock();
         if active.closed {
             return Err(AppendError::Closed);
         }
         active.refresh_disk_bytes(&self.metrics);
         let n = line.len() as u64;
-        if active.disk_bytes + n > active.max_disk_bytes {
+        if active.disk.total() + n > active.max_disk_bytes {
             return Err(AppendError::DiskFull {
                 limit: active.max_disk_bytes,
             });
@@ -206,16 +335,15 @@ impl Ledger {
             active.retire_current();
         }
         let seg = active.segment()?;
-        // One write of a whole line: on O_APPEND a line is never interleaved with another.
+        // One write of whole lines: on O_APPEND a line is never interleaved with another.
         seg.file.write_all(&line)?;
         seg.bytes += n;
-        active.disk_bytes += n;
+        active.disk.bytes[active.stream.index()].fetch_add(n, Ordering::Relaxed);
         active.dirty = true;
         Ok(())
     }
 
-    /// Waits until every record appended so far is fsynced.
-    pub fn flush(&self) {
+    fn flush(&self) {
         let mut active = self.lock();
         if active.closed {
             return;
@@ -232,8 +360,7 @@ impl Ledger {
         }
     }
 
-    /// Fsyncs everything and stops the syncer. Later appends are dropped and counted.
-    pub fn close(&self) {
+    fn close(&self) {
         {
             let mut active = self.lock();
             active.closed = true;
@@ -244,8 +371,7 @@ impl Ledger {
         }
     }
 
-    /// Whether records can be appended.
-    pub fn is_alive(&self) -> bool {
+    fn is_alive(&self) -> bool {
         !self.lock().closed
             && self
                 .syncer
@@ -261,7 +387,7 @@ impl Ledger {
     }
 }
 
-impl Drop for Ledger {
+impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
     }
@@ -303,9 +429,10 @@ impl Active {
 
     fn refresh_disk_bytes(&mut self, metrics: &Metrics) {
         if self.disk_checked.elapsed() >= DISK_CHECK_EVERY {
-            self.disk_bytes = dir_bytes(&self.dir);
+            let own = segments_bytes(&self.dir);
+            self.disk.bytes[self.stream.index()].store(own, Ordering::Relaxed);
             self.disk_checked = Instant::now();
-            metrics.ledger_disk_bytes.set(self.disk_bytes as i64);
+            metrics.ledger_disk_bytes.set(self.disk.total() as i64);
         }
     }
 
@@ -378,12 +505,12 @@ fn run_syncer(state: &Shared, interval: Duration, metrics: &Metrics) {
     }
 }
 
-/// Bytes used by the files in `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
+/// Bytes used by the segment files in `dir`.
+fn segments_bytes(dir: &Path) -> u64 {
+    list_segments(dir)
+        .map(|segs| {
+            segs.iter()
+                .filter_map(|(_, path)| std::fs::metadata(path).ok())
                 .map(|m| m.len())
                 .sum()
         })
@@ -408,8 +535,9 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Reads every complete record of every segment in `dir`, skipping a torn last line.
-pub fn read_all(dir: &Path) -> io::Result<Vec<Record>> {
+/// Reads every complete record of every segment in `dir` (a stream's directory), skipping
+/// a torn last line.
+pub fn read_all<T: DeserializeOwned>(dir: &Path) -> io::Result<Vec<T>> {
     let mut out = Vec::new();
     for (_, path) in list_segments(dir)? {
         let text = std::fs::read(&path)?;
@@ -417,7 +545,7 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<Record>> {
             if line.last() != Some(&b'\n') {
                 break;
             }
-            match serde_json::from_slice::<Record>(line) {
+            match serde_json::from_slice::<T>(line) {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     tracing::warn!(segment = %path.display(), error = %e, "skipping unreadable ledger line")
@@ -462,7 +590,72 @@ mod tests {
             latency_ms: 1,
             ttfb_ms: Some(1),
             error: None,
+            policy: String::new(),
+            attempts: 1,
+            escalations: 0,
+            counterfactual_cost_usd: None,
         }
+    }
+
+    fn attempt(request: &Record, n: u16) -> AttemptRecord {
+        AttemptRecord {
+            ts: request.ts,
+            request_id: request.request_id.clone(),
+            attempt: n,
+            role: crate::record::Role::Primary,
+            policy: String::new(),
+            team: request.team.clone(),
+            project: String::new(),
+            env: String::new(),
+            user: String::new(),
+            feature: String::new(),
+            key_name: String::new(),
+            endpoint: request.endpoint.clone(),
+            provider: request.provider.clone(),
+            model: request.model.clone(),
+            stream: false,
+            status: 200,
+            input_tokens: request.input_tokens,
+            output_tokens: 1,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            usage_source: UsageSource::Reported,
+            cost_usd: request.cost_usd,
+            latency_ms: 1,
+            ttfb_ms: Some(1),
+            error: None,
+            verdict: crate::record::Verdict::Served,
+            judge: String::new(),
+        }
+    }
+
+    #[test]
+    fn attempts_go_to_their_own_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let ledger = Ledger::open(tmp.path(), &LedgerConfig::default(), metrics.clone()).unwrap();
+        for i in 0..5 {
+            let r = record(i);
+            let attempts: Vec<_> = (1..=(i as u16 % 3)).map(|n| attempt(&r, n)).collect();
+            ledger.append(&r, &attempts).unwrap();
+        }
+        ledger.close();
+        let requests = read_all::<Record>(&Stream::Requests.dir(ledger.dir())).unwrap();
+        let attempts = read_all::<AttemptRecord>(&Stream::Attempts.dir(ledger.dir())).unwrap();
+        assert_eq!(requests.len(), 5);
+        // 0 + 1 + 2 + 0 + 1 attempts.
+        assert_eq!(attempts.len(), 4);
+        assert_eq!(
+            attempts
+                .iter()
+                .map(|a| (a.request_id.as_str(), a.attempt))
+                .collect::<Vec<_>>(),
+            [("r1", 1), ("r2", 1), ("r2", 2), ("r4", 1)]
+        );
+        assert_eq!(ledger.written(Stream::Attempts).load(Ordering::Relaxed), 4);
+        assert_eq!(ledger.written(Stream::Requests).load(Ordering::Relaxed), 5);
+        assert_eq!(metrics.records_dropped.get(), 0);
     }
 
     #[test]
@@ -474,10 +667,10 @@ mod tests {
         };
         let ledger = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
         for i in 0..50 {
-            ledger.append(&record(i)).ok();
+            ledger.append(&record(i), &[]).ok();
         }
         ledger.flush();
-        let got = read_all(ledger.dir()).unwrap();
+        let got = read_all::<Record>(ledger.dir()).unwrap();
         assert_eq!(got.len(), 50);
         assert!(
             got.iter()
@@ -489,13 +682,18 @@ mod tests {
         // A reopened ledger starts a new segment after the last one.
         let before = list_segments(&tmp.path().join("ledger")).unwrap().len();
         let again = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
-        again.append(&record(99)).unwrap();
+        again.append(&record(99), &[]).unwrap();
         again.close();
         assert_eq!(
             list_segments(&tmp.path().join("ledger")).unwrap().len(),
             before + 1
         );
-        assert_eq!(read_all(&tmp.path().join("ledger")).unwrap().len(), 51);
+        assert_eq!(
+            read_all::<Record>(&tmp.path().join("ledger"))
+                .unwrap()
+                .len(),
+            51
+        );
     }
 
     #[test]
@@ -505,7 +703,7 @@ mod tests {
         let ledger = Ledger::open(tmp.path(), &LedgerConfig::default(), metrics.clone()).unwrap();
         ledger.close();
         assert!(matches!(
-            ledger.append(&record(1)),
+            ledger.append(&record(1), &[]),
             Err(AppendError::Closed)
         ));
         assert_eq!(metrics.records_dropped.get(), 1);
@@ -522,10 +720,15 @@ mod tests {
         };
         let ledger = Ledger::open(tmp.path(), &cfg, metrics.clone()).unwrap();
         for i in 0..10 {
-            ledger.append(&record(i)).ok();
+            ledger.append(&record(i), &[]).ok();
         }
         ledger.close();
-        assert_eq!(read_all(&tmp.path().join("ledger")).unwrap().len(), 3);
+        assert_eq!(
+            read_all::<Record>(&tmp.path().join("ledger"))
+                .unwrap()
+                .len(),
+            3
+        );
         assert_eq!(metrics.records_dropped.get(), 7);
     }
 
@@ -537,9 +740,9 @@ mod tests {
             ..LedgerConfig::default()
         };
         let ledger = Ledger::open(tmp.path(), &cfg, Metrics::new()).unwrap();
-        ledger.append(&record(7)).unwrap();
+        ledger.append(&record(7), &[]).unwrap();
         // No flush, no syncer pass: the line is already in the file.
-        let got = read_all(ledger.dir()).unwrap();
+        let got = read_all::<Record>(ledger.dir()).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].request_id, "r7");
     }
@@ -557,7 +760,7 @@ mod tests {
                 let ledger = ledger.clone();
                 std::thread::spawn(move || {
                     for i in 0..250 {
-                        ledger.append(&record(t * 1000 + i)).unwrap();
+                        ledger.append(&record(t * 1000 + i), &[]).unwrap();
                     }
                 })
             })
@@ -566,7 +769,7 @@ mod tests {
             t.join().unwrap();
         }
         ledger.flush();
-        let mut ids: Vec<u64> = read_all(ledger.dir())
+        let mut ids: Vec<u64> = read_all::<Record>(ledger.dir())
             .unwrap()
             .iter()
             .map(|r| r.input_tokens)
@@ -588,6 +791,6 @@ mod tests {
             format!("{line}\n{}", &line[..20]),
         )
         .unwrap();
-        assert_eq!(read_all(tmp.path()).unwrap().len(), 1);
+        assert_eq!(read_all::<Record>(tmp.path()).unwrap().len(), 1);
     }
 }

@@ -204,10 +204,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let from = chrono::Utc::now() - since;
-                    let records = tollgate::ledger::read_all(&cfg.data_dir.join("ledger"))
-                        .with_context(|| {
-                            format!("reading the ledger under {}", cfg.data_dir.display())
-                        })?;
+                    let records = tollgate::ledger::read_all::<tollgate::record::Record>(
+                        &cfg.data_dir.join("ledger"),
+                    )
+                    .with_context(|| {
+                        format!("reading the ledger under {}", cfg.data_dir.display())
+                    })?;
                     tollgate::report::aggregate(records.iter().filter(|r| r.ts >= from), &by)
                 }
             };

@@ -9,8 +9,8 @@ use crate::record::Record;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -93,14 +93,36 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
 }
 
-/// Delivery of ledger records to ClickHouse.
+/// Delivery of ledger records to ClickHouse, by table.
 #[derive(Clone)]
 pub struct SinkMetrics {
+    pub shipped: IntCounterVec,
+    pub lag: IntGaugeVec,
+    pub errors: IntCounterVec,
+    pub dead_letter: IntCounterVec,
+    pub batch_seconds: HistogramVec,
+}
+
+/// The sink metrics of one table.
+#[derive(Clone)]
+pub struct TableSinkMetrics {
     pub shipped: IntCounter,
     pub lag: IntGauge,
     pub errors: IntCounter,
     pub dead_letter: IntCounter,
     pub batch_seconds: Histogram,
+}
+
+impl SinkMetrics {
+    pub fn table(&self, table: &str) -> TableSinkMetrics {
+        TableSinkMetrics {
+            shipped: self.shipped.with_label_values(&[table]),
+            lag: self.lag.with_label_values(&[table]),
+            errors: self.errors.with_label_values(&[table]),
+            dead_letter: self.dead_letter.with_label_values(&[table]),
+            batch_seconds: self.batch_seconds.with_label_values(&[table]),
+        }
+    }
 }
 
 impl Metrics {
@@ -214,29 +236,42 @@ impl Metrics {
         )
         .expect("valid metric");
         let sink = SinkMetrics {
-            shipped: IntCounter::new(
-                "tollgate_sink_shipped_total",
-                "Records acknowledged by ClickHouse",
+            shipped: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_sink_shipped_total",
+                    "Records acknowledged by ClickHouse, by table",
+                ),
+                &["table"],
             )
             .expect("valid metric"),
-            lag: IntGauge::new(
-                "tollgate_sink_lag_records",
-                "Records in the ledger not yet shipped",
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_sink_lag_records",
+                    "Records in the ledger not yet shipped, by table",
+                ),
+                &["table"],
             )
             .expect("valid metric"),
-            errors: IntCounter::new(
-                "tollgate_sink_errors_total",
-                "Failed ClickHouse inserts and migrations (retried)",
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_sink_errors_total",
+                    "Failed ClickHouse inserts and migrations (retried), by table",
+                ),
+                &["table"],
             )
             .expect("valid metric"),
-            dead_letter: IntCounter::new(
-                "tollgate_sink_dead_letter_total",
-                "Records ClickHouse rejected as bad data, set aside under DATA_DIR/dead-letter",
+            dead_letter: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_sink_dead_letter_total",
+                    "Records ClickHouse rejected as bad data, set aside under DATA_DIR/sink/dead-letter",
+                ),
+                &["table"],
             )
             .expect("valid metric"),
-            batch_seconds: Histogram::with_opts(
+            batch_seconds: HistogramVec::new(
                 HistogramOpts::new("tollgate_sink_batch_seconds", "Time to insert one batch")
                     .buckets(DURATION_BUCKETS.to_vec()),
+                &["table"],
             )
             .expect("valid metric"),
         };

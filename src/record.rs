@@ -1,5 +1,6 @@
-//! The one record type: built per client request, appended to the ledger, shipped to
-//! ClickHouse and read by the dashboards. Field names are the same everywhere.
+//! The record types: one [`Record`] per client request and one [`AttemptRecord`] per
+//! upstream call it made, appended to the ledger, shipped to ClickHouse (`requests`,
+//! `attempts`) and read by the dashboards. Field names are the same everywhere.
 
 use crate::money::NanoUsd;
 use crate::usage::UsageSource;
@@ -45,6 +46,92 @@ pub struct Record {
     pub ttfb_ms: Option<u64>,
     /// Why the call failed or ended early; `None` on success.
     pub error: Option<String>,
+    /// The routing rule that planned the request; empty when none matched.
+    #[serde(default)]
+    pub policy: String,
+    /// Upstream calls made: retries, fallbacks, cascade steps and judges included. The
+    /// token and cost fields above are summed over them.
+    #[serde(default)]
+    pub attempts: u16,
+    /// Cascade steps whose answer was rejected.
+    #[serde(default)]
+    pub escalations: u16,
+    /// What the answer would have cost on the model the client asked for: the answering
+    /// attempt's tokens at that model's prices. `None` when that model has no price.
+    #[serde(default)]
+    pub counterfactual_cost_usd: Option<NanoUsd>,
+}
+
+/// One upstream call made for a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the call started.
+    #[serde(with = "ts_millis")]
+    pub ts: DateTime<Utc>,
+    pub request_id: String,
+    /// 1-based, in the order the calls were made.
+    pub attempt: u16,
+    pub role: Role,
+    pub policy: String,
+    pub team: String,
+    pub project: String,
+    pub env: String,
+    pub user: String,
+    pub feature: String,
+    pub key_name: String,
+    pub endpoint: String,
+    pub provider: String,
+    pub model: String,
+    pub stream: bool,
+    /// The upstream's status; 0 when it never answered.
+    pub status: u16,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub usage_source: UsageSource,
+    pub cost_usd: Option<NanoUsd>,
+    pub latency_ms: u64,
+    pub ttfb_ms: Option<u64>,
+    pub error: Option<String>,
+    pub verdict: Verdict,
+    /// The judge that rejected the answer; empty otherwise.
+    pub judge: String,
+}
+
+/// Why a call was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The first call of a plan.
+    Primary,
+    /// The same target again, after a retryable failure.
+    Retry,
+    /// The next target of a route, after the previous one failed.
+    Fallback,
+    /// A later step of a cascade, after the previous answer was rejected or failed.
+    Escalation,
+    /// A grading call made by an LLM judge.
+    Judge,
+}
+
+/// What became of a call's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Its answer went to the client.
+    Served,
+    /// A held answer the judges accepted (and the client received).
+    Accepted,
+    /// A held answer a judge rejected; the request escalated.
+    Rejected,
+    /// The call failed (connection, timeout, error status); the plan moved on.
+    Failed,
+    /// The client left or the plan's deadline passed while the call ran.
+    Aborted,
+    /// A judge's own call: its answer graded another attempt.
+    Graded,
 }
 
 /// RFC 3339 with milliseconds and a `Z` suffix: `2026-11-27T10:00:00.123Z`.

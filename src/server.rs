@@ -46,13 +46,11 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
             Sink::start(
                 SinkConfig {
                     settings: settings.clone(),
-                    ledger_dir: ledger.dir().to_path_buf(),
-                    ledger_id: ledger.id().to_string(),
                     state_dir: cfg.data_dir.join("sink"),
                     shipped_retention: Duration::from_secs(cfg.ledger.shipped_retention_secs),
                 },
                 metrics.sink.clone(),
-                ledger.written(),
+                &ledger,
             )
             .context("starting the ClickHouse sink")?,
         ),

@@ -97,12 +97,58 @@ async fn settled_ledger_ids(proxy: &Proxy) -> Vec<String> {
     }
 }
 
-fn ids_in_ledger(proxy: &Proxy) -> Vec<String> {
-    let mut ids: Vec<String> = tollgate::ledger::read_all(&proxy.ledger_dir())
+/// (request id, attempt, verdict) of every attempt in the ledger, sorted.
+fn attempts_in_ledger(proxy: &Proxy) -> Vec<(String, u16, String)> {
+    let dir = tollgate::ledger::Stream::Attempts.dir(&proxy.ledger_dir());
+    let mut keys: Vec<_> = tollgate::ledger::read_all::<tollgate::record::AttemptRecord>(&dir)
         .unwrap()
         .into_iter()
-        .map(|r| r.request_id)
+        .map(|a| {
+            (
+                a.request_id,
+                a.attempt,
+                json!(a.verdict).as_str().unwrap().to_string(),
+            )
+        })
         .collect();
+    keys.sort();
+    keys
+}
+
+/// Waits until `db.attempts` holds `n` rows; returns their (request id, attempt, verdict),
+/// sorted.
+async fn wait_attempts(ch: &ClickHouse, db: &str, n: usize) -> Vec<(String, u16, String)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut keys: Vec<_> = ch
+            .rows(&format!(
+                "SELECT request_id, attempt, verdict FROM {db}.attempts"
+            ))
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r["request_id"].as_str().unwrap().to_string(),
+                    r["attempt"].as_u64().unwrap() as u16,
+                    r["verdict"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if keys.len() >= n || Instant::now() > deadline {
+            keys.sort();
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ids_in_ledger(proxy: &Proxy) -> Vec<String> {
+    let mut ids: Vec<String> =
+        tollgate::ledger::read_all::<tollgate::record::Record>(&proxy.ledger_dir())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
     ids.sort();
     ids
 }
@@ -199,7 +245,7 @@ async fn schema_is_created_from_nothing_and_migrated_from_the_previous_version()
             .iter()
             .map(|v| v["version"].as_u64().unwrap())
             .collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     let old = ch
         .rows(&format!(
@@ -222,6 +268,16 @@ async fn records_arrive_exactly_once_and_rollups_and_reports_agree() {
     let (rows, distinct) = wait_rows(&ch, &db, 200).await;
     assert_eq!((rows, distinct), (200, 200));
     assert_eq!(ids_in_clickhouse(&ch, &db).await, ids_in_ledger(&proxy));
+    // Each request made one upstream call; its attempt row arrives once, beside it.
+    let attempts = wait_attempts(&ch, &db, 200).await;
+    assert_eq!(attempts, attempts_in_ledger(&proxy));
+    let totals = ch
+        .rows(&format!(
+            "SELECT toString(sum(cost_usd)) AS c, sum(output_tokens) AS o FROM {db}.requests \
+         UNION ALL SELECT toString(sum(cost_usd)), sum(output_tokens) FROM {db}.attempts"
+        ))
+        .await;
+    assert_eq!(totals[0], totals[1], "requests total their attempts");
 
     // Rollup sums equal raw sums, to the nano-dollar.
     let raw = ch.rows(&format!(
@@ -256,8 +312,14 @@ async fn records_arrive_exactly_once_and_rollups_and_reports_agree() {
     );
 
     let m = proxy.metrics().await;
-    assert_eq!(metric(&m, "tollgate_sink_shipped_total", &[]), Some(200.0));
-    assert_eq!(metric(&m, "tollgate_sink_lag_records", &[]), Some(0.0));
+    assert_eq!(
+        metric(&m, "tollgate_sink_shipped_total", &[("table", "requests")]),
+        Some(200.0)
+    );
+    assert_eq!(
+        metric(&m, "tollgate_sink_lag_records", &[("table", "requests")]),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
@@ -286,7 +348,12 @@ async fn clickhouse_killed_mid_load_and_restarted_loses_and_duplicates_nothing()
     let (rows, distinct) = wait_rows(&ch, &db, 300).await;
     assert_eq!((rows, distinct), (300, 300), "{}", proxy.log());
     assert_eq!(ids_in_clickhouse(&ch, &db).await, ids_in_ledger(&proxy));
-    let errors = metric(&proxy.metrics().await, "tollgate_sink_errors_total", &[]).unwrap();
+    let errors = metric(
+        &proxy.metrics().await,
+        "tollgate_sink_errors_total",
+        &[("table", "requests")],
+    )
+    .unwrap();
     assert!(errors > 0.0, "the outage was seen and retried");
 }
 
@@ -319,6 +386,9 @@ async fn proxy_killed_mid_load_and_restarted_ships_the_ledger_exactly_once() {
         ledger,
         "exactly the ledger's records"
     );
+    // The attempts stream, shipped by its own cursor, arrives exactly once too.
+    let want = attempts_in_ledger(&proxy);
+    assert_eq!(wait_attempts(&ch, &db, want.len()).await, want);
 }
 
 #[tokio::test]
@@ -343,7 +413,11 @@ async fn lines_that_are_not_records_are_set_aside_and_the_rest_ships() {
     let (rows, _) = wait_rows(&ch, &db, 10).await;
     assert_eq!(rows, 10);
     proxy
-        .wait_metric("tollgate_sink_dead_letter_total", &[], 1.0)
+        .wait_metric(
+            "tollgate_sink_dead_letter_total",
+            &[("table", "requests")],
+            1.0,
+        )
         .await;
     let dl: Vec<_> = std::fs::read_dir(proxy.dir.path().join("data/sink/dead-letter"))
         .unwrap()
@@ -389,15 +463,19 @@ async fn rows_clickhouse_rejects_are_set_aside_once_and_never_retried() {
     .await;
     calls_with_feature(&proxy, "chat", 3).await;
     proxy
-        .wait_metric("tollgate_sink_dead_letter_total", &[], 3.0)
+        .wait_metric(
+            "tollgate_sink_dead_letter_total",
+            &[("table", "requests")],
+            3.0,
+        )
         .await;
     calls_with_feature(&proxy, "search", 2).await;
     let m = proxy
-        .wait_metric("tollgate_sink_shipped_total", &[], 4.0)
+        .wait_metric("tollgate_sink_shipped_total", &[("table", "requests")], 4.0)
         .await;
 
     assert_eq!(
-        metric(&m, "tollgate_sink_errors_total", &[]),
+        metric(&m, "tollgate_sink_errors_total", &[("table", "requests")]),
         Some(0.0),
         "bad data is not retried"
     );

@@ -30,7 +30,9 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
     let cost: f64 = total.split_whitespace().last().unwrap().parse().unwrap();
     assert!(cost > 0.0, "{total}");
     // The ledger it reports from is kept and holds every request.
-    let records = tollgate::ledger::read_all(&dir.path().join("data/ledger")).unwrap();
+    let records =
+        tollgate::ledger::read_all::<tollgate::record::Record>(&dir.path().join("data/ledger"))
+            .unwrap();
     assert_eq!(records.len(), 60);
     assert!(records.iter().any(|r| r.stream) && records.iter().any(|r| !r.stream));
 }

@@ -160,7 +160,7 @@ async fn sigkill_at_random_moments_loses_no_served_call_and_duplicates_none() {
     );
 
     let mut per_id: HashMap<String, usize> = HashMap::new();
-    for r in tollgate::ledger::read_all(&proxy.ledger_dir()).unwrap() {
+    for r in tollgate::ledger::read_all::<tollgate::record::Record>(&proxy.ledger_dir()).unwrap() {
         *per_id.entry(r.request_id).or_default() += 1;
     }
     let missing: Vec<_> = completed

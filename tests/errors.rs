@@ -248,6 +248,7 @@ async fn sigterm_flushes_the_ledger_and_exits_cleanly() {
     }
     let status = proxy.stop();
     assert!(status.success(), "{status:?}\n{}", proxy.log());
-    let records = tollgate::ledger::read_all(&proxy.ledger_dir()).unwrap();
+    let records =
+        tollgate::ledger::read_all::<tollgate::record::Record>(&proxy.ledger_dir()).unwrap();
     assert_eq!(records.len(), 5);
 }

@@ -70,7 +70,8 @@ async fn after_a_framing_error_the_connection_closes_and_nothing_after_it_runs()
         assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{name}: {answer}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let records = tollgate::ledger::read_all(&proxy.ledger_dir()).unwrap();
+    let records =
+        tollgate::ledger::read_all::<tollgate::record::Record>(&proxy.ledger_dir()).unwrap();
     assert!(
         records.iter().all(|r| r.request_id != "smuggled"),
         "a request hidden in a body ran: {records:?}"

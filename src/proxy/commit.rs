@@ -5,7 +5,7 @@ use super::{RequestCtx, Tollgate};
 use crate::api::MAX_NAME_LEN;
 use crate::attribution::bounded;
 use crate::money::NanoUsd;
-use crate::record::Record;
+use crate::record::{AttemptRecord, Record, Role, Verdict};
 use crate::usage::UsageSource;
 
 /// Appends the request's record once; later calls do nothing.
@@ -23,6 +23,42 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         .map(|m| bounded(m, MAX_NAME_LEN))
         .unwrap_or_else(|| ctx.upstream_model.clone());
     let cost = price(ctx, &model);
+    let attempt = ctx.upstream_call.map(|(ts, started)| AttemptRecord {
+        ts,
+        request_id: ctx.request_id.clone(),
+        attempt: 1,
+        role: Role::Primary,
+        policy: String::new(),
+        team: ctx.attribution.team.clone(),
+        project: ctx.attribution.project.clone(),
+        env: ctx.attribution.env.clone(),
+        user: ctx.attribution.user.clone(),
+        feature: ctx.attribution.feature.clone(),
+        key_name: ctx.attribution.key_name.clone(),
+        endpoint: ctx.endpoint.clone(),
+        provider: ctx.provider.clone(),
+        model: model.clone(),
+        stream: ctx.stream,
+        status: ctx.upstream_status,
+        input_tokens: ctx.usage.input_tokens,
+        output_tokens: ctx.usage.output_tokens,
+        cached_input_tokens: ctx.usage.cached_input_tokens,
+        cache_write_tokens: ctx.usage.cache_write_tokens,
+        reasoning_tokens: ctx.usage.reasoning_tokens,
+        usage_source: ctx.usage_source,
+        cost_usd: cost,
+        latency_ms: started.elapsed().as_millis() as u64,
+        ttfb_ms: ctx.ttfb_ms,
+        error: ctx.error.clone(),
+        verdict: if ctx.error.as_deref() == Some("client_disconnected") {
+            Verdict::Aborted
+        } else if ctx.upstream_status == 0 {
+            Verdict::Failed
+        } else {
+            Verdict::Served
+        },
+        judge: String::new(),
+    });
     let record = Record {
         ts: ctx.ts,
         request_id: ctx.request_id.clone(),
@@ -50,10 +86,14 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         latency_ms: ctx.latency_ms.unwrap_or_default(),
         ttfb_ms: ctx.ttfb_ms,
         error: ctx.error.clone(),
+        policy: String::new(),
+        attempts: u16::from(attempt.is_some()),
+        escalations: 0,
+        counterfactual_cost_usd: cost,
     };
     tg.metrics.observe(&record);
     // A failed append is counted and logged by the ledger; the client is still answered.
-    let _ = tg.ledger.append(&record);
+    let _ = tg.ledger.append(&record, attempt.as_slice());
 }
 
 /// A call with no tokens costs nothing; one with tokens but no price has unknown cost.

@@ -24,6 +24,10 @@ pub struct RequestCtx {
     pub stream: bool,
     /// Status the client received (0 until a response was written).
     pub status: u16,
+    /// The upstream call, once one was made: when it started, and the status it answered
+    /// with (0 until it answered).
+    pub upstream_call: Option<(DateTime<Utc>, Instant)>,
+    pub upstream_status: u16,
     /// The response header has gone out; errors can no longer be answered.
     pub response_started: bool,
     pub ttfb_ms: Option<u64>,
@@ -56,6 +60,8 @@ impl RequestCtx {
             upstream_model: String::new(),
             stream: false,
             status: 0,
+            upstream_call: None,
+            upstream_status: 0,
             response_started: false,
             ttfb_ms: None,
             latency_ms: None,

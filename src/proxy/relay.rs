@@ -54,6 +54,7 @@ pub async fn run(
         ex.body.len(),
     )?;
 
+    ctx.upstream_call = Some((chrono::Utc::now(), std::time::Instant::now()));
     // Watch the client while the provider works on the answer: a client that leaves before
     // the response header cancels the upstream call (dropping it closes the connection).
     let mut up = tokio::select! {
@@ -70,6 +71,7 @@ pub async fn run(
     };
     let status = up_resp.status.as_u16();
     ctx.status = status;
+    ctx.upstream_status = status;
     let is_sse = up_resp
         .headers
         .get(http::header::CONTENT_TYPE)

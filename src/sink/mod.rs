@@ -1,6 +1,7 @@
 //! Delivery of ledger records to ClickHouse, exactly once.
 //!
-//! The sink follows the ledger on disk, not an in-memory queue: a record counts as accepted
+//! Each ledger stream (requests, attempts) is shipped to its table by a shipper of its own,
+//! with its own cursor and deduplication tokens. The sink follows the ledger on disk, not an in-memory queue: a record counts as accepted
 //! once it is in the ledger, and the sink only moves its durable cursor past records that
 //! ClickHouse acknowledged. Each batch is one byte range of one segment; its range is saved
 //! before it is sent and its deduplication token is derived from it, so a batch replayed
@@ -14,8 +15,8 @@ mod cursor;
 mod segments;
 
 use crate::config::ClickHouseSettings;
-use crate::ledger;
-use crate::metrics::SinkMetrics;
+use crate::ledger::{self, Ledger, Stream};
+use crate::metrics::{SinkMetrics, TableSinkMetrics};
 use clickhouse::{ChError, ClickHouse};
 use cursor::{Cursor, CursorFile};
 use segments::Batch;
@@ -26,16 +27,57 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const TABLE: &str = "requests";
 
 pub struct SinkConfig {
     pub settings: ClickHouseSettings,
-    pub ledger_dir: PathBuf,
-    pub ledger_id: String,
-    /// Cursor file and dead letters live here.
+    /// Cursor files and dead letters live here.
     pub state_dir: PathBuf,
     /// Seconds a shipped segment is kept before it is deleted.
     pub shipped_retention: Duration,
+}
+
+/// What one shipper ships: a ledger stream, to its table.
+struct StreamSpec {
+    stream: Stream,
+    /// The stream's segment directory.
+    dir: PathBuf,
+    ledger_id: String,
+    cursor_file: PathBuf,
+    /// Prefix of this stream's dead-letter file names.
+    dead_letter_prefix: String,
+}
+
+impl StreamSpec {
+    fn new(stream: Stream, ledger: &Ledger, state_dir: &Path) -> StreamSpec {
+        // The requests stream keeps the names it had before attempts were shipped, so an
+        // older cursor carries on.
+        let (cursor, dead_letter_prefix) = match stream {
+            Stream::Requests => ("clickhouse.cursor".to_string(), String::new()),
+            other => (
+                format!("clickhouse-{}.cursor", other.table()),
+                format!("{}-", other.table()),
+            ),
+        };
+        StreamSpec {
+            stream,
+            dir: stream.dir(ledger.dir()),
+            ledger_id: ledger.id().to_string(),
+            cursor_file: state_dir.join(cursor),
+            dead_letter_prefix,
+        }
+    }
+
+    /// The deduplication token of a batch: the ledger, the stream and the byte range.
+    fn token(&self, range: cursor::Range) -> String {
+        let stream = match self.stream {
+            Stream::Requests => String::new(),
+            other => format!("{}:", other.table()),
+        };
+        format!(
+            "{}:{stream}{}:{}-{}",
+            self.ledger_id, range.segment, range.start, range.end
+        )
+    }
 }
 
 /// A running sink.
@@ -47,19 +89,35 @@ pub struct Sink {
 impl Sink {
     /// Loads the cursor (a bad one stops the server from starting, rather than silently
     /// never shipping) and starts shipping on a thread of its own.
-    pub fn start(
-        cfg: SinkConfig,
-        metrics: SinkMetrics,
-        written: Arc<AtomicU64>,
-    ) -> std::io::Result<Sink> {
+    pub fn start(cfg: SinkConfig, metrics: SinkMetrics, ledger: &Ledger) -> std::io::Result<Sink> {
         let (stop, stop_rx) = watch::channel(None);
-        let mut shipper = Shipper::new(cfg, metrics, written, stop_rx)?;
+        let cfg = Arc::new(cfg);
+        let ch = ClickHouse::new(&cfg.settings).map_err(std::io::Error::other)?;
+        let mut shippers = Stream::ALL
+            .into_iter()
+            .map(|stream| {
+                Shipper::new(
+                    cfg.clone(),
+                    StreamSpec::new(stream, ledger, &cfg.state_dir),
+                    ch.clone(),
+                    metrics.table(stream.table()),
+                    ledger.written(stream),
+                    stop_rx.clone(),
+                )
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = std::thread::Builder::new()
             .name("tollgate-sink".into())
-            .spawn(move || rt.block_on(shipper.run()))?;
+            .spawn(move || {
+                rt.block_on(async move {
+                    if shippers[0].migrate().await {
+                        futures::future::join_all(shippers.iter_mut().map(Shipper::run)).await;
+                    }
+                })
+            })?;
         Ok(Sink {
             stop,
             thread: Some(thread),
@@ -86,11 +144,12 @@ impl Drop for Sink {
 }
 
 struct Shipper {
-    cfg: SinkConfig,
+    cfg: Arc<SinkConfig>,
+    spec: StreamSpec,
     ch: ClickHouse,
     cursor: Cursor,
     file: CursorFile,
-    metrics: SinkMetrics,
+    metrics: TableSinkMetrics,
     written: Arc<AtomicU64>,
     /// Lag accounting: backlog found at start plus what this process wrote since.
     backlog_at_start: u64,
@@ -114,26 +173,28 @@ struct ReadAhead {
 
 impl Shipper {
     fn new(
-        cfg: SinkConfig,
-        metrics: SinkMetrics,
+        cfg: Arc<SinkConfig>,
+        spec: StreamSpec,
+        ch: ClickHouse,
+        metrics: TableSinkMetrics,
         written: Arc<AtomicU64>,
         stop: watch::Receiver<Option<Instant>>,
     ) -> std::io::Result<Shipper> {
-        let ch = ClickHouse::new(&cfg.settings).map_err(std::io::Error::other)?;
-        let file = CursorFile::new(cfg.state_dir.join("clickhouse.cursor"));
+        let file = CursorFile::new(spec.cursor_file.clone());
         let cursor = file.load()?;
         let backlog_at_start = segments::count_backlog(
-            &cfg.ledger_dir,
+            &spec.dir,
             cursor.pending.map_or(cursor.segment, |p| p.segment),
             cursor.pending.map_or(cursor.offset, |p| p.start),
         )
         .unwrap_or(0);
         // The ledger is open, but the proxy does not serve yet: every segment here is old.
-        let first_live_segment = ledger::list_segments(&cfg.ledger_dir)?
+        let first_live_segment = ledger::list_segments(&spec.dir)?
             .last()
             .map_or(0, |(seq, _)| seq + 1);
         Ok(Shipper {
             cfg,
+            spec,
             ch,
             cursor,
             file,
@@ -168,27 +229,38 @@ impl Shipper {
         let _ = tokio::time::timeout(d, self.stop.changed()).await;
     }
 
-    async fn run(&mut self) {
-        let mut migrated = !self.cfg.settings.migrate_on_start;
+    fn past_deadline(&self) -> bool {
+        self.stopping()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Applies the schema migrations (when configured to), retrying until they apply or
+    /// the sink is stopped; false when stopped first.
+    async fn migrate(&mut self) -> bool {
+        if !self.cfg.settings.migrate_on_start {
+            return true;
+        }
         loop {
-            if let Some(deadline) = self.stopping()
-                && Instant::now() >= deadline
-            {
+            if self.past_deadline() {
+                return false;
+            }
+            match clickhouse::migrate::migrate(&self.ch, &self.cfg.settings, None).await {
+                Ok(_) => return true,
+                Err(e) => self.failed("migration", &e).await,
+            }
+        }
+    }
+
+    async fn run(&mut self) {
+        loop {
+            if self.past_deadline() {
                 tracing::info!(
+                    table = self.spec.stream.table(),
                     "ClickHouse sink stopped at its deadline; the rest stays in the ledger"
                 );
                 return;
             }
             self.update_lag();
-            if !migrated {
-                match clickhouse::migrate::migrate(&self.ch, &self.cfg.settings, None).await {
-                    Ok(_) => migrated = true,
-                    Err(e) => {
-                        self.failed("migration", &e).await;
-                        continue;
-                    }
-                }
-            }
             let batch = match self.next_batch().await {
                 Ok(Some(b)) => b,
                 Ok(None) => {
@@ -199,7 +271,7 @@ impl Shipper {
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the ledger failed");
+                    tracing::error!(error = %e, dir = %self.spec.dir.display(), "reading the ledger failed");
                     self.pause(MAX_BACKOFF).await;
                     continue;
                 }
@@ -223,9 +295,9 @@ impl Shipper {
     /// The pending batch if there is one, else the next complete lines after the cursor,
     /// moving on to the next segment when the current one is finished.
     async fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
-        let dir = self.cfg.ledger_dir.clone();
+        let dir = self.spec.dir.clone();
         if let Some(range) = self.cursor.pending {
-            match segments::read_range(&dir, range) {
+            match segments::read_range(self.spec.stream, &dir, range) {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     // The segment was removed or cut short by hand: nothing left to replay.
                     tracing::error!(
@@ -287,15 +359,15 @@ impl Shipper {
             return Ok(Some(batch));
         }
         let max_rows = self.cfg.settings.batch_max_rows;
-        segments::read_from(&self.cfg.ledger_dir, segment, offset, max_rows)
+        segments::read_from(self.spec.stream, &self.spec.dir, segment, offset, max_rows)
     }
 
     /// Starts reading the batch at (`segment`, `offset`).
     fn start_read_ahead(&mut self, segment: u64, offset: u64) {
-        let dir = self.cfg.ledger_dir.clone();
+        let (stream, dir) = (self.spec.stream, self.spec.dir.clone());
         let max_rows = self.cfg.settings.batch_max_rows;
         let batch = tokio::task::spawn_blocking(move || {
-            segments::read_from(&dir, segment, offset, max_rows)
+            segments::read_from(stream, &dir, segment, offset, max_rows)
         });
         self.read_ahead = Some(ReadAhead {
             segment,
@@ -313,10 +385,10 @@ impl Shipper {
         if segment < self.first_live_segment {
             return false;
         }
-        let is_last = ledger::list_segments(&self.cfg.ledger_dir)
+        let is_last = ledger::list_segments(&self.spec.dir)
             .map(|segs| segs.last().is_none_or(|(seq, _)| *seq == segment))
             .unwrap_or(true);
-        let path = segments::segment_path(&self.cfg.ledger_dir, segment);
+        let path = segments::segment_path(&self.spec.dir, segment);
         is_last && !older_than(&path, self.cfg.settings.batch_period)
     }
 
@@ -334,15 +406,12 @@ impl Shipper {
             self.dead_letter(range, &batch.bad_lines.concat(), "not a Tollgate record");
         }
         if batch.row_count > 0 {
-            let token = format!(
-                "{}:{}:{}-{}",
-                self.cfg.ledger_id, range.segment, range.start, range.end
-            );
+            let token = self.spec.token(range);
             self.start_read_ahead(range.segment, range.end);
             let started = Instant::now();
             let res = self
                 .ch
-                .insert_json_rows(TABLE, batch.rows.clone(), &token)
+                .insert_json_rows(self.spec.stream.table(), batch.rows.clone(), &token)
                 .await;
             self.metrics
                 .batch_seconds
@@ -373,7 +442,7 @@ impl Shipper {
 
     async fn failed(&mut self, what: &str, e: &ChError) {
         self.metrics.errors.inc();
-        tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "ClickHouse {what} failed");
+        tracing::warn!(error = %e, table = self.spec.stream.table(), retry_in_ms = self.backoff.as_millis() as u64, "ClickHouse {what} failed");
         let wait = self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         if let Some(deadline) = self.stopping() {
@@ -388,7 +457,10 @@ impl Shipper {
     /// Sets rejected rows aside, with the reason next to them.
     fn dead_letter(&self, range: cursor::Range, rows: &[u8], reason: &str) {
         let dir = self.cfg.state_dir.join("dead-letter");
-        let name = format!("{:012}-{}-{}", range.segment, range.start, range.end);
+        let name = format!(
+            "{}{:012}-{}-{}",
+            self.spec.dead_letter_prefix, range.segment, range.start, range.end
+        );
         let written = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(dir.join(format!("{name}.jsonl")), rows))
             .and_then(|()| std::fs::write(dir.join(format!("{name}.error.txt")), reason));

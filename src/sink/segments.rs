@@ -1,8 +1,7 @@
 //! Reading batches of complete records out of ledger segments.
 
 use super::cursor::Range;
-use crate::ledger;
-use crate::record::Record;
+use crate::ledger::{self, Stream};
 use bytes::Bytes;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -35,6 +34,7 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 /// complete line yet (or the segment is gone). Reads in chunks, so a batch costs about its
 /// own size, not [`MAX_BATCH_BYTES`].
 pub fn read_from(
+    stream: Stream,
     dir: &Path,
     segment: u64,
     offset: u64,
@@ -65,6 +65,7 @@ pub fn read_from(
         return Ok(None);
     }
     Ok(Some(split(
+        stream,
         &bytes[..end],
         Range {
             segment,
@@ -75,7 +76,7 @@ pub fn read_from(
 }
 
 /// Exactly the bytes of `range`, for replaying a pending batch.
-pub fn read_range(dir: &Path, range: Range) -> io::Result<Batch> {
+pub fn read_range(stream: Stream, dir: &Path, range: Range) -> io::Result<Batch> {
     let bytes = read_bytes(dir, range.segment, range.start, range.end - range.start)?
         .filter(|b| b.len() as u64 == range.end - range.start)
         .ok_or_else(|| {
@@ -84,7 +85,7 @@ pub fn read_range(dir: &Path, range: Range) -> io::Result<Batch> {
                 "pending batch no longer in the ledger",
             )
         })?;
-    Ok(split(&bytes, range))
+    Ok(split(stream, &bytes, range))
 }
 
 fn read_bytes(dir: &Path, segment: u64, offset: u64, max: u64) -> io::Result<Option<Vec<u8>>> {
@@ -107,12 +108,12 @@ fn open_at(dir: &Path, segment: u64, offset: u64) -> io::Result<Option<std::fs::
     Ok(Some(file))
 }
 
-fn split(bytes: &[u8], range: Range) -> Batch {
+fn split(stream: Stream, bytes: &[u8], range: Range) -> Batch {
     let mut rows = Vec::with_capacity(bytes.len());
     let mut row_count = 0;
     let mut bad_lines = Vec::new();
     for line in bytes.split_inclusive(|b| *b == b'\n') {
-        if serde_json::from_slice::<Record>(line).is_ok() {
+        if stream.is_record(line) {
             rows.extend_from_slice(line);
             row_count += 1;
         } else if !line.iter().all(u8::is_ascii_whitespace) {
@@ -158,20 +159,24 @@ mod tests {
         text.push_str("{\"torn");
         std::fs::write(segment_path(dir.path(), 7), &text).unwrap();
 
-        let b = read_from(dir.path(), 7, 0, 2500).unwrap().unwrap();
+        let b = read_from(Stream::Requests, dir.path(), 7, 0, 2500)
+            .unwrap()
+            .unwrap();
         assert_eq!((b.line_count(), b.range.end), (2500, 2500 * 500));
-        let rest = read_from(dir.path(), 7, b.range.end, 10_000)
+        let rest = read_from(Stream::Requests, dir.path(), 7, b.range.end, 10_000)
             .unwrap()
             .unwrap();
         assert_eq!(rest.line_count(), 500);
         assert_eq!(rest.range.end, 3000 * 500, "the torn line waits");
         assert!(
-            read_from(dir.path(), 7, rest.range.end, 10)
+            read_from(Stream::Requests, dir.path(), 7, rest.range.end, 10)
                 .unwrap()
                 .is_none()
         );
         assert!(
-            read_from(dir.path(), 8, 0, 10).unwrap().is_none(),
+            read_from(Stream::Requests, dir.path(), 8, 0, 10)
+                .unwrap()
+                .is_none(),
             "no segment"
         );
     }

@@ -319,7 +319,8 @@ impl Proxy {
     pub async fn records(&self, n: usize) -> Vec<Record> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let got = tollgate::ledger::read_all(&self.ledger_dir()).unwrap_or_default();
+            let got = tollgate::ledger::read_all::<tollgate::record::Record>(&self.ledger_dir())
+                .unwrap_or_default();
             if got.len() >= n {
                 return got;
             }
@@ -338,7 +339,8 @@ impl Proxy {
         let mut all = self.records(1).await;
         // Give a second record, if any, a chance to show up and fail the test.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        all = tollgate::ledger::read_all(&self.ledger_dir()).unwrap_or(all);
+        all = tollgate::ledger::read_all::<tollgate::record::Record>(&self.ledger_dir())
+            .unwrap_or(all);
         assert_eq!(all.len(), 1, "expected one record, got {all:#?}");
         all.remove(0)
     }

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("migrations/0003_rollups.sql"),
     },
+    Migration {
+        version: 4,
+        name: "routing",
+        sql: include_str!("migrations/0004_routing.sql"),
+    },
 ];
 
 impl Migration {
