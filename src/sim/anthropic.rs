@@ -11,7 +11,7 @@ use super::ids;
 use super::openai::{model, streamed, u64_field};
 use super::prompt::{self, AnthropicPrompt};
 use super::stream::Event;
-use super::text::{self, Answer, Content, ForcedTool, ToolChoice};
+use super::text::{self, Answer, Ask, Content, ForcedTool, Stop, ToolChoice};
 use super::{Call, Reply, SimProvider};
 use crate::tokens::Encoding;
 
@@ -129,13 +129,12 @@ fn build_message(call: &Call, req: &Value) -> Result<Reply, SimError> {
         &tools.map(Value::to_string).unwrap_or_default(),
     ]);
     let enc = Encoding::for_model(model);
-    let answer = text::answer(
-        enc,
+    let ask = Ask {
         forced,
-        u64_field(req, "max_tokens"),
-        &call.directives,
-        seed,
-    );
+        limit: u64_field(req, "max_tokens"),
+        ..Ask::default()
+    };
+    let answer = text::answer(enc, &ask, &call.directives, seed);
     let with_usage = !call.directives.no_usage;
 
     let mut message = json!({
@@ -229,10 +228,11 @@ fn content_block(answer: &Answer, tool_id: &str) -> Value {
 }
 
 fn stop_reason(answer: &Answer) -> &'static str {
-    match answer.content {
-        Content::Tool(_) => "tool_use",
-        Content::Text(_) if answer.truncated => "max_tokens",
-        Content::Text(_) => "end_turn",
+    match (answer.stop, &answer.content) {
+        (Stop::Length, _) => "max_tokens",
+        (Stop::Refusal, _) => "refusal",
+        (Stop::Done, Content::Tool(_)) => "tool_use",
+        (Stop::Done, Content::Text(_)) => "end_turn",
     }
 }
 

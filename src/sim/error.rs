@@ -1,7 +1,7 @@
 //! Error bodies in each provider's own wire format.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -20,6 +20,8 @@ pub(crate) struct SimError {
     param: Option<String>,
     /// OpenAI's machine-readable `code`.
     code: Option<&'static str>,
+    /// Seconds for a `retry-after` header.
+    retry_after: Option<u64>,
 }
 
 impl SimError {
@@ -29,6 +31,7 @@ impl SimError {
             message: message.into(),
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -89,8 +92,8 @@ impl SimError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// A status requested with `x-sim-fault: status=N`.
-    pub fn injected(status: StatusCode) -> Self {
+    /// A status requested with `x-sim-fault: status=N`, and `retry-after=N` if given.
+    pub fn injected(status: StatusCode, retry_after: Option<u64>) -> Self {
         let code = match status.as_u16() {
             429 => Some("rate_limit_exceeded"),
             401 => Some("invalid_api_key"),
@@ -98,6 +101,7 @@ impl SimError {
         };
         SimError {
             code,
+            retry_after,
             ..Self::new(
                 status,
                 format!("Simulated upstream failure (HTTP {}).", status.as_u16()),
@@ -126,7 +130,13 @@ impl SimError {
                 body
             }
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

@@ -4,17 +4,23 @@
 //! in integration tests. Everything it reports is deterministic so tests can predict it: input
 //! usage comes from the same tiktoken tables the proxy uses, output length from a hash of the
 //! prompt (or the `x-sim-output-tokens` header), and every generated word is exactly one token.
-//! Faults (error statuses, missing usage, mid-body resets, slow streams) are requested per call
-//! with headers, see [`faults`].
+//! JSON answers and tool-call arguments are instances of the request's schemas ([`schema`]).
+//! Faults (error statuses, missing usage, mid-body resets, hangs, truncated, refused or
+//! malformed answers, low logprobs) are requested per call with headers, each optionally
+//! scoped to one model, see [`faults`].
 
 mod anthropic;
+#[cfg(test)]
+mod directive_tests;
 mod embeddings;
 mod error;
 mod faults;
 mod ids;
+mod logprobs;
 mod openai;
 mod prompt;
 mod responses;
+mod schema;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -35,7 +41,7 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use error::{Flavor, SimError};
-use faults::Directives;
+use faults::{Directives, Faults};
 use stream::{Event, StreamGuard, Timing};
 
 /// Request bodies carry base64 images, so allow far more than axum's 2 MB default.
@@ -142,13 +148,14 @@ impl SimProvider {
         false
     }
 
-    /// Counts the request and gathers its per-request context.
-    fn admit(&self, flavor: Flavor, headers: &HeaderMap) -> Call {
+    /// Counts the request and gathers its per-request context; `model` selects the
+    /// directives scoped to it.
+    fn admit(&self, flavor: Flavor, headers: &HeaderMap, model: Option<&str>) -> Call {
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
         Call {
             sim: self.clone(),
             flavor,
-            directives: Directives::from_headers(headers),
+            directives: Faults::from_headers(headers).for_model(model),
             request_id: ids::request_id(flavor),
         }
     }
@@ -162,8 +169,15 @@ impl SimProvider {
         body: &[u8],
         build: fn(&Call, &Value) -> Result<Reply, SimError>,
     ) -> Response {
-        let call = self.admit(flavor, headers);
-        let req = match call.gate(headers).and_then(|()| parse_body(flavor, body)) {
+        let parsed = parse_body(flavor, body);
+        let model = parsed
+            .as_ref()
+            .ok()
+            .and_then(|req| req.get("model"))
+            .and_then(Value::as_str);
+        let call = self.admit(flavor, headers, model);
+        call.hang_if_asked().await;
+        let req = match call.gate(headers).and(parsed) {
             Ok(req) => req,
             Err(e) => return call.fail(e),
         };
@@ -219,8 +233,15 @@ impl Call {
             return Err(SimError::unauthenticated(self.flavor));
         }
         match self.directives.status {
-            Some(status) => Err(SimError::injected(status)),
+            Some(status) => Err(SimError::injected(status, self.directives.retry_after)),
             None => Ok(()),
+        }
+    }
+
+    /// `hang`: never answer. Dropping the connection drops this future, ending the request.
+    async fn hang_if_asked(&self) {
+        if self.directives.hang {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -294,7 +315,8 @@ async fn models(State(sim): State<SimProvider>, headers: HeaderMap) -> Response 
     } else {
         Flavor::OpenAi
     };
-    let call = sim.admit(flavor, &headers);
+    let call = sim.admit(flavor, &headers, None);
+    call.hang_if_asked().await;
     if let Err(e) = call.gate(&headers) {
         return call.fail(e);
     }

@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use super::error::{Flavor, SimError};
 use super::ids;
+use super::logprobs::{self, Wanted};
 use super::prompt;
 use super::stream::Event;
-use super::text::{self, Answer, Content, ForcedTool, ToolChoice};
+use super::text::{self, Answer, Ask, Content, ForcedTool, Format, Stop, ToolChoice};
 use super::{Call, Reply, SimProvider};
 use crate::tokens::Encoding;
 
@@ -69,11 +70,36 @@ fn build_chat(call: &Call, req: &Value) -> Result<Reply, SimError> {
     })?;
     // Only a request that is going to be answered warms the cache.
     let cached = cached_tokens(call, key, input);
-    let limit = u64_field(req, "max_completion_tokens").or_else(|| u64_field(req, "max_tokens"));
-    let answer = text::answer(enc, forced, limit, &call.directives, key);
+    let ask = Ask {
+        forced,
+        limit: u64_field(req, "max_completion_tokens").or_else(|| u64_field(req, "max_tokens")),
+        format: Format::of(req.get("response_format")),
+    };
+    let answer = text::answer(enc, &ask, &call.directives, key);
     let reasoning = text::reasoning_tokens(model, answer.tokens);
     let usage = (!call.directives.no_usage)
         .then(|| chat_usage(input, cached, answer.tokens + reasoning, reasoning));
+    // Structured outputs report a refusal in its own field, not as content.
+    let refusal_field = answer.stop == Stop::Refusal && matches!(ask.format, Format::JsonSchema(_));
+    let text_field = if refusal_field { "refusal" } else { "content" };
+    let token_logprobs = Wanted::of(req).map(|wanted| match &answer.content {
+        Content::Text(pieces) => {
+            let mean = call.directives.logprob.unwrap_or(logprobs::DEFAULT_MEAN);
+            let values = logprobs::draw(pieces.len(), mean, key);
+            logprobs::entries(pieces, &values, wanted.top)
+        }
+        Content::Tool(_) => Vec::new(),
+    });
+    // `{"content": [...], "refusal": null}`, the entries under the field the text is in.
+    let logprobs_of = |entries: Option<Vec<Value>>| match entries {
+        Some(entries) if !entries.is_empty() => {
+            let mut lp = json!({"content": null, "refusal": null});
+            lp[text_field] = Value::from(entries);
+            lp
+        }
+        Some(_) => json!({"content": null, "refusal": null}),
+        None => Value::Null,
+    };
 
     let envelope = json!({
         "id": ids::completion_id("chatcmpl"),
@@ -88,8 +114,8 @@ fn build_chat(call: &Call, req: &Value) -> Result<Reply, SimError> {
         let mut body = envelope;
         body["choices"] = json!([{
             "index": 0,
-            "message": chat_message(&answer),
-            "logprobs": null,
+            "message": chat_message(&answer, text_field),
+            "logprobs": logprobs_of(token_logprobs),
             "finish_reason": finish,
         }]);
         if let Some(usage) = usage {
@@ -100,26 +126,30 @@ fn build_chat(call: &Call, req: &Value) -> Result<Reply, SimError> {
 
     let mut chunk = envelope;
     chunk["object"] = json!("chat.completion.chunk");
-    let choice = |delta: Value, finish: Option<&str>| {
+    let choice = |delta: Value, logprobs: Value, finish: Option<&str>| {
         json!({
             "index": 0,
             "delta": delta,
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": finish,
         })
     };
     let mut choices = Vec::new();
     match &answer.content {
         Content::Text(pieces) => {
-            choices.push((
-                choice(
-                    json!({"role": "assistant", "content": "", "refusal": null}),
-                    None,
-                ),
-                false,
-            ));
-            for piece in pieces {
-                choices.push((choice(json!({ "content": piece }), None), true));
+            let mut opening = json!({"role": "assistant", "content": "", "refusal": null});
+            if refusal_field {
+                opening = json!({"role": "assistant", "content": null, "refusal": ""});
+            }
+            choices.push((choice(opening, Value::Null, None), false));
+            for (i, piece) in pieces.iter().enumerate() {
+                let mut delta = json!({});
+                delta[text_field] = json!(piece);
+                let lp = token_logprobs
+                    .as_ref()
+                    .map(|entries| logprobs_of(Some(vec![entries[i].clone()])))
+                    .unwrap_or(Value::Null);
+                choices.push((choice(delta, lp, None), true));
             }
         }
         Content::Tool(tool) => {
@@ -134,15 +164,15 @@ fn build_chat(call: &Call, req: &Value) -> Result<Reply, SimError> {
                 }],
                 "refusal": null,
             });
-            choices.push((choice(opening, None), false));
+            choices.push((choice(opening, Value::Null, None), false));
             for fragment in tool.fragments() {
                 let delta =
                     json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]});
-                choices.push((choice(delta, None), true));
+                choices.push((choice(delta, Value::Null, None), true));
             }
         }
     }
-    choices.push((choice(json!({}), Some(finish)), false));
+    choices.push((choice(json!({}), Value::Null, Some(finish)), false));
     Ok(Reply::Stream(chunk_stream(
         &chunk,
         choices,
@@ -151,13 +181,16 @@ fn build_chat(call: &Call, req: &Value) -> Result<Reply, SimError> {
     )))
 }
 
-fn chat_message(answer: &Answer) -> Value {
+/// The non-streamed message; `text_field` is `content`, or `refusal` for a structured-output
+/// refusal.
+fn chat_message(answer: &Answer, text_field: &str) -> Value {
     let mut message = json!({
         "role": "assistant",
-        "content": answer.content.text(),
+        "content": null,
         "refusal": null,
         "annotations": [],
     });
+    message[text_field] = json!(answer.content.text());
     if let Content::Tool(tool) = &answer.content {
         message["tool_calls"] = json!([{
             "id": ids::call_id(),
@@ -205,9 +238,17 @@ fn build_completion(call: &Call, req: &Value) -> Result<Reply, SimError> {
         model,
         &prompt_value.map(Value::to_string).unwrap_or_default(),
     ]);
-    let limit = u64_field(req, "max_tokens").unwrap_or(LEGACY_DEFAULT_MAX_TOKENS);
-    let (pieces, truncated) = text::prose(Some(limit), &call.directives, key);
-    let output = pieces.len() as u64;
+    let ask = Ask {
+        limit: Some(u64_field(req, "max_tokens").unwrap_or(LEGACY_DEFAULT_MAX_TOKENS)),
+        ..Ask::default()
+    };
+    let answer = text::answer(enc, &ask, &call.directives, key);
+    let output = answer.tokens;
+    // Without a forced tool the answer is text.
+    let pieces = match &answer.content {
+        Content::Text(pieces) => pieces.as_slice(),
+        Content::Tool(_) => &[],
+    };
     let usage = (!call.directives.no_usage).then(|| {
         json!({
             "prompt_tokens": input,
@@ -223,7 +264,11 @@ fn build_completion(call: &Call, req: &Value) -> Result<Reply, SimError> {
         "model": model,
         "system_fingerprint": ids::fingerprint(model),
     });
-    let finish = if truncated { "length" } else { "stop" };
+    let finish = if answer.stop == Stop::Length {
+        "length"
+    } else {
+        "stop"
+    };
     let choice = |text: &str, finish: Option<&str>| {
         json!({
             "text": text,
@@ -281,10 +326,10 @@ fn chunk_stream(
 }
 
 fn finish_reason(answer: &Answer) -> &'static str {
-    match answer.content {
-        Content::Tool(_) => "tool_calls",
-        Content::Text(_) if answer.truncated => "length",
-        Content::Text(_) => "stop",
+    match (answer.stop, &answer.content) {
+        (Stop::Length, _) => "length",
+        (_, Content::Tool(_)) => "tool_calls",
+        (Stop::Done | Stop::Refusal, Content::Text(_)) => "stop",
     }
 }
 

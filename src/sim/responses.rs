@@ -11,7 +11,7 @@ use super::ids;
 use super::openai::{cached_tokens, model, streamed, u64_field};
 use super::prompt;
 use super::stream::Event;
-use super::text::{self, Answer, Content, ForcedTool, ToolChoice};
+use super::text::{self, Answer, Ask, Content, ForcedTool, Format, Stop, ToolChoice};
 use super::{Call, Reply, SimProvider};
 use crate::tokens::Encoding;
 
@@ -50,8 +50,12 @@ fn build(call: &Call, req: &Value) -> Result<Reply, SimError> {
         })
     })?;
     let cached = cached_tokens(call, key, input_tokens);
-    let limit = u64_field(req, "max_output_tokens");
-    let answer = text::answer(enc, forced, limit, &call.directives, key);
+    let ask = Ask {
+        forced,
+        limit: u64_field(req, "max_output_tokens"),
+        format: Format::of(req.pointer("/text/format")),
+    };
+    let answer = text::answer(enc, &ask, &call.directives, key);
     let reasoning = text::reasoning_tokens(model, answer.tokens);
     let output_tokens = answer.tokens + reasoning;
     let usage = (!call.directives.no_usage).then(|| {
@@ -71,7 +75,7 @@ fn build(call: &Call, req: &Value) -> Result<Reply, SimError> {
         req,
     };
     let items = Items::new(&answer, reasoning > 0);
-    let status = if answer.truncated {
+    let status = if answer.stop == Stop::Length {
         "incomplete"
     } else {
         "completed"
@@ -129,7 +133,11 @@ impl Shell<'_> {
             "service_tier": "default",
             "store": echo("store", json!(true)),
             "temperature": echo("temperature", json!(1.0)),
-            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "text": {
+                "format": self.req.pointer("/text/format").cloned()
+                    .unwrap_or_else(|| json!({"type": "text"})),
+                "verbosity": "medium",
+            },
             "tool_choice": echo("tool_choice", json!("auto")),
             "tools": echo("tools", json!([])),
             "top_logprobs": 0,
@@ -210,8 +218,13 @@ impl<'a> Items<'a> {
 
     fn finished(&self) -> Vec<Value> {
         let (status, full) = match &self.answer.content {
-            Content::Text(pieces) if self.answer.truncated => ("incomplete", pieces.concat()),
+            Content::Text(pieces) if self.answer.stop == Stop::Length => {
+                ("incomplete", pieces.concat())
+            }
             Content::Text(pieces) => ("completed", pieces.concat()),
+            Content::Tool(tool) if self.answer.stop == Stop::Length => {
+                ("incomplete", tool.arguments.clone())
+            }
             Content::Tool(tool) => ("completed", tool.arguments.clone()),
         };
         self.reasoning_item()
@@ -303,7 +316,7 @@ fn stream_events(shell: &Shell<'_>, items: &Items<'_>, finished: Value) -> Vec<E
         json!({"output_index": index, "item": final_item}),
         false,
     );
-    let last = if items.answer.truncated {
+    let last = if items.answer.stop == Stop::Length {
         "response.incomplete"
     } else {
         "response.completed"

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use super::{SimOptions, SimProvider};
 use crate::tokens::Encoding;
 
-async fn start() -> (SimProvider, String) {
+pub(super) async fn start() -> (SimProvider, String) {
     let sim = SimProvider::new(SimOptions::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -17,8 +17,33 @@ async fn start() -> (SimProvider, String) {
     (sim, base)
 }
 
-async fn post(base: &str, path: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
+pub(super) async fn post(
+    base: &str,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
     send_raw(base, path, body.to_string(), headers).await
+}
+
+/// The JSON body of a POST.
+pub(super) async fn post_json(
+    base: &str,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Value {
+    post(base, path, body, headers).await.json().await.unwrap()
+}
+
+/// The events of a streamed POST with named events (Anthropic, Responses).
+pub(super) async fn post_events(
+    base: &str,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Vec<(String, Value)> {
+    named_events(&post(base, path, body, headers).await.text().await.unwrap())
 }
 
 async fn send_raw(
@@ -42,7 +67,7 @@ async fn send_raw(
 }
 
 /// The JSON payloads of an OpenAI-style stream, `[DONE]` kept as a string.
-fn data_lines(body: &str) -> Vec<Value> {
+pub(super) fn data_lines(body: &str) -> Vec<Value> {
     body.lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap_or_else(|_| Value::from(d)))
@@ -50,7 +75,7 @@ fn data_lines(body: &str) -> Vec<Value> {
 }
 
 /// `(event name, payload)` pairs of a named-event stream.
-fn named_events(body: &str) -> Vec<(String, Value)> {
+pub(super) fn named_events(body: &str) -> Vec<(String, Value)> {
     body.split("\n\n")
         .filter(|block| !block.trim().is_empty())
         .map(|block| {
@@ -71,7 +96,7 @@ fn named_events(body: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
-fn chat_request(model: &str, stream: bool) -> Value {
+pub(super) fn chat_request(model: &str, stream: bool) -> Value {
     json!({
         "model": model,
         "stream": stream,
@@ -221,7 +246,7 @@ async fn chat_stream_without_include_usage_sends_no_usage() {
     );
 }
 
-fn anthropic_request(stream: bool) -> Value {
+pub(super) fn anthropic_request(stream: bool) -> Value {
     json!({
         "model": "claude-sonnet-4-5",
         "max_tokens": 1024,

@@ -3,8 +3,9 @@
 use serde_json::{Map, Value};
 
 use super::error::SimError;
-use super::faults::Directives;
+use super::faults::{BadArgs, Directives};
 use super::ids::mix;
+use super::schema;
 use crate::tokens::Encoding;
 
 /// Common words that are a single token in both o200k and cl100k, with or without a leading
@@ -25,14 +26,27 @@ const NATURAL_MAX: u64 = 64;
 /// Streamed tool-call arguments are cut into pieces of at most this many characters.
 const FRAGMENT_CHARS: usize = 8;
 
+/// What the `refuse` directive makes the model say.
+pub(crate) const REFUSAL: &str = "I'm sorry, but I can't help with that.";
+
 /// The reply to one request.
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub content: Content,
     /// Visible output tokens, reasoning excluded.
     pub tokens: u64,
-    /// Stopped by the request's max-tokens limit rather than naturally.
-    pub truncated: bool,
+    pub stop: Stop,
+}
+
+/// Why the answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Naturally (or with a complete tool call).
+    Done,
+    /// At the max-tokens limit, real or pretended (`truncate`).
+    Length,
+    /// The model declined; the text is [`REFUSAL`].
+    Refusal,
 }
 
 #[derive(Debug)]
@@ -40,6 +54,45 @@ pub(crate) enum Content {
     /// One piece per token, the way they are streamed.
     Text(Vec<String>),
     Tool(ToolCall),
+}
+
+/// What the request asks the answer to be.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ask<'a> {
+    /// A tool the model must call.
+    pub forced: Option<ForcedTool<'a>>,
+    /// The request's max-tokens limit.
+    pub limit: Option<u64>,
+    pub format: Format<'a>,
+}
+
+/// The output format an OpenAI request asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) enum Format<'a> {
+    #[default]
+    Text,
+    /// `json_object`: any JSON object.
+    JsonObject,
+    /// `json_schema`: an instance of this schema.
+    JsonSchema(&'a Value),
+}
+
+impl<'a> Format<'a> {
+    /// Reads chat's `response_format` (schema under `json_schema.schema`) or the Responses
+    /// API's `text.format` (schema under `schema`).
+    pub fn of(format: Option<&'a Value>) -> Self {
+        let Some(format) = format else {
+            return Format::Text;
+        };
+        match format.get("type").and_then(Value::as_str) {
+            Some("json_object") => Format::JsonObject,
+            Some("json_schema") => format
+                .pointer("/json_schema/schema")
+                .or_else(|| format.get("schema"))
+                .map_or(Format::JsonObject, Format::JsonSchema),
+            _ => Format::Text,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,37 +153,113 @@ pub(crate) fn forced_tool<'a>(
 }
 
 /// Decides the reply. `seed` is a hash of the prompt, so the same prompt gets the same reply.
-pub(crate) fn answer(
+pub(crate) fn answer(enc: Encoding, ask: &Ask<'_>, directives: &Directives, seed: u64) -> Answer {
+    if directives.refuse {
+        return text_answer(enc, REFUSAL, Stop::Refusal);
+    }
+    if let Some(tool) = ask.forced {
+        let call = tool_call(tool, directives, seed);
+        return Answer {
+            tokens: enc.count(&call.arguments) + enc.count(&call.name),
+            content: Content::Tool(call),
+            stop: if directives.truncate {
+                Stop::Length
+            } else {
+                Stop::Done
+            },
+        };
+    }
+    let schema = match ask.format {
+        Format::Text => {
+            let (pieces, truncated) = prose(ask.limit, directives, seed);
+            return Answer {
+                tokens: pieces.len() as u64,
+                content: Content::Text(pieces),
+                stop: if truncated { Stop::Length } else { Stop::Done },
+            };
+        }
+        Format::JsonObject => None,
+        Format::JsonSchema(schema) => Some(schema),
+    };
+    json_answer(enc, schema, ask.limit, directives, seed)
+}
+
+/// A JSON answer: an instance of the schema, or `{"answer": <prose>}` for `json_object`.
+fn json_answer(
     enc: Encoding,
-    forced: Option<ForcedTool<'_>>,
+    schema: Option<&Value>,
     limit: Option<u64>,
     directives: &Directives,
     seed: u64,
 ) -> Answer {
-    if let Some(tool) = forced {
-        let call = tool_call(tool, seed);
-        return Answer {
-            tokens: enc.count(&call.arguments) + enc.count(&call.name),
-            content: Content::Tool(call),
-            truncated: false,
-        };
+    let value = match schema {
+        Some(schema) => schema::instance(schema, seed),
+        None => {
+            let plain = Directives::default();
+            let (pieces, _) = prose(None, &plain, seed);
+            serde_json::json!({ "answer": pieces.concat() })
+        }
+    };
+    let mut text = value.to_string();
+    if directives.invalid_json {
+        text.pop();
     }
-    let (pieces, truncated) = prose(limit, directives, seed);
+    let mut stop = Stop::Done;
+    if directives.truncate {
+        text = cut(&text).to_owned();
+        stop = Stop::Length;
+    }
+    let mut answer = text_answer(enc, &text, stop);
+    // A JSON answer longer than the limit is cut there, as a real model's would be.
+    if let (Content::Text(pieces), Some(max)) = (&mut answer.content, limit)
+        && pieces.len() as u64 > max
+    {
+        pieces.truncate(max as usize);
+        answer.tokens = enc.count(&pieces.concat());
+        answer.stop = Stop::Length;
+    }
+    answer
+}
+
+/// `text` as an answer, one piece per token.
+fn text_answer(enc: Encoding, text: &str, stop: Stop) -> Answer {
     Answer {
-        tokens: pieces.len() as u64,
-        content: Content::Text(pieces),
-        truncated,
+        tokens: enc.count(text),
+        content: Content::Text(token_pieces(enc, text)),
+        stop,
     }
+}
+
+/// `text` split at the tokenizer's token boundaries.
+fn token_pieces(enc: Encoding, text: &str) -> Vec<String> {
+    enc.bpe()
+        .split_by_token_ordinary(text)
+        .unwrap_or_else(|_| vec![text.to_owned()])
+}
+
+/// The first half of `text`, on a character boundary.
+fn cut(text: &str) -> &str {
+    let half = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(text.chars().count() / 2)
+        .unwrap_or(text.len());
+    &text[..half]
 }
 
 /// A text reply, one piece per token, and whether the max-tokens `limit` cut it short.
 /// Its length is the `x-sim-output-tokens` header if given, else 8..=64 picked by `seed`.
-pub(crate) fn prose(limit: Option<u64>, directives: &Directives, seed: u64) -> (Vec<String>, bool) {
+/// With `truncate` it runs to the limit (if any) and always counts as cut short.
+fn prose(limit: Option<u64>, directives: &Directives, seed: u64) -> (Vec<String>, bool) {
     let tokens = directives.output_tokens.unwrap_or_else(|| {
         let natural = NATURAL_MIN + seed % (NATURAL_MAX - NATURAL_MIN + 1);
-        limit.map_or(natural, |max| natural.min(max))
+        match limit {
+            Some(max) if directives.truncate => max,
+            Some(max) => natural.min(max),
+            None => natural,
+        }
     });
-    let truncated = limit.is_some_and(|max| tokens >= max);
+    let truncated = directives.truncate || limit.is_some_and(|max| tokens >= max);
     (words(tokens, seed), truncated)
 }
 
@@ -149,25 +278,39 @@ fn words(n: u64, seed: u64) -> Vec<String> {
 }
 
 fn pick(seed: u64, i: u64) -> &'static str {
-    // The modulo keeps the index below WORDS.len(), so the cast cannot truncate.
-    WORDS[(mix(seed ^ mix(i)) % WORDS.len() as u64) as usize]
+    word(mix(seed ^ mix(i)))
 }
 
-/// Arguments name every property of the schema, each with a one-word string value.
-fn tool_call(tool: ForcedTool<'_>, seed: u64) -> ToolCall {
-    let properties = tool
-        .schema
-        .and_then(|s| s.get("properties"))
-        .and_then(Value::as_object);
-    let arguments: Map<String, Value> = properties
-        .into_iter()
-        .flat_map(|props| props.keys())
-        .enumerate()
-        .map(|(i, key)| (key.clone(), Value::from(pick(seed, i as u64))))
-        .collect();
+/// The word at `i`, wrapping: consecutive `i` give different words.
+pub(crate) fn word(i: u64) -> &'static str {
+    // The modulo keeps the index below WORDS.len(), so the cast cannot truncate.
+    WORDS[(i % WORDS.len() as u64) as usize]
+}
+
+/// Arguments are an instance of the tool's schema, broken if the directives say so.
+fn tool_call(tool: ForcedTool<'_>, directives: &Directives, seed: u64) -> ToolCall {
+    let any_object = serde_json::json!({"type": "object"});
+    let schema = tool.schema.unwrap_or(&any_object);
+    let mut args = match schema::instance(schema, seed) {
+        args @ Value::Object(_) => args,
+        _ => Value::Object(Map::new()),
+    };
+    let broken = match directives.bad_tool_args {
+        Some(BadArgs::Schema) => !schema::violate(schema, &mut args),
+        Some(BadArgs::Syntax) => true,
+        None => false,
+    };
+    let mut arguments = args.to_string();
+    if broken {
+        // Unbalanced: the closing brace is missing.
+        arguments.pop();
+    }
+    if directives.truncate {
+        arguments = cut(&arguments).to_owned();
+    }
     ToolCall {
         name: tool.name.to_owned(),
-        arguments: Value::Object(arguments).to_string(),
+        arguments,
     }
 }
 
@@ -226,7 +369,12 @@ mod tests {
     #[test]
     fn text_has_exactly_the_planned_tokens() {
         for seed in 0..50u64 {
-            let a = answer(Encoding::O200k, None, None, &Directives::default(), seed);
+            let a = answer(
+                Encoding::O200k,
+                &Ask::default(),
+                &Directives::default(),
+                seed,
+            );
             assert!((NATURAL_MIN..=NATURAL_MAX).contains(&a.tokens));
             let text = a.content.text().unwrap();
             for enc in ENCODINGS {
@@ -238,14 +386,18 @@ mod tests {
     #[test]
     fn limit_and_header_decide_length() {
         let d = Directives::default();
-        let a = answer(Encoding::Cl100k, None, Some(3), &d, 7);
-        assert_eq!((a.tokens, a.truncated), (3, true));
+        let limited = Ask {
+            limit: Some(3),
+            ..Ask::default()
+        };
+        let a = answer(Encoding::Cl100k, &limited, &d, 7);
+        assert_eq!((a.tokens, a.stop), (3, Stop::Length));
         let d = Directives {
             output_tokens: Some(100),
             ..Directives::default()
         };
-        let a = answer(Encoding::Cl100k, None, None, &d, 7);
-        assert_eq!((a.tokens, a.truncated), (100, false));
+        let a = answer(Encoding::Cl100k, &Ask::default(), &d, 7);
+        assert_eq!((a.tokens, a.stop), (100, Stop::Done));
     }
 
     #[test]
@@ -255,7 +407,11 @@ mod tests {
             name: "get_weather",
             schema: Some(&schema),
         };
-        let a = answer(Encoding::O200k, Some(tool), None, &Directives::default(), 1);
+        let ask = Ask {
+            forced: Some(tool),
+            ..Ask::default()
+        };
+        let a = answer(Encoding::O200k, &ask, &Directives::default(), 1);
         let Content::Tool(call) = &a.content else {
             panic!("expected a tool call")
         };
