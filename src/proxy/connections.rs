@@ -173,7 +173,7 @@ where
                 return None;
             }
             // Like pingora, stop waiting for requests once the server is shutting down.
-            _ = stopping.wait_for(|stop| *stop) => return None,
+            Ok(_) = stopping.wait_for(|stop| *stop) => return None,
         };
         match head {
             framing::Head::Read(head) => Some(head),
