@@ -396,6 +396,37 @@ async fn refusals_in_each_apis_shape() {
             .all(|c| c["choices"][0]["delta"].get("content").is_none())
     );
     assert_eq!(usage(&chunks)["completion_tokens"], enc.count(REFUSAL));
+
+    // The Responses API: a `refusal` content part for structured outputs, text otherwise.
+    let mut req = json!({
+        "model": "gpt-4o",
+        "input": "Extract the person.",
+        "text": {"format": {"type": "json_schema", "name": "p", "schema": person_schema()}},
+    });
+    let body = post_json(&base, "/v1/responses", &req, &[(FAULT, "refuse")]).await;
+    let part = &body["output"][0]["content"][0];
+    assert_eq!(
+        (&part["type"], &part["refusal"]),
+        (&json!("refusal"), &json!(REFUSAL))
+    );
+    assert_eq!(body["status"], "completed");
+    req["stream"] = json!(true);
+    let events = post_events(&base, "/v1/responses", &req, &[(FAULT, "refuse")]).await;
+    let streamed: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.refusal.delta")
+        .filter_map(|(_, e)| e["delta"].as_str())
+        .collect();
+    assert_eq!(streamed, REFUSAL);
+    assert!(
+        events
+            .iter()
+            .all(|(name, _)| !name.starts_with("response.output_text"))
+    );
+    req["text"] = json!({"format": {"type": "text"}});
+    req["stream"] = json!(false);
+    let body = post_json(&base, "/v1/responses", &req, &[(FAULT, "refuse")]).await;
+    assert_eq!(body["output"][0]["content"][0]["text"], REFUSAL);
 }
 
 #[tokio::test]

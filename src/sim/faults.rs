@@ -18,7 +18,8 @@
 //!     a tool call's arguments and a JSON answer are cut off mid-text.
 //!   - `refuse`: the answer is a refusal, "I'm sorry, but I can't help with that."; Anthropic
 //!     says `stop_reason: "refusal"`, OpenAI chat with a `json_schema` response format puts it
-//!     in `message.refusal` (streamed as `delta.refusal`) with `content: null`, as OpenAI does
+//!     in `message.refusal` (streamed as `delta.refusal`) with `content: null`, and the
+//!     Responses API in a `refusal` content part (`response.refusal.delta`), as OpenAI does
 //!     for structured outputs; elsewhere it is the answer's text.
 //!   - `invalid-json`: when JSON was asked for (`response_format` / Responses `text.format`
 //!     of type `json_object` or `json_schema`), the text is JSON with its last character cut.

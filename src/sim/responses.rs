@@ -74,7 +74,9 @@ fn build(call: &Call, req: &Value) -> Result<Reply, SimError> {
         model,
         req,
     };
-    let items = Items::new(&answer, reasoning > 0);
+    // Structured outputs report a refusal as a content part of its own.
+    let refusal = answer.stop == Stop::Refusal && matches!(ask.format, Format::JsonSchema(_));
+    let items = Items::new(&answer, reasoning > 0, refusal);
     let status = if answer.stop == Stop::Length {
         "incomplete"
     } else {
@@ -159,19 +161,22 @@ impl Shell<'_> {
 /// The output items of one reply: an optional reasoning item, then a message or a call.
 struct Items<'a> {
     answer: &'a Answer,
+    /// The text goes in a `refusal` content part rather than `output_text`.
+    refusal: bool,
     reasoning_id: Option<String>,
     item_id: String,
     call_id: String,
 }
 
 impl<'a> Items<'a> {
-    fn new(answer: &'a Answer, reasoning: bool) -> Self {
+    fn new(answer: &'a Answer, reasoning: bool, refusal: bool) -> Self {
         let prefix = match answer.content {
             Content::Text(_) => "msg",
             Content::Tool(_) => "fc",
         };
         Items {
             answer,
+            refusal,
             reasoning_id: reasoning.then(|| ids::response_object_id("rs")),
             item_id: ids::response_object_id(prefix),
             call_id: ids::call_id(),
@@ -195,7 +200,7 @@ impl<'a> Items<'a> {
                 let content = if status == "in_progress" {
                     json!([])
                 } else {
-                    json!([output_text(so_far)])
+                    json!([self.part(so_far)])
                 };
                 json!({
                     "id": self.item_id,
@@ -213,6 +218,15 @@ impl<'a> Items<'a> {
                 "call_id": self.call_id,
                 "name": tool.name,
             }),
+        }
+    }
+
+    /// The content part holding `text`.
+    fn part(&self, text: &str) -> Value {
+        if self.refusal {
+            json!({"type": "refusal", "refusal": text})
+        } else {
+            output_text(text)
         }
     }
 
@@ -275,23 +289,32 @@ fn stream_events(shell: &Shell<'_>, items: &Items<'_>, finished: Value) -> Vec<E
                     "item_id": id,
                     "output_index": index,
                     "content_index": 0,
-                    "part": output_text(text),
+                    "part": items.part(text),
                 })
             };
             seq.push("response.content_part.added", part(""), false);
+            let (kind, field) = if items.refusal {
+                ("refusal", "refusal")
+            } else {
+                ("output_text", "text")
+            };
             for piece in pieces {
-                let delta = json!({
-                    "item_id": id, "output_index": index, "content_index": 0,
-                    "delta": piece, "logprobs": [],
+                let mut delta = json!({
+                    "item_id": id, "output_index": index, "content_index": 0, "delta": piece,
                 });
-                seq.push("response.output_text.delta", delta, true);
+                if !items.refusal {
+                    delta["logprobs"] = json!([]);
+                }
+                seq.push(&format!("response.{kind}.delta"), delta, true);
             }
             let text = pieces.concat();
-            let done = json!({
-                "item_id": id, "output_index": index, "content_index": 0,
-                "text": text, "logprobs": [],
+            let mut done = json!({
+                "item_id": id, "output_index": index, "content_index": 0, field: text,
             });
-            seq.push("response.output_text.done", done, false);
+            if !items.refusal {
+                done["logprobs"] = json!([]);
+            }
+            seq.push(&format!("response.{kind}.done"), done, false);
             seq.push("response.content_part.done", part(&text), false);
         }
         Content::Tool(tool) => {
