@@ -20,7 +20,8 @@ enum Command {
         #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config and the price files it names; print every problem as FILE:LINE:COL.
+    /// Validate a config and the price and policy files it names; print every problem as
+    /// FILE:LINE:COL.
     Check {
         #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
@@ -157,6 +158,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cfg.keys.len(),
                     cfg.prices.len()
                 );
+                if let Some(first) = cfg.policies.rules().next() {
+                    let dir = first.source.file.parent().unwrap_or(std::path::Path::new("."));
+                    println!(
+                        "policies: {} rules from {}/",
+                        cfg.policies.len(),
+                        dir.display()
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

@@ -3,6 +3,7 @@
 use super::{AttributionConfig, LedgerConfig, LogConfig, ServerConfig, SimulatedConfig};
 use crate::api::ApiFormat;
 use crate::auth::KeyStore;
+use crate::policy::PolicySet;
 use crate::prices::PriceBook;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,8 @@ pub struct Validated {
     pub keys: KeyStore,
     pub prices: PriceBook,
     pub clickhouse: Option<ClickHouseSettings>,
+    /// Routing rules of the `policies` directory; empty when none is configured.
+    pub policies: PolicySet,
 }
 
 /// A checked `telemetry.clickhouse`.
@@ -221,7 +224,9 @@ impl ModelTable {
         match name.strip_suffix('*') {
             // Longest prefix first; among equal lengths, in insertion order.
             Some(prefix) => {
-                let at = self.prefixes.partition_point(|(p, _)| p.len() >= prefix.len());
+                let at = self
+                    .prefixes
+                    .partition_point(|(p, _)| p.len() >= prefix.len());
                 self.prefixes.insert(at, (prefix.to_string(), route));
             }
             None => {

@@ -11,11 +11,11 @@ use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use load::load;
-pub use problem::{ConfigError, Problem};
 pub use checked::{
     ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, UpstreamAddr, Validated,
 };
+pub use load::load;
+pub use problem::{ConfigError, Problem};
 
 /// The top level of `tollgate.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +56,9 @@ pub struct RawConfig {
     pub models: BTreeMap<String, Spanned<ModelConfig>>,
     #[serde(default)]
     pub keys: Vec<Spanned<VirtualKeyConfig>>,
+    /// Directory of routing policy files (`*.yaml`), relative to this file; none when unset.
+    #[serde(default)]
+    pub policies: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

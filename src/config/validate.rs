@@ -7,9 +7,11 @@ use super::checked::{
 use super::problem::{ConfigError, Problem};
 use super::{ProviderConfig, RawConfig};
 use crate::auth::{KeyStore, VirtualKey};
+use crate::policy::PolicySet;
+use crate::policy::load::{PolicyContext, load_dir};
 use crate::prices::PriceBook;
 use serde_saphyr::Spanned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -139,6 +141,50 @@ pub fn validate(
         }
     }
 
+    let mut policy_problems = Vec::new();
+    let policies = match &raw.policies {
+        None => PolicySet::default(),
+        Some(dir) if !resolve(&dir.value).is_dir() => {
+            bad(
+                &dir.referenced,
+                format!(
+                    "policies: {} is not a directory",
+                    resolve(&dir.value).display()
+                ),
+            );
+            PolicySet::default()
+        }
+        Some(dir) => {
+            // Providers and models with problems of their own are reported above; rules
+            // naming them are not reported again.
+            let skipped_providers: BTreeSet<String> = raw
+                .providers
+                .keys()
+                .filter(|name| !providers.contains_key(*name))
+                .cloned()
+                .collect();
+            let skipped_models = raw
+                .models
+                .iter()
+                .filter(|(_, m)| skipped_providers.contains(&m.value.provider.value))
+                .map(|(name, _)| name.clone())
+                .collect();
+            let context = PolicyContext {
+                providers: &providers,
+                models: &models,
+                prices: &prices,
+                now: chrono::Utc::now(),
+                skipped_providers,
+                skipped_models,
+            };
+            load_dir(&resolve(&dir.value), context).unwrap_or_else(|e| {
+                // Policy problems carry their own files and positions.
+                policy_problems = e.0;
+                PolicySet::default()
+            })
+        }
+    };
+
     let clickhouse = raw
         .telemetry
         .clickhouse
@@ -159,6 +205,7 @@ pub fn validate(
         }
     }
     problems.extend(price_problems);
+    problems.extend(policy_problems);
     if !problems.is_empty() {
         return Err(ConfigError(problems));
     }
@@ -176,6 +223,7 @@ pub fn validate(
         keys: KeyStore::new(keys),
         prices,
         clickhouse,
+        policies,
     })
 }
 
