@@ -32,6 +32,10 @@ pub struct ModelEntry {
     pub provider: Option<String>,
     #[serde(default)]
     pub aliases: Vec<Spanned<String>>,
+    /// The most input tokens the model accepts. Signed so that a negative value reaches
+    /// validation and is reported as such, not as a type error.
+    #[serde(default)]
+    pub context_window: Option<Spanned<i64>>,
     pub prices: Spanned<Vec<PriceEntry>>,
 }
 

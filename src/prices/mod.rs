@@ -100,6 +100,8 @@ struct ModelPrices {
     provider: Option<String>,
     /// Kept so that `merge` can drop the aliases of an entry it replaces.
     aliases: Vec<String>,
+    /// Max input tokens, when the file gives it.
+    context_window: Option<u64>,
     /// Sorted by `effective_from`, no two on the same day.
     prices: Vec<Price>,
 }
@@ -223,6 +225,14 @@ impl PriceBook {
             Some((key, _)) => Some(key),
             None => self.aliases.get(name).map(String::as_str),
         }
+    }
+
+    /// The most input tokens `model` accepts, from its entry's `context_window`. The name
+    /// resolves as in [`PriceBook::lookup`], so an entry without a window (a dated snapshot
+    /// priced on its own, say) gives None even when its base model has one. None for an
+    /// unknown model too.
+    pub fn context_window(&self, model: &str) -> Option<u64> {
+        self.models.get(self.resolve_name(model)?)?.context_window
     }
 
     /// The provider the file names for `model`'s entry (informational).
@@ -358,12 +368,17 @@ fn build(file: &PriceFile, source: &str) -> Result<PriceBook, Vec<PriceError>> {
                 aliases.push(text.clone());
             }
         }
+        let context_window = entry
+            .context_window
+            .as_ref()
+            .and_then(|window| check.context_window(&name.value, window));
         let prices = check.prices(&name.value, &entry.prices);
         book.models.insert(
             name.value.clone(),
             ModelPrices {
                 provider: entry.provider.clone(),
                 aliases,
+                context_window,
                 prices,
             },
         );
@@ -421,6 +436,20 @@ impl Checker<'_> {
         }
         prices.sort_by_key(|p| p.effective_from);
         prices
+    }
+
+    fn context_window(&mut self, model: &str, window: &Spanned<i64>) -> Option<u64> {
+        let tokens = u64::try_from(window.value).ok().filter(|&t| t > 0);
+        if tokens.is_none() {
+            self.error(
+                window.referenced,
+                format!(
+                    "model {model:?}: context_window {} is not a positive number of tokens",
+                    window.value
+                ),
+            );
+        }
+        tokens
     }
 
     fn rate(&mut self, model: &str, field: &str, rate: &Spanned<Usd>) -> NanoUsd {

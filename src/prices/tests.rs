@@ -435,3 +435,97 @@ fn builtin_prices_parse_and_know_major_models() {
         (usd("3"), usd("15"), usd("0.3"), usd("3.75"))
     );
 }
+
+#[test]
+fn context_window_resolves_like_lookup() {
+    let text = "\
+version: 1
+models:
+  gpt-4o:
+    aliases: [gpt4o]
+    context_window: 128000
+    prices:
+      - effective_from: 2024-08-06
+        input: 2.5
+        output: 10
+  gpt-4o-2024-05-13:
+    prices:
+      - effective_from: 2024-05-13
+        input: 5
+        output: 15
+  claude-3-5-sonnet:
+    context_window: 200000
+    prices:
+      - effective_from: 2024-06-20
+        input: 3
+        output: 15
+";
+    let book = PriceBook::parse(text, "windows.yaml").unwrap();
+    let cases = [
+        ("gpt-4o", Some(128_000)),
+        ("gpt4o", Some(128_000)),
+        ("openai/gpt-4o-2024-08-06", Some(128_000)),
+        ("gpt-4o-latest", Some(128_000)),
+        ("claude-3-5-sonnet-20241022", Some(200_000)),
+        // Its own entry, which gives no window: not the base model's.
+        ("gpt-4o-2024-05-13", None),
+        ("gpt-4o-mini", None),
+        ("", None),
+    ];
+    for (model, window) in cases {
+        assert_eq!(book.context_window(model), window, "{model:?}");
+    }
+    // Same in the file's JSON form.
+    let json = r#"{"version": 1, "models": {"m": {"context_window": 32768,
+        "prices": [{"effective_from": "2024-01-01", "input": 1, "output": 1}]}}}"#;
+    let book = PriceBook::parse(json, "w.json").unwrap();
+    assert_eq!(book.context_window("m-20240101"), Some(32_768));
+}
+
+#[test]
+fn context_window_must_be_positive() {
+    let text = "\
+version: 1
+models:
+  zero:
+    context_window: 0
+    prices:
+      - effective_from: 2024-01-01
+        input: 1
+        output: 1
+  negative:
+    context_window: -4096
+    prices:
+      - effective_from: 2024-01-01
+        input: 1
+        output: 1
+";
+    assert_eq!(
+        parse_errors(text, "w.yaml"),
+        [
+            "w.yaml:4:21: model \"zero\": context_window 0 is not a positive number of tokens",
+            "w.yaml:10:21: model \"negative\": context_window -4096 is not a positive number of tokens",
+        ]
+    );
+
+    let fraction = text.replace("context_window: 0", "context_window: 1.5");
+    let errors = parse_errors(&fraction, "f.yaml");
+    assert!(errors[0].starts_with("f.yaml:4:21: "), "{}", errors[0]);
+}
+
+#[test]
+fn merge_replaces_the_context_window_with_the_entry() {
+    let mut book = PriceBook::parse(
+        "version: 1\nmodels:\n  m:\n    context_window: 8192\n    prices:\n      - {effective_from: 2024-01-01, input: 1, output: 1}\n",
+        "base.yaml",
+    )
+    .unwrap();
+    assert_eq!(book.context_window("m"), Some(8192));
+    let later = PriceBook::parse(
+        "version: 1\nmodels:\n  m:\n    prices:\n      - {effective_from: 2024-01-01, input: 2, output: 2}\n",
+        "later.yaml",
+    )
+    .unwrap();
+    book.merge(later);
+    assert_eq!(book.context_window("m"), None);
+}
