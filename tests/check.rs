@@ -3,9 +3,20 @@
 use std::process::Command;
 
 fn check(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
+    check_with(yaml, &[], env)
+}
+
+/// Runs `tollgate check` on `yaml` with `files` (paths relative to the config, directories
+/// made as needed) beside it; paths in the output are shown relative to the config.
+fn check_with(yaml: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, yaml).unwrap();
+    for (name, text) in files {
+        let file = dir.path().join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.args(["check", "--config"])
         .arg(&path)
@@ -18,7 +29,7 @@ fn check(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (
         out.status.success(),
-        text.replace(&format!("{}", path.display()), "tollgate.yaml"),
+        text.replace(&format!("{}/", dir.path().display()), ""),
     )
 }
 
@@ -119,6 +130,7 @@ fn the_shipped_example_config_is_valid() {
         .envs([
             ("OPENAI_API_KEY", "sk-x"),
             ("ANTHROPIC_API_KEY", "sk-ant-x"),
+            ("OPENROUTER_API_KEY", "sk-or-x"),
             ("TOLLGATE_KEY_SEARCH_PROD", "tg-1"),
             ("TOLLGATE_KEY_SUPPORT_PROD", "tg-2"),
             ("CLICKHOUSE_PASSWORD", "pw"),
@@ -130,7 +142,20 @@ fn the_shipped_example_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Without the keys' variables, each one is reported.
+    // Every example rule of policies/ is loaded with it.
+    let examples = std::fs::read_dir(path.parent().unwrap().join("../policies"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .map(|text| text.matches("\n  - name: ").count())
+        .sum::<usize>();
+    assert!(examples >= 5, "the examples hold {examples} rules");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("policies: {examples} rules from ")),
+        "{stdout}"
+    );
+    // Without the providers' and keys' variables, each one is reported, and nothing about
+    // the rules naming those providers.
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["check", "--config"])
         .arg(&path)
@@ -139,5 +164,104 @@ fn the_shipped_example_config_is_valid() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert_eq!(err.lines().count(), 5, "{err}");
+    assert_eq!(err.lines().count(), 6, "{err}");
+    assert!(!err.contains("policies"), "{err}");
+}
+
+const SIM_CONFIG: &str = "\
+providers:
+  sim:
+    kind: simulated
+models:
+  gpt-4o-mini: { provider: sim }
+  gpt-4o: { provider: sim }
+policies: policies
+";
+
+#[test]
+fn policies_are_loaded_and_counted() {
+    let cheap_first = "\
+rules:
+  - name: cheap-first
+    match: { model: tollgate/cheap-first, endpoint: /v1/chat/completions }
+    cascade:
+      steps: [{ model: gpt-4o-mini }, { model: gpt-4o }]
+      judges: { finish: true }
+";
+    let caps = "rules:\n  - name: cap\n    priority: -1\n    rewrite: { max_tokens: 100 }\n";
+    let (ok, out) = check_with(
+        SIM_CONFIG,
+        &[
+            ("policies/a.yaml", cheap_first),
+            ("policies/b.yml", caps),
+            ("policies/README.md", "not a policy"),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\npolicies: 2 rules from policies/\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn policy_problems_are_located_and_reported_with_the_configs() {
+    let yaml = format!("{SIM_CONFIG}keys:\n  - name: k\n    sha256: not-hex\n");
+    let bad = "\
+rules:
+  - name: route
+    match: { endpoint: /v1/chat/completions }
+    route:
+      targets:
+        - { provider: azure, model: gpt-4o }
+        - { model: gpt-4o, weight: 0 }
+";
+    let shadowed = "\
+rules:
+  - name: later
+    priority: -5
+    match: { endpoint: /v1/chat/completions, team: search }
+";
+    let (ok, out) = check_with(
+        &yaml,
+        &[("policies/a.yaml", bad), ("policies/b.yaml", shadowed)],
+        &[],
+    );
+    assert!(!ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "tollgate.yaml:10:13: key \"k\": sha256 must be 64 hex digits",
+            "policies/a.yaml:6:23: rule \"route\": provider \"azure\" is not defined in tollgate.yaml (defined: sim)",
+            "policies/a.yaml:7:36: rule \"route\": weight must be at least 1",
+        ],
+        "{out}"
+    );
+
+    // Fixed, the shadowed rule is reported in turn.
+    let fixed = bad
+        .replace("azure", "sim")
+        .replace("weight: 0", "weight: 2");
+    let (ok, out) = check_with(
+        SIM_CONFIG,
+        &[("policies/a.yaml", &fixed), ("policies/b.yaml", shadowed)],
+        &[],
+    );
+    assert!(!ok);
+    assert_eq!(
+        out.trim_end(),
+        "policies/b.yaml:2:5: rule \"later\" can never match: rule \"route\" (policies/a.yaml:2) matches every request it does"
+    );
+}
+
+#[test]
+fn a_missing_policy_directory_is_located() {
+    let (ok, out) = check_with(SIM_CONFIG, &[], &[]);
+    assert!(!ok);
+    assert_eq!(
+        out.trim_end(),
+        "tollgate.yaml:7:11: policies: policies is not a directory"
+    );
 }

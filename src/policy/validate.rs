@@ -531,15 +531,7 @@ impl Checker<'_> {
                     r.upstream_model.clone().unwrap_or_else(|| model.clone()),
                 ),
                 None => {
-                    let skipped =
-                        self.ctx
-                            .skipped_models
-                            .iter()
-                            .any(|m| match m.strip_suffix('*') {
-                                Some(prefix) => model.starts_with(prefix),
-                                None => m == model,
-                            });
-                    if !skipped {
+                    if !self.skipped_model(model) {
                         self.bad(
                             &f.model.referenced,
                             format!(
@@ -614,6 +606,17 @@ impl Checker<'_> {
         Some(target)
     }
 
+    /// Whether `model` routes through a `models` entry whose provider has problems of its own.
+    fn skipped_model(&self, model: &str) -> bool {
+        self.ctx
+            .skipped_models
+            .iter()
+            .any(|m| match m.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => m == model,
+            })
+    }
+
     fn rewrite(&mut self, name: &str, r: &RuleFile, action: &Action) -> Rewrite {
         let Some(spanned) = &r.rewrite else {
             return Rewrite::default();
@@ -636,6 +639,7 @@ impl Checker<'_> {
         if let Some(m) = &f.model
             && matches!(action, Action::Pass)
             && self.ctx.models.route(&m.value).is_none()
+            && !self.skipped_model(&m.value)
         {
             self.bad(
                 &m.referenced,
