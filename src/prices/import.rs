@@ -26,6 +26,7 @@ struct Rates {
 #[derive(Debug)]
 struct Imported<'a> {
     provider: &'a str,
+    context_window: Option<u64>,
     rates: Rates,
 }
 
@@ -35,9 +36,11 @@ struct Imported<'a> {
 /// `litellm_provider` is one of `providers` (`text-completion-openai` counts as `openai`).
 /// Skips fine-tunes, prefixed keys (regions, image sizes, other hosts), image/audio-only
 /// models and models that bill audio tokens, which Tollgate does not count. A dated or
-/// `-latest` snapshot is left out when the name it resolves to has the same rates, since
-/// lookups resolve it there anyway. Long-context surcharges and batch/flex/priority tiers
-/// are not represented.
+/// `-latest` snapshot is left out when the name it resolves to has the same rates and
+/// context window, since lookups resolve it there anyway. Long-context surcharges and
+/// batch/flex/priority tiers are not represented.
+///
+/// A model's `context_window` is LiteLLM's `max_input_tokens`, when given.
 pub fn import_litellm(
     json: &str,
     effective_from: NaiveDate,
@@ -58,7 +61,15 @@ pub fn import_litellm(
             continue;
         }
         if let Some(rates) = rates(spec) {
-            models.insert(name.as_str(), Imported { provider, rates });
+            let context_window = context_window(spec);
+            models.insert(
+                name.as_str(),
+                Imported {
+                    provider,
+                    context_window,
+                    rates,
+                },
+            );
         }
     }
 
@@ -67,7 +78,9 @@ pub fn import_litellm(
         .filter(|(name, model)| {
             std::iter::successors(strip_snapshot(name), |n| strip_snapshot(n))
                 .find_map(|base| models.get(base))
-                .is_some_and(|base| base.rates == model.rates)
+                .is_some_and(|base| {
+                    base.rates == model.rates && base.context_window == model.context_window
+                })
         })
         .map(|(name, _)| *name)
         .collect();
@@ -101,6 +114,16 @@ fn is_text_model(name: &str, spec: &Map<String, Value>) -> bool {
         && has_text("supported_modalities")
         && has_text("supported_output_modalities")
         && !bills_audio
+}
+
+/// The entry's input window. LiteLLM's `max_input_tokens` is the provider's input limit;
+/// its `max_tokens` is a legacy field that holds the output limit when the provider gives
+/// one and the input limit only otherwise, so it cannot stand in for the input window and
+/// is never read. A value that is not a positive integer leaves the window out.
+fn context_window(spec: &Map<String, Value>) -> Option<u64> {
+    spec.get("max_input_tokens")?
+        .as_u64()
+        .filter(|&tokens| tokens > 0)
 }
 
 /// The entry's rates, or None when a required one is missing or any is unusable.
@@ -211,9 +234,16 @@ fn render(
         let r = &model.rates;
         let _ = write!(
             out,
-            "  {}:\n    provider: {}\n    prices:\n      - effective_from: {effective_from}\n        input: {}\n        output: {}\n",
+            "  {}:\n    provider: {}\n",
             yaml_scalar(name),
             yaml_scalar(model.provider),
+        );
+        if let Some(tokens) = model.context_window {
+            let _ = writeln!(out, "    context_window: {tokens}");
+        }
+        let _ = write!(
+            out,
+            "    prices:\n      - effective_from: {effective_from}\n        input: {}\n        output: {}\n",
             format_usd(r.input),
             format_usd(r.output),
         );

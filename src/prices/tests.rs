@@ -529,3 +529,44 @@ fn merge_replaces_the_context_window_with_the_entry() {
     book.merge(later);
     assert_eq!(book.context_window("m"), None);
 }
+
+#[test]
+fn import_takes_the_context_window_from_max_input_tokens() {
+    let json = r#"{
+  "sample_spec": {"litellm_provider": "one of https://docs.litellm.ai/docs/providers", "mode": "chat", "max_tokens": "LEGACY parameter", "max_input_tokens": "max input tokens"},
+  "gpt-4o": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 16384, "max_input_tokens": 128000, "max_output_tokens": 16384, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "gpt-4o-2024-08-06": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 16384, "max_input_tokens": 128000, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "gpt-4o-2024-05-13": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 4096, "max_input_tokens": 64000, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "legacy-only": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 4096, "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+  "zero-window": {"litellm_provider": "openai", "mode": "chat", "max_input_tokens": 0, "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+  "text-embedding-3-small": {"litellm_provider": "openai", "mode": "embedding", "max_tokens": 8191, "max_input_tokens": 8191, "input_cost_per_token": 2e-08, "output_cost_per_token": 0.0}
+}"#;
+    let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let text = import_litellm(json, day, &["openai"]).unwrap();
+    assert!(
+        text.contains("  gpt-4o:\n    provider: openai\n    context_window: 128000\n    prices:\n"),
+        "{text}"
+    );
+
+    let book = PriceBook::parse(&text, "imported.yaml").unwrap();
+    let names: Vec<&str> = book.iter().map(|(name, _)| name).collect();
+    // Same rates as `gpt-4o` but a different window: kept, or its window would be lost.
+    // `gpt-4o-2024-08-06` matches `gpt-4o` in both and is left to resolve there.
+    assert_eq!(
+        names,
+        [
+            "gpt-4o",
+            "gpt-4o-2024-05-13",
+            "legacy-only",
+            "text-embedding-3-small",
+            "zero-window",
+        ]
+    );
+    assert_eq!(book.context_window("gpt-4o"), Some(128_000));
+    assert_eq!(book.context_window("gpt-4o-2024-08-06"), Some(128_000));
+    assert_eq!(book.context_window("gpt-4o-2024-05-13"), Some(64_000));
+    assert_eq!(book.context_window("text-embedding-3-small"), Some(8191));
+    // `max_tokens` is LiteLLM's output limit here, not an input window.
+    assert_eq!(book.context_window("legacy-only"), None);
+    assert_eq!(book.context_window("zero-window"), None);
+}
