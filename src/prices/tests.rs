@@ -434,6 +434,17 @@ fn builtin_prices_parse_and_know_major_models() {
         (p.input, p.output, p.cached_input, p.cache_write),
         (usd("3"), usd("15"), usd("0.3"), usd("3.75"))
     );
+
+    // Windows as the providers' model pages state them.
+    let windows = [
+        ("claude-sonnet-4-5-20250929", 200_000),
+        ("anthropic/claude-haiku-4-5", 200_000),
+        ("claude-opus-4-6", 1_000_000),
+        ("gpt-5.6-sol", 1_050_000),
+    ];
+    for (model, window) in windows {
+        assert_eq!(book.context_window(model), Some(window), "{model}");
+    }
 }
 
 #[test]
