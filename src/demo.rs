@@ -1,6 +1,7 @@
 //! `tollgate demo`: the whole path on one machine with no keys and no network. A real proxy
 //! process on loopback in front of the simulated provider, synthetic traffic from several
-//! teams, then a spend report read back from the ledger.
+//! teams (part of it through a cheap-first cascade policy), then a spend report read back
+//! from the ledger, savings included.
 
 use crate::ledger;
 use crate::report::{self, Dim, Format};
@@ -37,12 +38,30 @@ const MODELS: [&str; 6] = [
 
 const FEATURES: &[&str] = &["summarize", "classify", "answer", "extract"];
 
+/// The model alias chat clients ask for to go cheap-first.
+const CHEAP_FIRST: &str = "tollgate/cheap-first";
+
+/// The demo's policy: chat asked of the alias tries the mini model first and escalates to
+/// the full one when the answer is cut short or refused.
+const POLICY: &str = "# Cheap first: gpt-5-mini answers unless a judge rejects its answer.
+rules:
+  - name: cheap-first
+    priority: 10
+    match: { model: tollgate/cheap-first, endpoint: /v1/chat/completions }
+    cascade:
+      steps:
+        - { provider: sim, model: gpt-5-mini }
+        - { provider: sim, model: gpt-5 }
+      judges: { finish: true, refusal: true, json: true }
+";
+
 /// Both listeners on port 0: the proxy reports the ports it was given on its ready line.
 fn config(data_dir: &Path) -> String {
     let mut out = format!(
         "listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 data_dir: {}
+policies: policies
 ledger: {{ flush_interval_ms: 20 }}
 server: {{ threads: 2, grace_period_secs: 0 }}
 providers:
@@ -107,6 +126,8 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config_path = dir.join("tollgate-demo.yaml");
     std::fs::write(&config_path, config(&dir.join("data")))?;
+    std::fs::create_dir_all(dir.join("policies"))?;
+    std::fs::write(dir.join("policies/cheap-first.yaml"), POLICY)?;
 
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["serve", "--config"]).arg(&config_path);
@@ -152,6 +173,17 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     for by in [vec![Dim::Team, Dim::Project, Dim::Env], vec![Dim::Model]] {
         let rows = report::aggregate(&records, &by);
         println!("{}", report::render(&rows, &by, Format::Table));
+    }
+    let routed: Vec<_> = records.iter().filter(|r| !r.policy.is_empty()).collect();
+    let escalated = routed.iter().filter(|r| r.escalations > 0).count();
+    let totals = report::aggregate(routed.iter().copied(), &[]);
+    if let Some(total) = totals.last() {
+        println!(
+            "Policy cheap-first: {} requests, {escalated} escalated to gpt-5; cost {} USD, {} USD less than on gpt-5 (saved_usd).\n",
+            routed.len(),
+            total.cost,
+            total.saved,
+        );
     }
     let exported = metrics
         .lines()
@@ -227,8 +259,21 @@ async fn one_request(
     );
     let kind = rng.random_range(0..100);
     let req = if kind < 45 {
-        let model = OPENAI_MODELS[rng.random_range(0..OPENAI_MODELS.len())];
-        client.post(format!("{base}/v1/chat/completions")).bearer_auth(key).json(&json!({
+        // A third of chat goes cheap-first; the mini model cuts one answer in four short.
+        let cheap_first = rng.random_bool(1.0 / 3.0);
+        let model = if cheap_first {
+            CHEAP_FIRST
+        } else {
+            OPENAI_MODELS[rng.random_range(0..OPENAI_MODELS.len())]
+        };
+        let fault = if cheap_first && rng.random_bool(0.25) {
+            "truncate@gpt-5-mini"
+        } else {
+            ""
+        };
+        client.post(format!("{base}/v1/chat/completions")).bearer_auth(key)
+            .header("x-sim-fault", fault)
+            .json(&json!({
             "model": model, "stream": stream,
             "messages": [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": prompt}]
         }))

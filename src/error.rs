@@ -26,6 +26,8 @@ pub enum ProxyError {
     Upstream { provider: String, reason: String },
     #[error("upstream {provider} timed out: {reason}")]
     UpstreamTimeout { provider: String, reason: String },
+    #[error("denied by routing policy `{policy}`: {reason}")]
+    PolicyDenied { policy: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::UnknownKey | ProxyError::MissingKey => 401,
             ProxyError::UnknownModel(_) | ProxyError::NotFound(_) => 404,
             ProxyError::TooLarge { .. } => 413,
+            ProxyError::PolicyDenied { .. } => 403,
             ProxyError::BodyTimeout { .. } => 408,
             ProxyError::Upstream { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
@@ -57,6 +60,7 @@ impl ProxyError {
                 ("invalid_request_error", "not_found_error")
             }
             ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ProxyError::PolicyDenied { .. } => ("invalid_request_error", "permission_error"),
             ProxyError::BodyTimeout { .. } => ("invalid_request_error", "invalid_request_error"),
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ("upstream_error", "api_error")
@@ -75,6 +79,7 @@ impl ProxyError {
             ProxyError::UnknownModel(_) => "model_not_found",
             ProxyError::NotFound(_) => "not_found",
             ProxyError::TooLarge { .. } => "request_too_large",
+            ProxyError::PolicyDenied { .. } => "policy_denied",
             ProxyError::BodyTimeout { .. } => "request_timeout",
             ProxyError::Upstream { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",

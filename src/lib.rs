@@ -4,6 +4,7 @@
 //! attributed to team, project, environment, user, feature and workflow.
 
 pub mod admin;
+pub mod answer;
 pub mod api;
 pub mod attribution;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod money;
+pub mod policy;
 pub mod prices;
 pub mod proxy;
 pub mod record;

@@ -159,7 +159,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     cfg.prices.len()
                 );
                 if let Some(first) = cfg.policies.rules().next() {
-                    let dir = first.source.file.parent().unwrap_or(std::path::Path::new("."));
+                    let dir = first
+                        .source
+                        .file
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."));
                     println!(
                         "policies: {} rules from {}/",
                         cfg.policies.len(),

@@ -5,7 +5,7 @@
 
 use crate::api::Endpoint;
 use crate::money::NANOS_PER_USD;
-use crate::record::Record;
+use crate::record::{AttemptRecord, Record};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
@@ -89,6 +89,12 @@ pub struct Metrics {
     /// of unknown size).
     pub usage_approximate: IntCounterVec,
     pub ledger_disk_bytes: IntGauge,
+    /// Upstream calls of requests a routing rule planned, and what became of them.
+    pub attempts: IntCounterVec,
+    /// Cost of routed requests, by policy: `actual`, and `counterfactual` (on the model
+    /// they would otherwise have gone to). Savings are their difference, which a cascade
+    /// that escalates often can make negative.
+    routed_cost_nanos: IntCounterVec,
     pub sink: SinkMetrics,
     pub config_reloads: IntCounterVec,
 }
@@ -152,6 +158,22 @@ impl Metrics {
         let cost_nanos = IntCounterVec::new(
             Opts::new("tollgate_cost_usd_total", "Spend in USD"),
             &["team", "project", "env", "model"],
+        )
+        .expect("valid metric");
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "tollgate_attempts_total",
+                "Upstream calls of routed requests, by policy, target, role and verdict; judge names the judge that rejected an answer",
+            ),
+            &["policy", "provider", "model", "role", "verdict", "judge"],
+        )
+        .expect("valid metric");
+        let routed_cost_nanos = IntCounterVec::new(
+            Opts::new(
+                "tollgate_routing_cost_usd_total",
+                "Cost of routed requests by policy: actual, and counterfactual (on the model they would otherwise have gone to)",
+            ),
+            &["policy", "kind"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
@@ -298,6 +320,8 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn Collector>,
             Box::new(tokens.clone()),
             Box::new(UsdCollector(cost_nanos.clone())),
+            Box::new(attempts.clone()),
+            Box::new(UsdCollector(routed_cost_nanos.clone())),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(unpriced.clone()),
@@ -334,13 +358,18 @@ impl Metrics {
             estimated,
             usage_approximate,
             ledger_disk_bytes,
+            attempts,
+            routed_cost_nanos,
             sink,
             config_reloads,
         }
     }
 
-    /// Counts one finished request.
-    pub fn observe(&self, r: &Record) {
+    /// Counts one finished request and its upstream calls.
+    pub fn observe(&self, r: &Record, attempts: &[AttemptRecord]) {
+        if !r.policy.is_empty() {
+            self.observe_routing(r, attempts);
+        }
         let status = r.status.to_string();
         // Attribution can come from request headers: cap the series it may create.
         let (team, project, env, model) = if self.series.admit(r) {
@@ -392,6 +421,29 @@ impl Metrics {
             self.ttfb
                 .with_label_values(&[&r.provider])
                 .observe(t as f64 / 1000.0);
+        }
+    }
+
+    fn observe_routing(&self, r: &Record, attempts: &[AttemptRecord]) {
+        for a in attempts {
+            self.attempts
+                .with_label_values(&[
+                    &r.policy,
+                    &a.provider,
+                    &a.model,
+                    a.role.as_str(),
+                    a.verdict.as_str(),
+                    &a.judge,
+                ])
+                .inc();
+        }
+        // Only requests priced both ways, so the two totals compare like with like.
+        if let (Some(would), Some(did)) = (r.counterfactual_cost_usd, r.cost_usd) {
+            for (kind, nanos) in [("actual", did), ("counterfactual", would)] {
+                self.routed_cost_nanos
+                    .with_label_values(&[&r.policy, kind])
+                    .inc_by(nanos.0.max(0) as u64);
+            }
         }
     }
 
@@ -452,7 +504,7 @@ mod tests {
     fn header_supplied_labels_cannot_grow_series_without_bound() {
         let m = Metrics::with_series_cap(2);
         for team in ["a", "b", "c", "d", "a"] {
-            m.observe(&record(team, "/v1/files/file-123"));
+            m.observe(&record(team, "/v1/files/file-123"), &[]);
         }
         let text = m.render();
         assert!(text.contains(r#"team="a""#) && text.contains(r#"team="b""#));
@@ -465,9 +517,9 @@ mod tests {
     fn long_label_values_fill_the_byte_cap() {
         let m = Metrics::with_series_caps(100, 1000);
         let long = "x".repeat(600);
-        m.observe(&record(&long, "/v1/chat/completions"));
-        m.observe(&record(&format!("{long}y"), "/v1/chat/completions"));
-        m.observe(&record("short", "/v1/chat/completions"));
+        m.observe(&record(&long, "/v1/chat/completions"), &[]);
+        m.observe(&record(&format!("{long}y"), "/v1/chat/completions"), &[]);
+        m.observe(&record("short", "/v1/chat/completions"), &[]);
         let text = m.render();
         assert!(text.contains(&format!(r#"team="{long}""#)));
         assert!(!text.contains(&format!(r#"team="{long}y""#)));

@@ -134,6 +134,31 @@ pub enum Verdict {
     Graded,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Retry => "retry",
+            Role::Fallback => "fallback",
+            Role::Escalation => "escalation",
+            Role::Judge => "judge",
+        }
+    }
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Served => "served",
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected => "rejected",
+            Verdict::Failed => "failed",
+            Verdict::Aborted => "aborted",
+            Verdict::Graded => "graded",
+        }
+    }
+}
+
 /// RFC 3339 with milliseconds and a `Z` suffix: `2026-11-27T10:00:00.123Z`.
 mod ts_millis {
     use chrono::{DateTime, SecondsFormat, Utc};

@@ -85,6 +85,10 @@ pub struct Row {
     pub cost: NanoUsd,
     /// Requests whose model had no price (not included in `cost`).
     pub unpriced: u64,
+    /// What routing saved: counterfactual minus actual cost, over the routed requests
+    /// priced both ways (negative when escalations cost more than they saved).
+    #[serde(rename = "saved_usd", deserialize_with = "nanos_from_decimal")]
+    pub saved: NanoUsd,
 }
 
 impl Row {
@@ -100,6 +104,11 @@ impl Row {
         match r.cost_usd {
             Some(c) => self.cost += c,
             None => self.unpriced += 1,
+        }
+        if let (false, Some(would), Some(did)) =
+            (r.policy.is_empty(), r.counterfactual_cost_usd, r.cost_usd)
+        {
+            self.saved += NanoUsd(would.0 - did.0);
         }
     }
 }
@@ -138,6 +147,7 @@ pub fn with_total(mut rows: Vec<Row>) -> Vec<Row> {
         total.estimated += r.estimated;
         total.unpriced += r.unpriced;
         total.cost += r.cost;
+        total.saved += r.saved;
     }
     rows.push(total);
     rows
@@ -185,7 +195,9 @@ pub fn clickhouse_sql(by: &[Dim]) -> String {
          sum(r.reasoning_tokens) AS reasoning_tokens, \
          countIf(r.usage_source = 'estimated') AS estimated, \
          sum(ifNull(r.cost_usd, toDecimal128(0, 9))) AS cost_usd, \
-         countIf(r.cost_usd IS NULL) AS unpriced \
+         countIf(r.cost_usd IS NULL) AS unpriced, \
+         sum(if(r.policy != '' AND r.counterfactual_cost_usd IS NOT NULL AND r.cost_usd IS NOT NULL, \
+           assumeNotNull(r.counterfactual_cost_usd) - assumeNotNull(r.cost_usd), toDecimal128(0, 9))) AS saved_usd \
          FROM requests AS r \
          WHERE r.ts >= now64(3) - toIntervalSecond({{since_secs:Int64}}){group}",
         key = key.join(", ")
@@ -235,7 +247,7 @@ impl FromStr for Format {
     }
 }
 
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 11] = [
     "requests",
     "errors",
     "input_tokens",
@@ -246,9 +258,10 @@ const COLUMNS: [&str; 10] = [
     "estimated",
     "unpriced",
     "cost_usd",
+    "saved_usd",
 ];
 
-fn values(r: &Row) -> [String; 10] {
+fn values(r: &Row) -> [String; 11] {
     [
         r.requests.to_string(),
         r.errors.to_string(),
@@ -260,6 +273,7 @@ fn values(r: &Row) -> [String; 10] {
         r.estimated.to_string(),
         r.unpriced.to_string(),
         r.cost.to_string(),
+        r.saved.to_string(),
     ]
 }
 
@@ -295,7 +309,7 @@ pub fn render(rows: &[Row], by: &[Dim], format: Format) -> String {
                         .iter()
                         .zip(cells)
                         .map(|(h, c)| {
-                            let v = if COLUMNS.contains(&h.as_str()) && h != "cost_usd" {
+                            let v = if COLUMNS.contains(&h.as_str()) && !h.ends_with("_usd") {
                                 c.parse::<u64>()
                                     .map(Into::into)
                                     .unwrap_or_else(|_| c.clone().into())

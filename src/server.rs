@@ -3,8 +3,8 @@
 pub mod ready;
 
 use crate::admin::{self, AxumService};
-use crate::config::Validated;
 use crate::config::UpstreamAddr;
+use crate::config::Validated;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
@@ -66,11 +66,7 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    for provider in cfg
-        .providers
-        .values()
-        .filter(|p| p.kind.is_in_process())
-    {
+    for provider in cfg.providers.values().filter(|p| p.kind.is_in_process()) {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the simulated provider")?;
         let port = listener.local_addr()?.port();

@@ -23,16 +23,36 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
             "{team} missing:\n{stdout}"
         );
     }
-    let total = stdout
+    let header: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("team"))
+        .expect("a header row")
+        .split_whitespace()
+        .collect();
+    let total: Vec<&str> = stdout
         .lines()
         .find(|l| l.starts_with("TOTAL"))
-        .expect("a total row");
-    let cost: f64 = total.split_whitespace().last().unwrap().parse().unwrap();
-    assert!(cost > 0.0, "{total}");
+        .expect("a total row")
+        .split_whitespace()
+        .collect();
+    // TOTAL spans the three key columns.
+    let column = |name: &str| -> f64 {
+        let i = header.iter().position(|h| *h == name).unwrap() - 2;
+        total[i].parse().unwrap()
+    };
+    assert!(column("cost_usd") > 0.0, "{total:?}");
+    assert!(column("saved_usd") > 0.0, "the cheap-first policy saves: {stdout}");
+    assert!(stdout.contains("Policy cheap-first:"), "{stdout}");
     // The ledger it reports from is kept and holds every request.
     let records =
         tollgate::ledger::read_all::<tollgate::record::Record>(&dir.path().join("data/ledger"))
             .unwrap();
     assert_eq!(records.len(), 60);
     assert!(records.iter().any(|r| r.stream) && records.iter().any(|r| !r.stream));
+    let routed: Vec<_> = records.iter().filter(|r| r.policy == "cheap-first").collect();
+    assert!(
+        routed.iter().any(|r| r.escalations == 1 && r.model == "gpt-5")
+            && routed.iter().any(|r| r.escalations == 0 && r.model.starts_with("gpt-5-mini")),
+        "some cheap-first requests escalate, others do not"
+    );
 }

@@ -60,7 +60,12 @@ fn problem(files: &[(&str, &str)]) -> String {
 
 /// A request for `model` on `endpoint` from `env`, nothing else set.
 fn facts<'a>(attribution: &'a Attribution, endpoint: &'a str, model: &'a str) -> Facts<'a> {
+    let format = crate::api::Endpoint::from_path(endpoint)
+        .map_or(crate::api::ApiFormat::OpenAi, |e| {
+            e.format(&http::HeaderMap::new())
+        });
     Facts {
+        format,
         attribution,
         endpoint,
         model,
@@ -137,8 +142,6 @@ fn a_full_set_loads_in_the_order_rules_are_tried() {
         ]
     );
     assert_eq!(set.len(), 5);
-    assert!(set.names_model("tollgate/cheap-first"));
-    assert!(!set.names_model("gpt-4o*"), "a glob is no model name");
 
     let rule = |name: &str| set.rules().find(|r| r.name == name).unwrap();
     let first = rule("cheap-first-chat");
@@ -505,10 +508,19 @@ fn targets_speak_the_format_of_the_rules_endpoints() {
         p,
         "policies/r.yaml:7:11: rule \"r\": target openai/gpt-4o-mini does not speak the Anthropic API of /v1/messages"
     );
-    let p = rule("    route:\n      targets: [{ model: claude-haiku-4-5 }]\n");
-    assert_eq!(
-        p,
-        "policies/r.yaml:4:17: rule \"r\": target anthropic/claude-haiku-4-5 does not speak the OpenAI API of /v1/chat/completions (the rule has no `match.endpoint`, so it takes every endpoint's requests)"
+    // Without `match.endpoint` a rule takes the requests its targets speak; targets that
+    // share no format could never all be used.
+    load(&[(
+        "r.yaml",
+        "rules:\n  - name: r\n    route:\n      targets: [{ model: claude-haiku-4-5 }]\n",
+    )])
+    .unwrap();
+    let p = rule(
+        "    route:\n      targets:\n        - { provider: anthropic, model: claude-haiku-4-5 }\n        - { provider: openai, model: gpt-4o-mini }\n",
+    );
+    assert!(
+        p.starts_with("policies/r.yaml:4:7: rule \"r\": its targets speak no API format in common"),
+        "{p}"
     );
     // The simulated provider speaks both.
     load(&[("r.yaml", "rules:\n  - name: r\n    route:\n      targets: [{ provider: sim, model: claude-haiku-4-5 }]\n")]).unwrap();

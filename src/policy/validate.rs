@@ -263,6 +263,22 @@ impl Checker<'_> {
         }
     }
 
+    /// A rule without `match.endpoint` needs targets that all speak one API format; it then
+    /// takes that format's requests.
+    fn common_format(&mut self, name: &str, loc: &Location, targets: &[Target], formats: &Formats) {
+        let spoken = [ApiFormat::OpenAi, ApiFormat::Anthropic]
+            .into_iter()
+            .any(|f| targets.iter().all(|t| t.provider.kind.speaks(f)));
+        if formats.every_endpoint && !targets.is_empty() && !spoken {
+            self.bad(
+                loc,
+                format!(
+                    "rule {name:?}: its targets speak no API format in common, so no request could use them all; name the endpoints in `match.endpoint`"
+                ),
+            );
+        }
+    }
+
     fn route(&mut self, name: &str, r: &Spanned<RouteFile>, formats: &Formats) -> Route {
         if r.value.targets.is_empty() {
             self.bad(
@@ -275,7 +291,8 @@ impl Checker<'_> {
             .targets
             .iter()
             .filter_map(|t| self.target(name, t, Some(formats), true))
-            .collect();
+            .collect::<Vec<_>>();
+        self.common_format(name, &r.referenced, &targets, formats);
         let mut retries = Retries::default();
         if let Some(spanned) = &r.value.retries {
             let f = &spanned.value;
@@ -315,6 +332,7 @@ impl Checker<'_> {
             .iter()
             .filter_map(|t| self.target(name, t, Some(formats), false))
             .collect();
+        self.common_format(name, &c.referenced, &steps, formats);
         let judges = self.judges(name, &f.judges);
         let judged_calls = if judges.llm.is_some() {
             f.steps.len().saturating_sub(1)
@@ -584,20 +602,19 @@ impl Checker<'_> {
                 ),
             );
         }
-        let each = formats.map_or(&[][..], |f| &f.each[..]);
+        // A rule that names no endpoint takes the requests its targets can answer (see
+        // `Rule::serves`); the targets' common format is checked once they are all known.
+        let each = formats
+            .filter(|f| !f.every_endpoint)
+            .map_or(&[][..], |f| &f.each[..]);
         for (format, endpoint) in each {
             if !target.provider.kind.speaks(*format) {
                 self.bad(
                     &t.referenced,
                     format!(
-                        "rule {name:?}: target {} does not speak the {} API of {endpoint}{}",
+                        "rule {name:?}: target {} does not speak the {} API of {endpoint}",
                         target.label(),
                         format_name(*format),
-                        if formats.is_some_and(|f| f.every_endpoint) {
-                            " (the rule has no `match.endpoint`, so it takes every endpoint's requests)"
-                        } else {
-                            ""
-                        }
                     ),
                 );
                 break;

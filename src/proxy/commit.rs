@@ -1,63 +1,54 @@
-//! Writing a request's one record: priced with the request's own config snapshot, counted in
-//! the metrics, and appended to the ledger before the client sees the end of its response.
+//! Writing a request's records: one per upstream call and one for the request, which
+//! carries their totals. Priced with the request's own config snapshot, counted in the
+//! metrics, and appended to the ledger before the client sees the end of its response.
 
+use super::ctx::FinishedAttempt;
 use super::{RequestCtx, Tollgate};
 use crate::api::MAX_NAME_LEN;
 use crate::attribution::bounded;
 use crate::money::NanoUsd;
-use crate::record::{AttemptRecord, Record, Role, Verdict};
-use crate::usage::UsageSource;
+use crate::record::{AttemptRecord, Record, Verdict};
+use crate::usage::{Usage, UsageSource};
 
-/// Appends the request's record once; later calls do nothing.
+/// Appends the request's records once; later calls do nothing.
 pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
     if !ctx.recorded || ctx.committed {
         return;
     }
     ctx.committed = true;
     ctx.mark_end();
-    // The provider names the model it served; bound it like a client-sent name.
-    let model = ctx
-        .served_model
-        .as_deref()
-        .filter(|m| !m.is_empty())
-        .map(|m| bounded(m, MAX_NAME_LEN))
-        .unwrap_or_else(|| ctx.upstream_model.clone());
-    let cost = price(ctx, &model);
-    let attempt = ctx.upstream_call.map(|(ts, started)| AttemptRecord {
-        ts,
-        request_id: ctx.request_id.clone(),
-        attempt: 1,
-        role: Role::Primary,
-        policy: String::new(),
-        team: ctx.attribution.team.clone(),
-        project: ctx.attribution.project.clone(),
-        env: ctx.attribution.env.clone(),
-        user: ctx.attribution.user.clone(),
-        feature: ctx.attribution.feature.clone(),
-        key_name: ctx.attribution.key_name.clone(),
-        endpoint: ctx.endpoint.clone(),
-        provider: ctx.provider.clone(),
-        model: model.clone(),
-        stream: ctx.stream,
-        status: ctx.upstream_status,
-        input_tokens: ctx.usage.input_tokens,
-        output_tokens: ctx.usage.output_tokens,
-        cached_input_tokens: ctx.usage.cached_input_tokens,
-        cache_write_tokens: ctx.usage.cache_write_tokens,
-        reasoning_tokens: ctx.usage.reasoning_tokens,
-        usage_source: ctx.usage_source,
-        cost_usd: cost,
-        latency_ms: started.elapsed().as_millis() as u64,
-        ttfb_ms: ctx.ttfb_ms,
-        error: ctx.error.clone(),
-        verdict: if ctx.error.as_deref() == Some("client_disconnected") {
-            Verdict::Aborted
-        } else if ctx.upstream_status == 0 {
-            Verdict::Failed
-        } else {
-            Verdict::Served
-        },
-        judge: String::new(),
+    let answering = answering_attempt(ctx);
+    let model = answering
+        .as_ref()
+        .map_or_else(|| ctx.upstream_model.clone(), |a| a.model.clone());
+    let calls: Vec<&FinishedAttempt> = ctx.attempts.iter().chain(&answering).collect();
+
+    let mut attempts = Vec::with_capacity(calls.len());
+    let (mut usage, mut cost, mut source) = (Usage::default(), Some(NanoUsd::ZERO), None);
+    for (i, call) in calls.iter().enumerate() {
+        // The answering call's model is the one the provider named; when the price book
+        // does not know that name, the name it was sent under prices it.
+        let fallback =
+            (i + 1 == calls.len() && answering.is_some()).then_some(ctx.upstream_model.as_str());
+        let call_cost = price(ctx, call, fallback);
+        usage.input_tokens += call.usage.input_tokens;
+        usage.output_tokens += call.usage.output_tokens;
+        usage.cached_input_tokens += call.usage.cached_input_tokens;
+        usage.cache_write_tokens += call.usage.cache_write_tokens;
+        usage.reasoning_tokens += call.usage.reasoning_tokens;
+        cost = cost.zip(call_cost).map(|(a, b)| a + b);
+        source = Some(worse(source, call.usage_source));
+        attempts.push(attempt_record(ctx, i, call, call_cost));
+    }
+    // What the answer would have cost on the model the request would have gone to.
+    let counterfactual = answering.as_ref().and_then(|a| {
+        if a.usage_source == UsageSource::None {
+            return Some(NanoUsd::ZERO);
+        }
+        ctx.config
+            .prices
+            .lookup(&ctx.counterfactual_model, ctx.ts)
+            .map(|p| p.cost(&a.usage))
     });
     let record = Record {
         ts: ctx.ts,
@@ -76,34 +67,119 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         model,
         stream: ctx.stream,
         status: ctx.status,
-        input_tokens: ctx.usage.input_tokens,
-        output_tokens: ctx.usage.output_tokens,
-        cached_input_tokens: ctx.usage.cached_input_tokens,
-        cache_write_tokens: ctx.usage.cache_write_tokens,
-        reasoning_tokens: ctx.usage.reasoning_tokens,
-        usage_source: ctx.usage_source,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cached_input_tokens: usage.cached_input_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        usage_source: source.unwrap_or(UsageSource::None),
         cost_usd: cost,
         latency_ms: ctx.latency_ms.unwrap_or_default(),
         ttfb_ms: ctx.ttfb_ms,
         error: ctx.error.clone(),
-        policy: String::new(),
-        attempts: u16::from(attempt.is_some()),
-        escalations: 0,
-        counterfactual_cost_usd: cost,
+        policy: std::mem::take(&mut ctx.policy),
+        attempts: attempts.len() as u16,
+        escalations: attempts
+            .iter()
+            .filter(|a| a.verdict == Verdict::Rejected)
+            .count() as u16,
+        counterfactual_cost_usd: counterfactual,
     };
-    tg.metrics.observe(&record);
+    tg.metrics.observe(&record, &attempts);
     // A failed append is counted and logged by the ledger; the client is still answered.
-    let _ = tg.ledger.append(&record, attempt.as_slice());
+    let _ = tg.ledger.append(&record, &attempts);
+}
+
+/// The call whose answer (or failure) the client got, from the context's fields.
+fn answering_attempt(ctx: &RequestCtx) -> Option<FinishedAttempt> {
+    let started = ctx.current?;
+    // The provider names the model it served; bound it like a client-sent name.
+    let model = ctx
+        .served_model
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .map(|m| bounded(m, MAX_NAME_LEN))
+        .unwrap_or_else(|| ctx.upstream_model.clone());
+    let verdict = if ctx.error.as_deref() == Some("client_disconnected") {
+        Verdict::Aborted
+    } else if ctx.upstream_status == 0 {
+        Verdict::Failed
+    } else if ctx.accepted {
+        Verdict::Accepted
+    } else {
+        Verdict::Served
+    };
+    Some(FinishedAttempt {
+        started,
+        provider: ctx.provider.clone(),
+        model,
+        status: ctx.upstream_status,
+        usage: ctx.usage,
+        usage_source: ctx.usage_source,
+        ttfb_ms: ctx.ttfb_ms,
+        latency_ms: started.at.elapsed().as_millis() as u64,
+        error: ctx.error.clone(),
+        verdict,
+        judge: String::new(),
+    })
+}
+
+fn attempt_record(
+    ctx: &RequestCtx,
+    i: usize,
+    call: &FinishedAttempt,
+    cost: Option<NanoUsd>,
+) -> AttemptRecord {
+    let a = &ctx.attribution;
+    AttemptRecord {
+        ts: call.started.ts,
+        request_id: ctx.request_id.clone(),
+        attempt: i as u16 + 1,
+        role: call.started.role,
+        policy: ctx.policy.clone(),
+        team: a.team.clone(),
+        project: a.project.clone(),
+        env: a.env.clone(),
+        user: a.user.clone(),
+        feature: a.feature.clone(),
+        key_name: a.key_name.clone(),
+        endpoint: ctx.endpoint.clone(),
+        provider: call.provider.clone(),
+        model: call.model.clone(),
+        stream: ctx.stream,
+        status: call.status,
+        input_tokens: call.usage.input_tokens,
+        output_tokens: call.usage.output_tokens,
+        cached_input_tokens: call.usage.cached_input_tokens,
+        cache_write_tokens: call.usage.cache_write_tokens,
+        reasoning_tokens: call.usage.reasoning_tokens,
+        usage_source: call.usage_source,
+        cost_usd: cost,
+        latency_ms: call.latency_ms,
+        ttfb_ms: call.ttfb_ms,
+        error: call.error.clone(),
+        verdict: call.verdict,
+        judge: call.judge.clone(),
+    }
 }
 
 /// A call with no tokens costs nothing; one with tokens but no price has unknown cost.
-fn price(ctx: &RequestCtx, model: &str) -> Option<NanoUsd> {
-    if ctx.usage_source == UsageSource::None {
+fn price(ctx: &RequestCtx, call: &FinishedAttempt, fallback: Option<&str>) -> Option<NanoUsd> {
+    if call.usage_source == UsageSource::None {
         return Some(NanoUsd::ZERO);
     }
     let prices = &ctx.config.prices;
     prices
-        .lookup(model, ctx.ts)
-        .or_else(|| prices.lookup(&ctx.upstream_model, ctx.ts))
-        .map(|p| p.cost(&ctx.usage))
+        .lookup(&call.model, ctx.ts)
+        .or_else(|| fallback.and_then(|m| prices.lookup(m, ctx.ts)))
+        .map(|p| p.cost(&call.usage))
+}
+
+/// The least exact of two usage sources: a total is only as good as its weakest part.
+fn worse(acc: Option<UsageSource>, next: UsageSource) -> UsageSource {
+    match (acc, next) {
+        (Some(UsageSource::Estimated), _) | (_, UsageSource::Estimated) => UsageSource::Estimated,
+        (Some(UsageSource::Reported), _) | (_, UsageSource::Reported) => UsageSource::Reported,
+        _ => UsageSource::None,
+    }
 }

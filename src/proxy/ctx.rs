@@ -3,6 +3,7 @@
 use crate::api::ApiFormat;
 use crate::attribution::Attribution;
 use crate::config::Validated;
+use crate::record::{Role, Verdict};
 use crate::usage::{Usage, UsageSource};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -24,10 +25,19 @@ pub struct RequestCtx {
     pub stream: bool,
     /// Status the client received (0 until a response was written).
     pub status: u16,
-    /// The upstream call, once one was made: when it started, and the status it answered
-    /// with (0 until it answered).
-    pub upstream_call: Option<(DateTime<Utc>, Instant)>,
+    /// The upstream call whose answer the client gets, once it started; its usage, status
+    /// and error are the fields of this context.
+    pub current: Option<Started>,
+    /// The status that call answered with (0 until it answered).
     pub upstream_status: u16,
+    /// Calls made before it: failed, retried, or held and rejected.
+    pub attempts: Vec<FinishedAttempt>,
+    /// Its answer was held and accepted by a cascade's judges before the client got it.
+    pub accepted: bool,
+    /// The routing rule that planned the request; empty when none matched.
+    pub policy: String,
+    /// The model the request's savings are measured against (see `plan::Plan`).
+    pub counterfactual_model: String,
     /// The response header has gone out; errors can no longer be answered.
     pub response_started: bool,
     pub ttfb_ms: Option<u64>,
@@ -60,8 +70,12 @@ impl RequestCtx {
             upstream_model: String::new(),
             stream: false,
             status: 0,
-            upstream_call: None,
+            current: None,
             upstream_status: 0,
+            attempts: Vec::new(),
+            accepted: false,
+            policy: String::new(),
+            counterfactual_model: String::new(),
             response_started: false,
             ttfb_ms: None,
             latency_ms: None,
@@ -90,5 +104,93 @@ impl RequestCtx {
         if self.error.is_none() {
             self.error = Some(code.into());
         }
+    }
+}
+
+/// When an upstream call started, and why it was made.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub ts: DateTime<Utc>,
+    pub at: Instant,
+    pub role: Role,
+}
+
+impl Started {
+    pub fn now(role: Role) -> Started {
+        Started {
+            ts: Utc::now(),
+            at: Instant::now(),
+            role,
+        }
+    }
+}
+
+/// An upstream call whose answer the client did not get.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub started: Started,
+    pub provider: String,
+    pub model: String,
+    pub status: u16,
+    pub usage: Usage,
+    pub usage_source: UsageSource,
+    pub ttfb_ms: Option<u64>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+    pub verdict: Verdict,
+    /// The judge that rejected it.
+    pub judge: String,
+}
+
+impl FinishedAttempt {
+    /// A call that failed before it produced anything countable.
+    pub fn failed(
+        started: Started,
+        provider: &str,
+        model: &str,
+        status: u16,
+        error: String,
+    ) -> FinishedAttempt {
+        FinishedAttempt {
+            started,
+            provider: provider.to_string(),
+            model: model.to_string(),
+            status,
+            usage: Usage::default(),
+            usage_source: UsageSource::None,
+            ttfb_ms: None,
+            latency_ms: started.at.elapsed().as_millis() as u64,
+            error: Some(error),
+            verdict: Verdict::Failed,
+            judge: String::new(),
+        }
+    }
+}
+
+impl RequestCtx {
+    /// `x-tollgate-route`: every call made, `provider/model=verdict` (`:judge` when one
+    /// rejected it), the answering one last.
+    pub fn route_header(&self, answering: Verdict) -> String {
+        let mut out = String::new();
+        for a in &self.attempts {
+            out.push_str(&format!(
+                "{}/{}={}",
+                a.provider,
+                a.model,
+                a.verdict.as_str()
+            ));
+            if !a.judge.is_empty() {
+                out.push(':');
+                out.push_str(&a.judge);
+            }
+            out.push_str(", ");
+        }
+        out.push_str(&format!(
+            "{}/{}={}",
+            self.provider,
+            self.upstream_model,
+            answering.as_str()
+        ));
+        out
     }
 }

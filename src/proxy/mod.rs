@@ -1,12 +1,16 @@
 //! The proxy: one pingora `ProxyHttp` whose hooks live one per file.
 //!
-//! `request_filter` does the work: it reads the whole body (pingora's retry buffer holds only
-//! 64 KiB), routes by `model`, calls the upstream itself through pingora's connector and
-//! streams the answer back, metering as bytes pass. The record is
-//! written before the client sees the end of its response (`commit`); `logging` records what
-//! ended otherwise.
+//! `request_filter` does the work, in steps of a module each: `admit` (key, attribution,
+//! the whole body: pingora's retry buffer holds only 64 KiB), `plan` (the matching policy
+//! rule turns the request into ordered targets), `attempts` (upstream calls through
+//! pingora's connector, with fallbacks, retries and judged cascade steps), and delivery in
+//! `relay` (the answer streamed through as it arrives, or a held answer replayed), metering
+//! as bytes pass. The records are written before the client sees the end of its response
+//! (`commit`); `logging` records what ended otherwise.
 //! `fail_to_proxy` only stays quiet when a response was already under way.
 
+mod admit;
+mod attempts;
 mod body;
 mod commit;
 pub mod connections;
@@ -14,6 +18,7 @@ mod ctx;
 mod fail_to_proxy;
 mod logging;
 mod outcome;
+mod plan;
 mod relay;
 mod request_filter;
 mod rewrite;

@@ -7,14 +7,16 @@ use crate::api::Endpoint;
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::config::Provider;
 use crate::error::{ProxyError, stream_error_event};
+use crate::record::Verdict;
 use crate::tokens::Encoding;
 use crate::usage::meter::{Meter, settle_counted};
-use crate::usage::{UsageSource, estimate};
+use crate::usage::{Usage, UsageSource, estimate};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use std::time::Duration;
 
 pub struct Exchange<'a> {
     pub provider: &'a Provider,
@@ -23,6 +25,8 @@ pub struct Exchange<'a> {
     pub body: Bytes,
     pub strip_usage_chunk: bool,
     pub metered: bool,
+    /// Time for the provider to answer with a header; its read timeout applies otherwise.
+    pub timeout: Option<Duration>,
 }
 
 /// Response headers not forwarded: hop-by-hop ones (framing is re-derived) and the
@@ -34,17 +38,62 @@ fn is_dropped_response_header(name: &str) -> bool {
     )
 }
 
-pub async fn run(
+/// An upstream exchange whose response header has arrived.
+pub struct Opened {
+    up: HttpSession,
+    peer: HttpPeer,
+    header: ResponseHeader,
+}
+
+impl Opened {
+    pub fn status(&self) -> u16 {
+        self.header.status.as_u16()
+    }
+
+    /// The provider's `retry-after`, in whole seconds.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+
+    fn is_sse(&self) -> bool {
+        self.header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    }
+}
+
+/// Why no response header came.
+pub enum Unopened {
+    /// The client left while the provider worked; the call was cancelled.
+    ClientGone,
+    Failed(ProxyError),
+}
+
+/// Sends the request and waits for the response header, watching the client meanwhile: a
+/// client that leaves cancels the upstream call (dropping it closes the connection).
+pub async fn open(
     tg: &Tollgate,
     session: &mut Session,
-    ctx: &mut RequestCtx,
-    ex: Exchange<'_>,
-) -> Result<(), Outcome> {
+    ctx: &RequestCtx,
+    ex: &Exchange<'_>,
+) -> Result<Opened, Unopened> {
     let provider = ex.provider;
     let addr = provider.upstream().ok_or_else(|| {
-        ProxyError::Internal(format!("provider {} has no address yet", provider.name))
+        Unopened::Failed(ProxyError::Internal(format!(
+            "provider {} has no address yet",
+            provider.name
+        )))
     })?;
-    let peer = upstream::peer(&tg.resolver, provider, addr).await?;
+    let peer = upstream::peer(&tg.resolver, provider, addr)
+        .await
+        .map_err(Unopened::Failed)?;
     let header = upstream::request_header(
         session.req_header(),
         addr,
@@ -52,23 +101,49 @@ pub async fn run(
         ctx.format,
         ex.credential,
         ex.body.len(),
-    )?;
-
-    ctx.upstream_call = Some((chrono::Utc::now(), std::time::Instant::now()));
-    // Watch the client while the provider works on the answer: a client that leaves before
-    // the response header cancels the upstream call (dropping it closes the connection).
-    let mut up = tokio::select! {
-        biased;
-        sent = send(tg, &peer, provider, header, &ex.body) => sent?,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => {
-            return Err(client_left_before_header(tg, ctx));
+    )
+    .map_err(Unopened::Failed)?;
+    let sending = send(tg, &peer, provider, header, &ex.body);
+    let timed = async {
+        match ex.timeout {
+            Some(limit) => tokio::time::timeout(limit, sending)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProxyError::UpstreamTimeout {
+                        provider: provider.name.clone(),
+                        reason: format!("no answer within {} ms", limit.as_millis()),
+                    })
+                }),
+            None => sending.await,
         }
     };
-    ctx.ttfb_ms = Some(ctx.elapsed_ms());
-
-    let Some(up_resp) = up.response_header().cloned() else {
-        return Err(upstream_err(provider, "no response header").into());
+    let up = tokio::select! {
+        biased;
+        sent = timed => sent.map_err(Unopened::Failed)?,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(Unopened::ClientGone),
     };
+    let header = up
+        .response_header()
+        .cloned()
+        .ok_or_else(|| Unopened::Failed(upstream_err(provider, "no response header")))?;
+    Ok(Opened { up, peer, header })
+}
+
+/// Streams an opened exchange's answer to the client as it arrives, metering it on the
+/// way; the record is written before the client sees its end.
+pub async fn deliver(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    opened: Opened,
+    ex: &Exchange<'_>,
+) -> Result<(), Outcome> {
+    let Opened {
+        mut up,
+        peer,
+        header: up_resp,
+    } = opened;
+    ctx.ttfb_ms = Some(ctx.elapsed_ms());
     let status = up_resp.status.as_u16();
     ctx.status = status;
     ctx.upstream_status = status;
@@ -91,7 +166,7 @@ pub async fn run(
         meter,
     };
 
-    let resp = client_response_header(&up_resp, ctx, relay.meter.rewrites())
+    let resp = client_response_header(&up_resp, ctx, relay.meter.rewrites(), Verdict::Served)
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
     if session
         .write_response_header(Box::new(resp), false)
@@ -103,7 +178,7 @@ pub async fn run(
     }
     ctx.response_started = true;
 
-    let end = pump(tg, session, ctx, &mut up, &mut relay, &ex).await;
+    let end = pump(tg, session, ctx, &mut up, &mut relay, ex).await;
     match &end {
         PumpEnd::Complete => {
             relay.meter.finish_body();
@@ -111,7 +186,7 @@ pub async fn run(
             let last = (!rest.is_empty()).then(|| Bytes::from(rest));
             // For bodies whose end only the end of the framing tells (chunked, no usage
             // marker), the record goes in now, before that end is written.
-            finish(tg, ctx, &mut relay, &ex).await;
+            finish(tg, ctx, &mut relay, ex).await;
             if session.write_response_body(last, true).await.is_err() {
                 tracing::debug!(request_id = %ctx.request_id, "client left as the response ended");
             }
@@ -143,7 +218,7 @@ pub async fn run(
         }
     }
     // Aborted exchanges: the connection is closing anyway, so counting here holds no one up.
-    finish(tg, ctx, &mut relay, &ex).await;
+    finish(tg, ctx, &mut relay, ex).await;
     match end {
         PumpEnd::Complete => Ok(()),
         PumpEnd::ClientGone => Err(Outcome::Abort("client disconnected")),
@@ -151,10 +226,165 @@ pub async fn run(
     }
 }
 
+/// A whole answer read from the upstream and not yet shown to the client.
+pub struct Held {
+    header: ResponseHeader,
+    /// The body as the client would get it (an injected usage chunk already removed).
+    pub body: Vec<u8>,
+    pub is_sse: bool,
+    pub usage: Usage,
+    pub usage_source: UsageSource,
+    pub served_model: Option<String>,
+    pub ttfb_ms: u64,
+}
+
+/// Why an answer could not be held.
+pub enum Unheld {
+    ClientGone,
+    /// The upstream failed, or the answer was too large to hold.
+    Failed(String),
+}
+
+/// Answers larger than this are not held for judging.
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads an opened exchange's whole answer, metered, watching the client meanwhile. The
+/// upstream connection goes back to the pool when the answer ended cleanly.
+pub async fn hold(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &RequestCtx,
+    opened: Opened,
+    ex: &Exchange<'_>,
+    model: &str,
+) -> Result<Held, Unheld> {
+    let is_sse = opened.is_sse();
+    let Opened {
+        mut up,
+        peer,
+        header,
+    } = opened;
+    let ttfb_ms = ctx.elapsed_ms();
+    let mut meter = Meter::new(
+        ctx.format,
+        ex.endpoint,
+        is_sse,
+        ex.strip_usage_chunk && is_sse,
+    );
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            read = up.read_response_body() => read,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(Unheld::ClientGone),
+        };
+        match chunk {
+            Ok(Some(bytes)) => {
+                match meter.feed(&bytes) {
+                    Some(out) => body.extend_from_slice(&out),
+                    None => body.extend_from_slice(&bytes),
+                }
+                if body.len() > MAX_HELD_BYTES {
+                    return Err(Unheld::Failed(format!(
+                        "the answer is larger than {MAX_HELD_BYTES} bytes"
+                    )));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(Unheld::Failed(describe(&e))),
+        }
+    }
+    meter.finish_body();
+    body.extend_from_slice(&meter.take_unforwarded());
+    if up.response_done() {
+        tg.connector
+            .release_http_session(up, &peer, peer.options.idle_timeout)
+            .await;
+    }
+    let served_model = meter.observed.model.clone();
+    let (usage, usage_source) = settle_usage(
+        tg,
+        &ctx.request_id,
+        &ex.provider.name,
+        served_model.as_deref().unwrap_or(model),
+        &meter,
+        ex.endpoint,
+        ex.body.clone(),
+    )
+    .await;
+    Ok(Held {
+        header,
+        body,
+        is_sse,
+        usage,
+        usage_source,
+        served_model,
+        ttfb_ms,
+    })
+}
+
+/// Sends a held answer to the client, its record written before the last byte goes out.
+pub async fn replay(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    held: Held,
+) -> Result<(), Outcome> {
+    ctx.ttfb_ms = Some(held.ttfb_ms);
+    ctx.status = held.header.status.as_u16();
+    ctx.upstream_status = ctx.status;
+    ctx.usage = held.usage;
+    ctx.usage_source = held.usage_source;
+    ctx.served_model = held.served_model;
+    ctx.accepted = true;
+    let mut resp = client_response_header(&held.header, ctx, true, Verdict::Accepted)
+        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
+    // The whole body is known: a plain length rather than chunks.
+    let _ = resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_LENGTH, held.body.len().to_string())
+        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
+        return Err(client_left_before_header(tg, ctx));
+    }
+    ctx.response_started = true;
+    commit::commit(tg, ctx);
+    if session
+        .write_response_body(Some(Bytes::from(held.body)), true)
+        .await
+        .is_err()
+    {
+        tracing::debug!(request_id = %ctx.request_id, "client left as the held answer was sent");
+    }
+    Ok(())
+}
+
+/// Reads (a bounded start of) an error answer the plan moves on from, for its code.
+pub async fn discard(tg: &Tollgate, opened: Opened) -> String {
+    let status = opened.status();
+    let Opened { mut up, peer, .. } = opened;
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match up.read_response_body().await {
+            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+            _ => break,
+        }
+    }
+    if up.response_done() {
+        tg.connector
+            .release_http_session(up, &peer, peer.options.idle_timeout)
+            .await;
+    }
+    provider_error_code(&body).unwrap_or_else(|| format!("http_{status}"))
+}
+
 /// Records a client that left before any response header: status 499 (the client closed
 /// the request), never a status it did not receive. Usage is not estimated: a provider that
 /// had not answered yet is cut off before it produced anything the record could count.
-fn client_left_before_header(tg: &Tollgate, ctx: &mut RequestCtx) -> Outcome {
+pub fn client_left_before_header(tg: &Tollgate, ctx: &mut RequestCtx) -> Outcome {
     ctx.mark_end();
     ctx.status = CLIENT_CLOSED_REQUEST;
     ctx.fail("client_disconnected");
@@ -209,7 +439,19 @@ async fn finish(tg: &Tollgate, ctx: &mut RequestCtx, relay: &mut Relay, ex: &Exc
     }
     ctx.served_model = relay.meter.observed.model.clone();
     if ex.metered && relay.success {
-        settle_usage(tg, ctx, &relay.meter, ex.endpoint, ex.body.clone()).await;
+        let model = ctx.served_model.as_deref().unwrap_or(&ctx.upstream_model);
+        let (usage, source) = settle_usage(
+            tg,
+            &ctx.request_id,
+            &ex.provider.name,
+            model,
+            &relay.meter,
+            ex.endpoint,
+            ex.body.clone(),
+        )
+        .await;
+        ctx.usage = usage;
+        ctx.usage_source = source;
     }
     commit::commit(tg, ctx);
 }
@@ -318,6 +560,7 @@ fn client_response_header(
     up: &ResponseHeader,
     ctx: &RequestCtx,
     rewrites: bool,
+    verdict: Verdict,
 ) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 2))?;
     for (name, value) in up.headers.iter() {
@@ -333,8 +576,14 @@ fn client_response_header(
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+    if !ctx.policy.is_empty() {
+        resp.insert_header(ROUTE_HEADER, ctx.route_header(verdict))?;
+    }
     Ok(resp)
 }
+
+/// Lists a routed request's calls and their verdicts.
+pub const ROUTE_HEADER: &str = "x-tollgate-route";
 
 enum PumpEnd {
     Complete,
@@ -401,15 +650,17 @@ async fn pump(
     }
 }
 
-/// Fills the context's usage: reported where the provider said, estimated where not.
+/// A response's usage: reported where the provider said, counted locally where not.
 async fn settle_usage(
     tg: &Tollgate,
-    ctx: &mut RequestCtx,
+    request_id: &str,
+    provider: &str,
+    model: &str,
     meter: &Meter,
     endpoint: Endpoint,
     body: Bytes,
-) {
-    let enc = Encoding::for_model(ctx.served_model.as_deref().unwrap_or(&ctx.upstream_model));
+) -> (Usage, UsageSource) {
+    let enc = Encoding::for_model(model);
     let reported = &meter.observed;
     let settled = if reported.input_tokens.is_some() && reported.output_tokens.is_some() {
         settle_counted(reported, || unreachable!("input was reported"), enc)
@@ -429,15 +680,18 @@ async fn settle_usage(
         })
         .await
     };
-    ctx.usage = settled.usage;
-    ctx.usage_source = settled.source;
     if settled.source == UsageSource::Estimated {
-        tracing::debug!(request_id = %ctx.request_id, exact = settled.exact, "usage missing; counted locally");
+        tracing::debug!(
+            request_id,
+            exact = settled.exact,
+            "usage missing; counted locally"
+        );
         if !settled.exact {
             tg.metrics
                 .usage_approximate
-                .with_label_values(&[&ctx.provider])
+                .with_label_values(&[provider])
                 .inc();
         }
     }
+    (settled.usage, settled.source)
 }

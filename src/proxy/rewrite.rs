@@ -15,11 +15,21 @@ pub struct Edits<'a> {
     pub model: Option<&'a str>,
     /// Make `stream_options.include_usage` true, whatever `stream_options` was before.
     pub include_usage: bool,
+    /// Lower the output-token limit to a cap.
+    pub max_tokens: Option<Cap>,
+}
+
+/// An output-token cap: each of `keys` present is lowered to `limit` (a value that is not
+/// a number is replaced); when none is present, the first is added.
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    pub keys: &'static [&'static str],
+    pub limit: u64,
 }
 
 impl Edits<'_> {
     pub fn is_empty(&self) -> bool {
-        self.model.is_none() && !self.include_usage
+        self.model.is_none() && !self.include_usage && self.max_tokens.is_none()
     }
 }
 
@@ -58,6 +68,26 @@ pub fn apply(body: &[u8], edits: Edits<'_>) -> Result<Vec<u8>, ProxyError> {
                 "stream_options",
                 USAGE_ON.as_bytes(),
             ));
+        }
+    }
+    if let Some(cap) = edits.max_tokens {
+        let limit = cap.limit.to_string().into_bytes();
+        let mut found = false;
+        for (_, span) in members
+            .iter()
+            .filter(|(k, _)| cap.keys.contains(&k.as_str()))
+        {
+            found = true;
+            let within = std::str::from_utf8(&body[span.clone()])
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|v| v <= cap.limit);
+            if !within {
+                splices.push((span.clone(), limit.clone()));
+            }
+        }
+        if !found {
+            splices.push(insertion(body, &members, cap.keys[0], &limit));
         }
     }
     Ok(splice(body, splices))
@@ -166,6 +196,7 @@ mod tests {
     const USAGE: Edits = Edits {
         model: None,
         include_usage: true,
+        max_tokens: None,
     };
 
     #[test]
@@ -176,10 +207,34 @@ mod tests {
             body,
             Edits {
                 model: Some("gpt-4o-mini"),
-                include_usage: false,
+                ..Edits::default()
             },
         );
         assert_eq!(out, body.replace(r#""gpt-4o""#, r#""gpt-4o-mini""#));
+    }
+
+    #[test]
+    fn a_cap_lowers_raises_nothing_and_is_added_when_absent() {
+        let cap = |limit| Edits {
+            max_tokens: Some(Cap {
+                keys: &["max_completion_tokens", "max_tokens"],
+                limit,
+            }),
+            ..Edits::default()
+        };
+        let body = r#"{"model":"m","max_tokens":1000, "max_completion_tokens": 50}"#;
+        assert_eq!(
+            edit(body, cap(100)),
+            r#"{"model":"m","max_tokens":100, "max_completion_tokens": 50}"#
+        );
+        assert_eq!(
+            edit(r#"{"model":"m"}"#, cap(100)),
+            r#"{"max_completion_tokens":100,"model":"m"}"#
+        );
+        assert_eq!(
+            edit(r#"{"model":"m","max_tokens":null}"#, cap(7)),
+            r#"{"model":"m","max_tokens":7}"#
+        );
     }
 
     #[test]
@@ -400,7 +455,7 @@ mod tests {
             include_usage in any::<bool>(),
         ) {
             let body = format!("{lead}{}{trail}", object.render());
-            let out = apply(body.as_bytes(), Edits { model: rename.as_deref(), include_usage }).unwrap();
+            let out = apply(body.as_bytes(), Edits { model: rename.as_deref(), include_usage, max_tokens: None }).unwrap();
             let mut want = object.clone();
             if let Some(m) = &rename
                 && want.members.iter().any(|m| m.key == "model")
@@ -438,7 +493,7 @@ mod tests {
             } else {
                 serde_json::to_string(&object).unwrap()
             };
-            let edits = Edits { model: rename.as_deref(), include_usage };
+            let edits = Edits { model: rename.as_deref(), include_usage, max_tokens: None };
             let out = apply(body.as_bytes(), edits).unwrap();
             let got: Value = serde_json::from_slice(&out).unwrap();
             // Compared with the body as parsed (not `object`): parsing is what the provider

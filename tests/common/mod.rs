@@ -204,7 +204,9 @@ impl Proxy {
         std::fs::write(dir.path().join("tollgate.yaml"), full).unwrap();
         std::fs::write(dir.path().join("prices.yaml"), PRICES).unwrap();
         for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).unwrap();
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
         }
         let mut proxy = Proxy {
             child: None,

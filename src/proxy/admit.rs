@@ -1,0 +1,193 @@
+//! Admission: the path, the key, the attribution and the body, read and checked before
+//! anything is planned or sent.
+
+use super::{RequestCtx, Tollgate, body, upstream};
+use crate::api::{Endpoint, MAX_NAME_LEN};
+use crate::attribution::Attribution;
+use crate::auth::{Presented, presented_key};
+use crate::config::Provider;
+use crate::error::ProxyError;
+use crate::tokens::Encoding;
+use crate::usage::estimate;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// Longest path accepted; the path is recorded as `endpoint`.
+const MAX_PATH_LEN: usize = 2048;
+
+/// A request that passed admission, with what planning needs to know of its body.
+pub struct Admitted {
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+    /// A POST to a metered endpoint: its answer is metered and recorded with usage.
+    pub metered: bool,
+    /// The model asked for, on endpoints that name one.
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: Option<bool>,
+    /// Tools were offered.
+    pub tools: bool,
+    /// JSON mode or a JSON schema was asked for.
+    pub json: bool,
+    /// The client presented one of Tollgate's virtual keys (else its own provider key).
+    virtual_key: bool,
+}
+
+/// The fields of a request body that routing needs; the rest is validated, not kept.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    tools: Option<Vec<IgnoredAny>>,
+    #[serde(borrow, default)]
+    response_format: Option<TypeOnly<'a>>,
+    /// The Responses API's `text.format`.
+    #[serde(borrow, default)]
+    text: Option<TextOptions<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct TextOptions<'a> {
+    #[serde(borrow, default)]
+    format: Option<TypeOnly<'a>>,
+}
+
+impl TypeOnly<'_> {
+    fn is_json(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("json_object" | "json_schema"))
+    }
+}
+
+/// Checks the path and the key, resolves the attribution and reads the body.
+pub async fn admit(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Admitted, ProxyError> {
+    let cfg = ctx.config.clone();
+    let path = session.req_header().uri.path().to_string();
+    if path.len() > MAX_PATH_LEN {
+        return Err(ProxyError::BadRequest(format!(
+            "the path is longer than {MAX_PATH_LEN} bytes"
+        )));
+    }
+    let endpoint = Endpoint::from_path(&path).ok_or_else(|| ProxyError::NotFound(path.clone()))?;
+    ctx.format = endpoint.format(&session.req_header().headers);
+    ctx.endpoint = path;
+    ctx.recorded = true;
+
+    let presented = match presented_key(&session.req_header().headers) {
+        None => return Err(ProxyError::MissingKey),
+        Some(Presented::Unreadable) => return Err(ProxyError::UnknownKey),
+        Some(Presented::Key(k)) => k.to_string(),
+    };
+    let vkey = cfg.keys.find(&presented);
+    let any_client_keys = cfg.providers.values().any(|p| p.allow_client_keys);
+    if vkey.is_none() && !any_client_keys {
+        return Err(ProxyError::UnknownKey);
+    }
+    ctx.attribution = Attribution::resolve(&session.req_header().headers, vkey, &cfg.attribution);
+
+    let body_deadline = Duration::from_millis(cfg.server.body_timeout_ms);
+    let body = body::read(session, cfg.max_body_bytes, body_deadline)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ProxyError::BodyTimeout { .. }) {
+                tg.metrics
+                    .client_timeouts
+                    .with_label_values(&["body"])
+                    .inc();
+            }
+        })?;
+    let is_post = session.req_header().method == http::Method::POST;
+    let mut admitted = Admitted {
+        endpoint,
+        metered: endpoint.is_metered() && is_post,
+        model: None,
+        stream: false,
+        include_usage: None,
+        tools: false,
+        json: false,
+        virtual_key: vkey.is_some(),
+        body,
+    };
+    if endpoint.has_model() && is_post {
+        let peek: Peek = serde_json::from_slice(&admitted.body)
+            .map_err(|e| ProxyError::BadJson(e.to_string()))?;
+        let model = peek
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| ProxyError::BadRequest("`model` is required".into()))?;
+        if model.len() > MAX_NAME_LEN || model.chars().any(char::is_control) {
+            return Err(ProxyError::BadRequest(format!(
+                "`model` must be at most {MAX_NAME_LEN} bytes of printable text"
+            )));
+        }
+        ctx.requested_model = model.to_string();
+        admitted.model = Some(model.to_string());
+        admitted.stream = peek.stream.unwrap_or(false);
+        admitted.include_usage = peek.stream_options.and_then(|o| o.include_usage);
+        admitted.tools = peek.tools.is_some_and(|t| !t.is_empty());
+        admitted.json = peek.response_format.is_some_and(|f| f.is_json())
+            || peek
+                .text
+                .and_then(|t| t.format)
+                .is_some_and(|f| f.is_json());
+    }
+    ctx.stream = admitted.stream;
+    Ok(admitted)
+}
+
+impl Admitted {
+    /// The request's input tokens, counted locally (for rules that match on its size).
+    pub fn estimated_input_tokens(&self) -> u64 {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
+            return 0;
+        };
+        let enc = Encoding::for_model(self.model.as_deref().unwrap_or_default());
+        estimate::input_count(self.endpoint, &value, enc).tokens
+    }
+
+    /// The credential sent to `provider`: its own key for virtual-key clients, the
+    /// client's key where the provider lets clients bring their own.
+    pub fn credential<'p>(
+        &self,
+        provider: &'p Provider,
+    ) -> Result<upstream::Credential<'p>, ProxyError> {
+        match (self.virtual_key, &provider.api_key) {
+            (true, Some(key)) => Ok(upstream::Credential::Provider(key)),
+            // The simulated provider needs some credential, not a real one.
+            (true, None) if !provider.kind.needs_real_credential() => {
+                Ok(upstream::Credential::Provider("simulated"))
+            }
+            (false, _) if provider.allow_client_keys => Ok(upstream::Credential::Client),
+            (false, _) => Err(ProxyError::UnknownKey),
+            (true, None) => Err(ProxyError::Internal(format!(
+                "provider {} has no api_key_env and does not allow client keys",
+                provider.name
+            ))),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Attempts: a plan's targets tried in order. A call that fails (connection, timeout, 429,
+//! 5xx) moves on to a retry or the next target while nothing has reached the client; a
+//! cascade holds each answer but the last and releases it only when the judges accept it.
+//! The last possible call streams straight through.
+
+use super::admit::Admitted;
+use super::ctx::{FinishedAttempt, Started};
+use super::outcome::Outcome;
+use super::plan::{Mode, Plan};
+use super::relay::{self, Exchange, Unheld, Unopened, client_left_before_header};
+use super::rewrite::{self, Cap};
+use super::{RequestCtx, Tollgate};
+use crate::answer::Answer;
+use crate::api::{ApiFormat, Endpoint};
+use crate::error::ProxyError;
+use crate::policy::Target;
+use crate::policy::judge::Ask;
+use crate::record::{Role, Verdict};
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::time::{Duration, Instant};
+
+pub async fn run(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    req: &Admitted,
+    plan: Plan,
+) -> Result<(), Outcome> {
+    ctx.policy = plan.policy_name().to_string();
+    ctx.counterfactual_model = plan.counterfactual_model.clone();
+    let cascade = matches!(plan.mode, Mode::Cascade { .. });
+    let deadline = match plan.mode {
+        Mode::Cascade { deadline } => deadline.map(|d| Instant::now() + d),
+        Mode::Route => None,
+    };
+    let max_calls = plan.retries.max_attempts.max(1);
+    let mut ask: Option<Ask> = None;
+    let mut made = 0u32;
+    for (i, target) in plan.targets.iter().enumerate() {
+        let mut tries = 0u32;
+        loop {
+            let role = match (made, tries, cascade) {
+                (0, _, _) => Role::Primary,
+                (_, 1.., _) => Role::Retry,
+                (_, _, true) => Role::Escalation,
+                (_, _, false) => Role::Fallback,
+            };
+            made += 1;
+            tries += 1;
+            let in_time = deadline.is_none_or(|d| Instant::now() < d);
+            let retry_left = tries <= plan.retries.per_target && made < max_calls && in_time;
+            let next_left = i + 1 < plan.targets.len() && made < max_calls && in_time;
+            let last_call = !retry_left && !next_left;
+
+            ctx.provider = target.provider.name.clone();
+            ctx.upstream_model = target.model.clone();
+            let prepared = prepare(ctx.format, req, target, plan.max_tokens)?;
+            let ex = Exchange {
+                provider: &target.provider,
+                endpoint: req.endpoint,
+                credential: req.credential(&target.provider)?,
+                body: prepared.body,
+                strip_usage_chunk: prepared.strip_usage_chunk,
+                metered: req.metered,
+                timeout: target.timeout,
+            };
+            let started = Started::now(role);
+            ctx.current = Some(started);
+            let opened = match relay::open(tg, session, ctx, &ex).await {
+                Ok(opened) => opened,
+                Err(Unopened::ClientGone) => return Err(client_left_before_header(tg, ctx)),
+                Err(Unopened::Failed(err)) if last_call => return Err(err.into()),
+                Err(Unopened::Failed(err)) => {
+                    tracing::debug!(request_id = %ctx.request_id, target = %target.label(), error = %err, "attempt failed; moving on");
+                    moved_on(ctx, started, target, 0, err.label().to_string());
+                    if retry_left {
+                        pause(backoff(&plan, tries)).await;
+                        continue;
+                    }
+                    break;
+                }
+            };
+            let status = opened.status();
+            let wait = opened.retry_after();
+            let may_retry = retry_left && wait.is_none_or(|w| w <= plan.retries.max_wait);
+            if is_retryable(status) && (may_retry || next_left) {
+                let code = relay::discard(tg, opened).await;
+                tracing::debug!(request_id = %ctx.request_id, target = %target.label(), status, code, "attempt failed; moving on");
+                moved_on(ctx, started, target, status, code);
+                if may_retry {
+                    pause(wait.unwrap_or_default().max(backoff(&plan, tries))).await;
+                    continue;
+                }
+                break;
+            }
+            let judges = plan.judges().filter(|_| !last_call);
+            let (Some(judges), true) = (judges, (200..300).contains(&status)) else {
+                // The last call, or an answer no other call would improve (a 400 says the
+                // request itself is wrong): the client gets it as it comes.
+                return relay::deliver(tg, session, ctx, opened, &ex).await;
+            };
+            let held = match relay::hold(tg, session, ctx, opened, &ex, &target.model).await {
+                Ok(held) => held,
+                Err(Unheld::ClientGone) => return Err(client_left_before_header(tg, ctx)),
+                Err(Unheld::Failed(reason)) => {
+                    tracing::debug!(request_id = %ctx.request_id, target = %target.label(), reason, "held answer failed; escalating");
+                    moved_on(ctx, started, target, status, "upstream_failed".into());
+                    break;
+                }
+            };
+            let answer = Answer::read(ctx.format, req.endpoint, held.is_sse, &held.body);
+            let ask = ask.get_or_insert_with(|| {
+                serde_json::from_slice(&req.body)
+                    .map(|v| Ask::from_body(&v))
+                    .unwrap_or_default()
+            });
+            match judges.check(&answer, ask) {
+                Ok(()) => return relay::replay(tg, session, ctx, held).await,
+                Err(rejection) => {
+                    tracing::debug!(request_id = %ctx.request_id, target = %target.label(), judge = rejection.judge, reason = %rejection.reason, "answer rejected; escalating");
+                    ctx.attempts.push(FinishedAttempt {
+                        started,
+                        provider: target.provider.name.clone(),
+                        model: target.model.clone(),
+                        status,
+                        usage: held.usage,
+                        usage_source: held.usage_source,
+                        ttfb_ms: Some(held.ttfb_ms),
+                        latency_ms: started.at.elapsed().as_millis() as u64,
+                        error: None,
+                        verdict: Verdict::Rejected,
+                        judge: rejection.judge.to_string(),
+                    });
+                    ctx.current = None;
+                    break;
+                }
+            }
+        }
+    }
+    // Every target has been tried, and the last call always answers or fails above.
+    Err(ProxyError::Internal("the routing plan ended without an answer".into()).into())
+}
+
+/// Notes a call the plan moved on from.
+fn moved_on(ctx: &mut RequestCtx, started: Started, target: &Target, status: u16, code: String) {
+    ctx.attempts.push(FinishedAttempt::failed(
+        started,
+        &target.provider.name,
+        &target.model,
+        status,
+        code,
+    ));
+    ctx.current = None;
+}
+
+/// Statuses another call may fix: the provider is busy, limited or broken, not the request.
+fn is_retryable(status: u16) -> bool {
+    status == 408 || status == 429 || (500..600).contains(&status)
+}
+
+/// The pause before the `tries`-th retry of a target: the plan's backoff, doubled each time.
+fn backoff(plan: &Plan, tries: u32) -> Duration {
+    let factor = 1u32 << tries.saturating_sub(1).min(10);
+    (plan.retries.backoff * factor).min(plan.retries.max_wait)
+}
+
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// The body as it goes to one target.
+struct Prepared {
+    body: Bytes,
+    /// Tollgate turned on `include_usage`; the client must not see the extra chunk.
+    strip_usage_chunk: bool,
+}
+
+/// Rewrites the body only when needed: the target's model name, a cap on output tokens, or
+/// usage requested on the client's behalf for an OpenAI stream.
+fn prepare(
+    format: ApiFormat,
+    req: &Admitted,
+    target: &Target,
+    max_tokens: Option<u64>,
+) -> Result<Prepared, ProxyError> {
+    let Some(asked) = req.model.as_deref() else {
+        return Ok(Prepared {
+            body: req.body.clone(),
+            strip_usage_chunk: false,
+        });
+    };
+    // OpenAI sends stream usage only on request: ask on the client's behalf.
+    let include_usage = format == ApiFormat::OpenAi
+        && req.stream
+        && matches!(
+            req.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions
+        )
+        && req.include_usage != Some(true)
+        && target.provider.stream_usage;
+    let edits = rewrite::Edits {
+        model: Some(target.model.as_str()).filter(|m| *m != asked),
+        include_usage,
+        max_tokens: max_tokens.map(|limit| Cap {
+            keys: output_limit_keys(req.endpoint),
+            limit,
+        }),
+    };
+    if edits.is_empty() {
+        return Ok(Prepared {
+            body: req.body.clone(),
+            strip_usage_chunk: false,
+        });
+    }
+    Ok(Prepared {
+        body: rewrite::apply(&req.body, edits)?.into(),
+        strip_usage_chunk: include_usage,
+    })
+}
+
+/// The body members that limit output tokens on each endpoint; the first is added when the
+/// client set none.
+fn output_limit_keys(endpoint: Endpoint) -> &'static [&'static str] {
+    match endpoint {
+        Endpoint::ChatCompletions => &["max_completion_tokens", "max_tokens"],
+        Endpoint::Responses => &["max_output_tokens"],
+        _ => &["max_tokens"],
+    }
+}

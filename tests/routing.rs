@@ -1,0 +1,545 @@
+//! Routing policies end to end: fallbacks on each failure kind, judged cascades in both API
+//! formats, streamed and not, denials and rewrites; attempts and totals in the ledger.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tollgate::ledger::Stream;
+use tollgate::record::{AttemptRecord, Record};
+
+const ROUTING_PRICES: &str = r#"
+version: 1
+models:
+  gpt-4o:
+    prices:
+      - effective_from: 2024-01-01
+        input: 25
+        output: 100
+  claude-haiku-4-5:
+    prices:
+      - effective_from: 2024-01-01
+        input: 1
+        output: 5
+"#;
+
+const POLICIES: &str = r#"
+rules:
+  - name: failover
+    priority: 50
+    match: {model: tollgate/failover, endpoint: /v1/chat/completions}
+    route:
+      targets:
+        - {provider: openai, model: gpt-4o-mini, timeout_ms: 700}
+        - {provider: openai, model: gpt-4o}
+
+  - name: down-first
+    priority: 50
+    match: {model: tollgate/down-first, endpoint: /v1/chat/completions}
+    route:
+      targets:
+        - {provider: down, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+
+  - name: patient
+    priority: 50
+    match: {model: tollgate/patient, endpoint: /v1/chat/completions}
+    route:
+      targets:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      retries: {per_target: 1, backoff_ms: 50, max_wait_ms: 3000}
+
+  - name: cheap-first
+    priority: 40
+    match: {model: tollgate/cheap-first, endpoint: /v1/chat/completions}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {finish: true, refusal: true, json: true, tool_args: true}
+
+  - name: short-answers
+    priority: 40
+    match: {model: tollgate/short, endpoint: /v1/chat/completions}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {length: {max_chars: 5}}
+
+  - name: claude-cheap-first
+    priority: 40
+    match: {model: tollgate/claude-cheap-first, endpoint: /v1/messages}
+    cascade:
+      steps:
+        - {provider: anthropic, model: claude-haiku-4-5}
+        - {provider: anthropic, model: claude-sonnet-4-5}
+      judges: {finish: true, refusal: true}
+
+  - name: no-gpt-4o-for-search
+    priority: 30
+    match: {team: search, model: gpt-4o}
+    deny: "search uses the mini models"
+
+  - name: capped
+    priority: 20
+    match: {feature: summaries}
+    rewrite: {max_tokens: 64}
+"#;
+
+/// A proxy whose `openai` and `anthropic` providers are `upstream`, with a `down` provider
+/// nothing listens on, and the policies above.
+async fn routed_proxy(upstream: SocketAddr) -> Proxy {
+    let down = free_port();
+    let config = format!(
+        r#"
+builtin_prices: false
+prices: [prices.yaml, routing-prices.yaml]
+policies: policies
+ledger:
+  flush_interval_ms: 5
+server:
+  threads: 2
+  grace_period_secs: 0
+providers:
+  openai:
+    kind: openai_compatible
+    base_url: http://{upstream}
+    api_key_env: TEST_OPENAI_KEY
+  anthropic:
+    kind: anthropic
+    base_url: http://{upstream}
+    api_key_env: TEST_ANTHROPIC_KEY
+  down:
+    kind: openai_compatible
+    base_url: http://127.0.0.1:{down}
+    api_key_env: TEST_OPENAI_KEY
+models:
+  gpt-4o-mini: {{ provider: openai }}
+  gpt-4o: {{ provider: openai }}
+  "claude-*": {{ provider: anthropic }}
+keys:
+  - name: search-prod
+    key_env: TEST_VKEY_SEARCH
+    team: search
+    project: ranking
+    env: prod
+"#
+    );
+    Proxy::start_with(
+        &config,
+        &[
+            ("routing-prices.yaml", ROUTING_PRICES.as_bytes()),
+            ("policies/routing.yaml", POLICIES.as_bytes()),
+        ],
+    )
+    .await
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Say something useful."}]})
+}
+
+fn route_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-tollgate-route")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The request's record and its attempts, once both are in the ledger.
+async fn records_of(proxy: &Proxy, request_id: &str) -> (Record, Vec<AttemptRecord>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let requests = tollgate::ledger::read_all::<Record>(&proxy.ledger_dir()).unwrap();
+        if let Some(r) = requests.into_iter().find(|r| r.request_id == request_id) {
+            let attempts: Vec<AttemptRecord> =
+                tollgate::ledger::read_all(&Stream::Attempts.dir(&proxy.ledger_dir()))
+                    .unwrap()
+                    .into_iter()
+                    .filter(|a: &AttemptRecord| a.request_id == request_id)
+                    .collect();
+            return (r, attempts);
+        }
+        assert!(Instant::now() < deadline, "no record for {request_id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn verdicts(attempts: &[AttemptRecord]) -> Vec<(String, String, String)> {
+    attempts
+        .iter()
+        .map(|a| {
+            (
+                a.model.clone(),
+                a.verdict.as_str().to_string(),
+                a.judge.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The request's totals are the sums of its attempts.
+fn assert_totals(r: &Record, attempts: &[AttemptRecord]) {
+    assert_eq!(r.attempts as usize, attempts.len());
+    assert_eq!(
+        r.input_tokens,
+        attempts.iter().map(|a| a.input_tokens).sum::<u64>()
+    );
+    assert_eq!(
+        r.output_tokens,
+        attempts.iter().map(|a| a.output_tokens).sum::<u64>()
+    );
+    let sum = attempts.iter().map(|a| a.cost_usd.unwrap().0).sum::<i64>();
+    assert_eq!(r.cost_usd.unwrap().0, sum);
+}
+
+#[tokio::test]
+async fn a_route_falls_back_on_429_5xx_and_timeouts() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for (fault, status, error) in [
+        ("status=429@gpt-4o-mini", 429, "rate_limit_exceeded"),
+        ("status=503@gpt-4o-mini", 503, ""),
+        ("hang@gpt-4o-mini", 0, "upstream_timeout"),
+    ] {
+        let resp = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-sim-fault", fault)],
+            &chat("tollgate/failover"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{fault}");
+        assert_eq!(
+            route_of(&resp),
+            "openai/gpt-4o-mini=failed, openai/gpt-4o=served"
+        );
+        let id = request_id(&resp);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["model"], "gpt-4o", "the answering model is named");
+        let (r, attempts) = records_of(&proxy, &id).await;
+        assert_eq!(
+            (r.policy.as_str(), r.model.as_str(), r.status, r.escalations),
+            ("failover", "gpt-4o", 200, 0)
+        );
+        assert_eq!(attempts[0].status, status, "{fault}");
+        if !error.is_empty() {
+            assert_eq!(attempts[0].error.as_deref(), Some(error), "{fault}");
+        }
+        assert_eq!(
+            verdicts(&attempts),
+            [
+                ("gpt-4o-mini".into(), "failed".into(), String::new()),
+                ("gpt-4o".into(), "served".into(), String::new())
+            ]
+        );
+        assert_totals(&r, &attempts);
+    }
+}
+
+#[tokio::test]
+async fn a_route_falls_back_when_the_first_provider_is_unreachable() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[],
+        &chat("tollgate/down-first"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        route_of(&resp),
+        "down/gpt-4o-mini=failed, openai/gpt-4o=served"
+    );
+    let (r, attempts) = records_of(&proxy, &request_id(&resp)).await;
+    assert_eq!(attempts[0].error.as_deref(), Some("upstream_unreachable"));
+    assert_eq!(r.provider, "openai");
+    assert_totals(&r, &attempts);
+}
+
+#[tokio::test]
+async fn retries_wait_for_retry_after_then_fall_back() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let started = Instant::now();
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[(
+            "x-sim-fault",
+            "status=429@gpt-4o-mini, retry-after=1@gpt-4o-mini",
+        )],
+        &chat("tollgate/patient"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the retry waited for retry-after"
+    );
+    let (r, attempts) = records_of(&proxy, &request_id(&resp)).await;
+    let roles: Vec<&str> = attempts.iter().map(|a| a.role.as_str()).collect();
+    assert_eq!(roles, ["primary", "retry", "fallback"]);
+    assert_totals(&r, &attempts);
+}
+
+#[tokio::test]
+async fn no_fallback_once_bytes_reached_the_client() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let mut body = chat("tollgate/failover");
+    body["stream"] = json!(true);
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-fault", "reset-after=2@gpt-4o-mini")],
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let id = request_id(&resp);
+    let mut resp = resp;
+    let mut received = Vec::new();
+    while let Ok(Some(c)) = resp.chunk().await {
+        received.extend_from_slice(&c);
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("upstream_stream_error"),
+        "a clean error event ends the stream: {text}"
+    );
+    let (r, attempts) = records_of(&proxy, &id).await;
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.error.as_deref(), Some("upstream_failed"));
+    assert_eq!(attempts[0].model, "gpt-4o-mini");
+}
+
+#[tokio::test]
+async fn a_cascade_accepts_a_good_cheap_answer_and_records_the_savings() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for stream in [false, true] {
+        let mut body = chat("tollgate/cheap-first");
+        body["stream"] = json!(stream);
+        let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(route_of(&resp), "openai/gpt-4o-mini=accepted");
+        let id = request_id(&resp);
+        let text = resp.text().await.unwrap();
+        if stream {
+            let events = sse_data(&text);
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+            let chunks: Vec<Value> = events[..events.len() - 1]
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            assert!(chunks.iter().all(|c| c["model"] == "gpt-4o-mini"));
+            assert!(
+                chunks.iter().all(|c| c["usage"].is_null()),
+                "no usage chunk the client did not ask for"
+            );
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["model"], "gpt-4o-mini");
+        }
+        let (r, attempts) = records_of(&proxy, &id).await;
+        assert_eq!(
+            verdicts(&attempts),
+            [("gpt-4o-mini".into(), "accepted".into(), String::new())]
+        );
+        assert_totals(&r, &attempts);
+        // The same tokens on gpt-4o, the cascade's strongest model.
+        let want = r.input_tokens as i64 * nanos_per_token(25.0)
+            + r.output_tokens as i64 * nanos_per_token(100.0);
+        assert_eq!(r.counterfactual_cost_usd.unwrap().0, want);
+        assert!(r.cost_usd.unwrap().0 < want);
+    }
+    let m = proxy.metrics().await;
+    let cost = |kind| {
+        metric(
+            &m,
+            "tollgate_routing_cost_usd_total",
+            &[("policy", "cheap-first"), ("kind", kind)],
+        )
+        .unwrap()
+    };
+    assert!(
+        cost("counterfactual") > cost("actual"),
+        "savings show in the metrics"
+    );
+}
+
+#[tokio::test]
+async fn a_cascade_escalates_on_each_judge_streamed_and_not() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let tool = json!([{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("truncate@gpt-4o-mini", json!({}), "finish"),
+        ("refuse@gpt-4o-mini", json!({}), "refusal"),
+        (
+            "invalid-json@gpt-4o-mini",
+            json!({"response_format": {"type": "json_object"}}),
+            "json",
+        ),
+        (
+            "bad-tool-args@gpt-4o-mini",
+            json!({"tools": tool, "tool_choice": "required"}),
+            "tool_args",
+        ),
+    ];
+    for (fault, extra, judge) in cases {
+        for stream in [false, true] {
+            let mut body = chat("tollgate/cheap-first");
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body["stream"] = json!(stream);
+            let resp = openai(
+                &proxy,
+                "/v1/chat/completions",
+                &[("x-sim-fault", fault)],
+                &body,
+            )
+            .await;
+            assert_eq!(resp.status(), 200, "{fault}");
+            assert_eq!(
+                route_of(&resp),
+                format!("openai/gpt-4o-mini=rejected:{judge}, openai/gpt-4o=served"),
+                "{fault} stream={stream}"
+            );
+            let id = request_id(&resp);
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("gpt-4o"), "the strong model answered");
+            let (r, attempts) = records_of(&proxy, &id).await;
+            assert_eq!((r.escalations, r.model.as_str()), (1, "gpt-4o"), "{fault}");
+            assert_eq!(attempts[0].role.as_str(), "primary");
+            assert_eq!(attempts[1].role.as_str(), "escalation");
+            assert!(
+                attempts[0].output_tokens > 0,
+                "the rejected answer's tokens are counted"
+            );
+            assert_totals(&r, &attempts);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_length_judge_escalates_long_answers() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &chat("tollgate/short")).await;
+    assert_eq!(
+        route_of(&resp),
+        "openai/gpt-4o-mini=rejected:length, openai/gpt-4o=served"
+    );
+}
+
+#[tokio::test]
+async fn an_anthropic_cascade_escalates_and_replays_in_its_own_format() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for (fault, want) in [
+        ("", "anthropic/claude-haiku-4-5=accepted"),
+        (
+            "truncate@claude-haiku-4-5",
+            "anthropic/claude-haiku-4-5=rejected:finish, anthropic/claude-sonnet-4-5=served",
+        ),
+        (
+            "refuse@claude-haiku-4-5",
+            "anthropic/claude-haiku-4-5=rejected:finish, anthropic/claude-sonnet-4-5=served",
+        ),
+    ] {
+        for stream in [false, true] {
+            let body = json!({"model": "tollgate/claude-cheap-first", "max_tokens": 200, "stream": stream,
+                "messages": [{"role": "user", "content": "Say something useful."}]});
+            let headers: Vec<(&str, &str)> = if fault.is_empty() {
+                vec![]
+            } else {
+                vec![("x-sim-fault", fault)]
+            };
+            let resp = anthropic(&proxy, "/v1/messages", &headers, &body).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(route_of(&resp), want, "{fault} stream={stream}");
+            let id = request_id(&resp);
+            let text = resp.text().await.unwrap();
+            if stream {
+                let events = sse_data(&text);
+                let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+                assert_eq!(last["type"], "message_stop");
+            } else {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["type"], "message");
+            }
+            let (r, attempts) = records_of(&proxy, &id).await;
+            assert_totals(&r, &attempts);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_deny_rule_answers_in_the_clients_format_naming_the_policy() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &chat("gpt-4o")).await;
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "policy_denied");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no-gpt-4o-for-search") && msg.contains("search uses the mini models"),
+        "{msg}"
+    );
+    let body = json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = anthropic(&proxy, "/v1/messages", &[], &body).await;
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "permission_error");
+    assert_eq!(up.sim.stats().requests, 0, "nothing went upstream");
+}
+
+#[tokio::test]
+async fn a_rewrite_caps_max_tokens_in_the_clients_bytes() {
+    let (addr, seen) = recording_upstream().await;
+    let proxy = routed_proxy(addr).await;
+    for (sent, want) in [(json!(1000), json!(64)), (json!(10), json!(10))] {
+        let mut body = chat("gpt-4o-mini");
+        body["max_tokens"] = sent;
+        let resp = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-tollgate-feature", "summaries")],
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let got: Value =
+            serde_json::from_slice(&seen.lock().unwrap().last().unwrap().body).unwrap();
+        assert_eq!(got["max_tokens"], want);
+    }
+    // Absent: the cap is added.
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-tollgate-feature", "summaries")],
+        &chat("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let got: Value = serde_json::from_slice(&seen.lock().unwrap().last().unwrap().body).unwrap();
+    assert_eq!(got["max_completion_tokens"], 64);
+}
