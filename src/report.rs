@@ -35,7 +35,8 @@ impl Dim {
         }
     }
 
-    fn of(self, r: &Record) -> &str {
+    /// The record's value of this dimension.
+    pub fn of(self, r: &Record) -> &str {
         match self {
             Dim::Team => &r.team,
             Dim::Project => &r.project,
@@ -292,15 +293,9 @@ pub fn render(rows: &[Row], by: &[Dim], format: Format) -> String {
             cells
         })
         .collect();
+    let key_cols = header.len() - COLUMNS.len();
     match format {
-        Format::Csv => {
-            let mut out = String::new();
-            for line in std::iter::once(&header).chain(&body) {
-                let cells: Vec<String> = line.iter().map(|c| csv_cell(c)).collect();
-                let _ = writeln!(out, "{}", cells.join(","));
-            }
-            out
-        }
+        Format::Csv => render_csv(&header, &body),
         Format::Json => {
             let items: Vec<serde_json::Value> = body
                 .iter()
@@ -324,46 +319,62 @@ pub fn render(rows: &[Row], by: &[Dim], format: Format) -> String {
                 .collect();
             serde_json::to_string_pretty(&items).unwrap_or_default() + "\n"
         }
-        Format::Table => {
-            let mut widths: Vec<usize> = header.iter().map(String::len).collect();
-            for cells in &body {
-                for (w, c) in widths.iter_mut().zip(cells) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let mut out = String::new();
-            let rule = widths
-                .iter()
-                .map(|w| "-".repeat(*w))
-                .collect::<Vec<_>>()
-                .join("  ")
-                + "\n";
-            let key_cols = header.len() - COLUMNS.len();
-            for (i, line) in std::iter::once(&header).chain(&body).enumerate() {
-                let cells: Vec<String> = line
-                    .iter()
-                    .zip(&widths)
-                    .enumerate()
-                    .map(|(j, (c, w))| {
-                        if j < key_cols {
-                            format!("{c:<w$}")
-                        } else {
-                            format!("{c:>w$}")
-                        }
-                    })
-                    .collect();
-                // Rules under the header and above the total.
-                if i == body.len() && i > 0 {
-                    out.push_str(&rule);
-                }
-                let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-                if i == 0 {
-                    out.push_str(&rule);
-                }
-            }
-            out
+        Format::Table => render_table(&header, key_cols, &body),
+    }
+}
+
+/// CSV with a header line; cells quoted where needed.
+pub fn render_csv(header: &[String], body: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for line in std::iter::once(header).chain(body.iter().map(Vec::as_slice)) {
+        let cells: Vec<String> = line.iter().map(|c| csv_cell(c)).collect();
+        let _ = writeln!(out, "{}", cells.join(","));
+    }
+    out
+}
+
+/// An aligned text table: the first `key_cols` columns left-aligned, the rest right-aligned,
+/// with rules under the header and above the last row (the total).
+pub fn render_table(header: &[String], key_cols: usize, body: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for cells in body {
+        for (w, c) in widths.iter_mut().zip(cells) {
+            *w = (*w).max(c.chars().count());
         }
     }
+    let mut out = String::new();
+    let rule = widths
+        .iter()
+        .map(|w| "-".repeat(*w))
+        .collect::<Vec<_>>()
+        .join("  ")
+        + "\n";
+    for (i, line) in std::iter::once(header)
+        .chain(body.iter().map(Vec::as_slice))
+        .enumerate()
+    {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(j, (c, w))| {
+                if j < key_cols {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        // Rules under the header and above the total.
+        if i == body.len() && i > 0 {
+            out.push_str(&rule);
+        }
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+        if i == 0 {
+            out.push_str(&rule);
+        }
+    }
+    out
 }
 
 fn csv_cell(c: &str) -> String {
