@@ -1,29 +1,97 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and `POST /reload` for callers
+//! holding the admin token.
 
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::reload::{Reloader, Trigger};
 use async_trait::async_trait;
-use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use serde_json::json;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 struct AdminState {
     metrics: Metrics,
     ledger: Arc<Ledger>,
+    reloader: Arc<Reloader>,
 }
 
-pub fn router(metrics: Metrics, ledger: Arc<Ledger>) -> Router {
+pub fn router(metrics: Metrics, ledger: Arc<Ledger>, reloader: Arc<Reloader>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AdminState { metrics, ledger })
+        .route("/reload", post(reload))
+        .with_state(AdminState {
+            metrics,
+            ledger,
+            reloader,
+        })
+}
+
+/// Reloads the config like SIGHUP does: 200 when applied, 422 with every problem when
+/// refused. Needs `Authorization: Bearer TOKEN` with the token `admin.token_env` names.
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let Some(authorized) = s
+        .reloader
+        .current()
+        .admin_token
+        .as_ref()
+        .map(|t| t.matches(bearer(&headers)))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "reload over HTTP is off: set admin.token_env in the config to turn it on",
+        );
+    };
+    if !authorized {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "POST /reload needs Authorization: Bearer with the admin token",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("valid header"),
+        );
+        return response;
+    }
+    let reloader = s.reloader.clone();
+    match tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await {
+        Ok(Ok(_)) => Json(json!({"result": "ok"})).into_response(),
+        Ok(Err(refused)) => {
+            let problems: Vec<String> = refused.0.iter().map(ToString::to_string).collect();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"result": "refused", "problems": problems})),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "config reload failed")
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer TOKEN` (scheme in any case); empty when there is none,
+/// which no configured token matches.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {

@@ -300,9 +300,9 @@ impl Metrics {
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "tollgate_config_reloads_total",
-                "SIGHUP reloads, by result (ok, refused)",
+                "Config reloads, by result (ok, refused) and trigger (signal, watch, admin)",
             ),
-            &["result"],
+            &["result", "trigger"],
         )
         .expect("valid metric");
         for c in [

@@ -9,7 +9,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
 use crate::proxy::connections::{Guarded, Limits};
-use crate::reload::Reloader;
+use crate::reload::{ReloadService, Reloader};
 use crate::sim::{SimOptions, SimProvider};
 use crate::sink::{Sink, SinkConfig};
 use anyhow::Context;
@@ -95,23 +95,23 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         ("proxy", proxy_listener.local_addr()?),
         ("admin", admin_listener.local_addr()?),
     ]);
+    let shared_config = Arc::new(ArcSwap::new(cfg.clone()));
+    let reloader = Arc::new(Reloader::new(
+        config_path,
+        shared_config.clone(),
+        metrics.config_reloads.clone(),
+    ));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService(reloader.clone()),
+    ));
     server.add_service(background_service(
         "admin",
         AxumService::new(
             "admin",
             admin_listener,
-            admin::router(metrics.clone(), ledger.clone()),
+            admin::router(metrics.clone(), ledger.clone(), reloader),
         ),
-    ));
-
-    let shared_config = Arc::new(ArcSwap::new(cfg.clone()));
-    server.add_service(background_service(
-        "config reload",
-        Reloader {
-            path: config_path.to_path_buf(),
-            config: shared_config.clone(),
-            reloads: metrics.config_reloads.clone(),
-        },
     ));
     let proxy = Tollgate::new(shared_config, ledger.clone(), metrics.clone());
     let limits = Limits {

@@ -1,14 +1,16 @@
 //! The config the proxy runs on: types only, produced by [`validate`](super::validate).
 
-use super::{AttributionConfig, LedgerConfig, LogConfig, ServerConfig, SimulatedConfig};
+use super::{
+    AttributionConfig, LedgerConfig, LogConfig, ReloadConfig, ServerConfig, SimulatedConfig,
+};
 use crate::api::ApiFormat;
-use crate::auth::KeyStore;
+use crate::auth::{KeyHash, KeyStore};
 use crate::policy::PolicySet;
 use crate::prices::PriceBook;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -30,6 +32,48 @@ pub struct Validated {
     pub clickhouse: Option<ClickHouseSettings>,
     /// Routing rules of the `policies` directory; empty when none is configured.
     pub policies: PolicySet,
+    pub reload: ReloadConfig,
+    /// Bearer token of the admin listener's `POST /reload`; the endpoint is off without one.
+    pub admin_token: Option<AdminToken>,
+    /// The files this config was read from.
+    pub sources: Sources,
+}
+
+/// The files a config is read from: what a reload reads again, and what is watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    pub config: PathBuf,
+    /// Extra price files, in the order they apply.
+    pub prices: Vec<PathBuf>,
+    /// The policies directory, when one is configured.
+    pub policies: Option<PathBuf>,
+}
+
+impl Sources {
+    /// Whether `path` is a policy file of `dir`: read by the loader, so worth a reload.
+    pub fn is_policy_file(dir: &Path, path: &Path) -> bool {
+        path.parent() == Some(dir) && path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+    }
+}
+
+/// An admin bearer token, held as its SHA-256 digest and compared in constant time.
+pub struct AdminToken(KeyHash);
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken(crate::auth::sha256(token.as_bytes()))
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(crate::auth::sha256(presented.as_bytes()).ct_eq(&self.0))
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// A checked `telemetry.clickhouse`.

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use checked::{
-    ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, UpstreamAddr, Validated,
+    AdminToken, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, Sources,
+    UpstreamAddr, Validated,
 };
 pub use load::load;
 pub use problem::{ConfigError, Problem};
@@ -59,6 +60,35 @@ pub struct RawConfig {
     /// Directory of routing policy files (`*.yaml`), relative to this file; none when unset.
     #[serde(default)]
     pub policies: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// When the config is read again besides on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when this file, its price files or its policy files change.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { watch: true }
+    }
+}
+
+/// Admin listener endpoints that act on the server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Environment variable holding the bearer token of `POST /reload`; the endpoint is off
+    /// when unset.
+    #[serde(default)]
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,7 +2,8 @@
 //! Every problem is collected (not just the first) with the position it refers to.
 
 use super::checked::{
-    ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, UpstreamAddr, Validated,
+    AdminToken, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, Sources,
+    UpstreamAddr, Validated,
 };
 use super::problem::{ConfigError, Problem};
 use super::{ProviderConfig, RawConfig};
@@ -185,6 +186,26 @@ pub fn validate(
         }
     };
 
+    let admin_token = raw
+        .admin
+        .token_env
+        .as_ref()
+        .and_then(|var| match env(&var.value) {
+            Some(token) if !token.is_empty() => Some(AdminToken::new(&token)),
+            _ => {
+                bad(
+                    &var.referenced,
+                    format!("admin: environment variable {} is not set", var.value),
+                );
+                None
+            }
+        });
+    let sources = Sources {
+        config: file.to_path_buf(),
+        prices: raw.prices.iter().map(|p| resolve(&p.value)).collect(),
+        policies: raw.policies.as_ref().map(|d| resolve(&d.value)),
+    };
+
     let clickhouse = raw
         .telemetry
         .clickhouse
@@ -224,6 +245,9 @@ pub fn validate(
         prices,
         clickhouse,
         policies,
+        reload: raw.reload,
+        admin_token,
+        sources,
     })
 }
 
