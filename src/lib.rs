@@ -23,6 +23,7 @@ pub mod reload;
 pub mod report;
 pub mod server;
 pub mod sim;
+pub mod simulate;
 pub mod sink;
 pub mod tokens;
 pub mod usage;

@@ -75,6 +75,33 @@ enum Command {
         #[arg(long)]
         ledger: bool,
     },
+    /// What-if: replay recorded traffic through candidate policies and compare its actual
+    /// cost with what it would have cost. Nothing is sent to any provider.
+    Simulate {
+        /// The candidate policy directory, checked like `policies:` in the config.
+        #[arg(long)]
+        policies: PathBuf,
+        #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// Look back this far: 90m, 24h, 7d, 2w.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Group by these: team, project, env, model, provider, user, feature, workflow, key.
+        #[arg(long, value_delimiter = ',', default_value = "team,feature")]
+        by: Vec<tollgate::report::Dim>,
+        /// Escalation rate of a cascade step with too few judged answers on record.
+        #[arg(long, default_value = "0.2")]
+        assume_escalation: tollgate::simulate::odds::Rate,
+        /// Judged answers of a feature and model needed to use their observed rate.
+        #[arg(long, default_value_t = tollgate::simulate::MIN_OBSERVATIONS)]
+        min_observations: u64,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: tollgate::report::Format,
+        /// Read the local ledger even when ClickHouse is configured.
+        #[arg(long)]
+        ledger: bool,
+    },
     /// Price tables.
     Prices {
         #[command(subcommand)]
@@ -227,6 +254,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             print!("{}", tollgate::report::render(&rows, &by, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            policies,
+            config,
+            since,
+            by,
+            assume_escalation,
+            min_observations,
+            format,
+            ledger,
+        } => {
+            let cfg = load_or_exit(&config)?;
+            let candidate = match tollgate::simulate::load_policies(&policies, &cfg) {
+                Ok(set) => set,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let since = tollgate::report::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let traffic = match cfg.clickhouse.as_ref().filter(|_| !ledger) {
+                Some(settings) => {
+                    let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
+                    let read =
+                        tollgate::simulate::source::from_clickhouse(&ch, since.num_seconds());
+                    tokio::runtime::Runtime::new()?.block_on(read)?
+                }
+                None => tollgate::simulate::source::from_ledger(
+                    &cfg.data_dir.join("ledger"),
+                    chrono::Utc::now() - since,
+                )
+                .with_context(|| format!("reading the ledger under {}", cfg.data_dir.display()))?,
+            };
+            let opts = tollgate::simulate::Options {
+                by,
+                assumed_escalation: assume_escalation,
+                min_observations,
+            };
+            let sim =
+                tollgate::simulate::simulate(&traffic, &candidate, &cfg.models, &cfg.prices, &opts);
+            print!(
+                "{}",
+                tollgate::simulate::render::render(&sim, &opts.by, format)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { requests, data_dir } => {
