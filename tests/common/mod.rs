@@ -18,6 +18,8 @@ use tollgate::sim::{SimOptions, SimProvider};
 pub const KEY: &str = "tg-test-key-search";
 /// A second key with no bindings, so headers decide attribution.
 pub const OPEN_KEY: &str = "tg-test-key-open";
+/// The admin token in `TEST_ADMIN_TOKEN`, for configs that set `admin.token_env`.
+pub const ADMIN_TOKEN: &str = "tg-test-admin-token";
 
 /// Test prices in USD per 1M tokens, chosen so every per-token price is a whole number of
 /// nano-USD: cost assertions are then plain integer arithmetic.
@@ -178,6 +180,7 @@ pub fn test_env() -> Vec<(&'static str, &'static str)> {
         ("TEST_ANTHROPIC_KEY", "sk-ant-upstream"),
         ("TEST_VKEY_SEARCH", KEY),
         ("TEST_VKEY_OPEN", OPEN_KEY),
+        ("TEST_ADMIN_TOKEN", ADMIN_TOKEN),
     ]
 }
 
