@@ -79,6 +79,33 @@ rules:
         - {provider: anthropic, model: claude-sonnet-4-5}
       judges: {finish: true, refusal: true}
 
+  - name: confident
+    priority: 40
+    match: {model: tollgate/confident, endpoint: /v1/chat/completions}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {logprob: {min_mean: -1.0}}
+
+  - name: graded
+    priority: 40
+    match: {model: tollgate/graded, endpoint: /v1/chat/completions}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {llm: {provider: anthropic, model: claude-haiku-4-5, prompt: "Grade the answer.", accept: "(?s).+"}}
+
+  - name: graded-strictly
+    priority: 40
+    match: {model: tollgate/graded-strictly, endpoint: /v1/chat/completions}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {llm: {provider: openai, model: gpt-4o-mini, prompt: "Reply PASS or FAIL.", accept: "^PASS$"}}
+
   - name: no-gpt-4o-for-search
     priority: 30
     match: {team: search, model: gpt-4o}
@@ -542,4 +569,106 @@ async fn a_rewrite_caps_max_tokens_in_the_clients_bytes() {
     assert_eq!(resp.status(), 200);
     let got: Value = serde_json::from_slice(&seen.lock().unwrap().last().unwrap().body).unwrap();
     assert_eq!(got["max_completion_tokens"], 64);
+}
+
+#[tokio::test]
+async fn a_logprob_judge_asks_for_logprobs_and_hides_them_unless_the_client_asked() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for stream in [false, true] {
+        for (fault, client_asks, want) in [
+            ("", false, "openai/gpt-4o-mini=accepted"),
+            ("", true, "openai/gpt-4o-mini=accepted"),
+            (
+                "logprob=-3.5@gpt-4o-mini",
+                false,
+                "openai/gpt-4o-mini=rejected:logprob, openai/gpt-4o=served",
+            ),
+        ] {
+            let mut body = chat("tollgate/confident");
+            body["stream"] = json!(stream);
+            if client_asks {
+                body["logprobs"] = json!(true);
+            }
+            let resp = openai(
+                &proxy,
+                "/v1/chat/completions",
+                &[("x-sim-fault", fault)],
+                &body,
+            )
+            .await;
+            assert_eq!(
+                route_of(&resp),
+                want,
+                "{fault} asks={client_asks} stream={stream}"
+            );
+            let text = resp.text().await.unwrap();
+            let chunks: Vec<Value> = if stream {
+                sse_data(&text)
+                    .iter()
+                    .filter(|d| *d != "[DONE]")
+                    .map(|d| serde_json::from_str(d).unwrap())
+                    .collect()
+            } else {
+                vec![serde_json::from_str(&text).unwrap()]
+            };
+            let with_logprobs = chunks
+                .iter()
+                .filter(|c| !c["choices"][0]["logprobs"].is_null())
+                .count();
+            if want.ends_with("accepted") {
+                assert_eq!(with_logprobs > 0, client_asks, "{text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_llm_judge_is_a_metered_attempt_and_its_verdict_decides() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for (model, want) in [
+        (
+            "tollgate/graded",
+            "openai/gpt-4o-mini=accepted, anthropic/claude-haiku-4-5=graded",
+        ),
+        (
+            "tollgate/graded-strictly",
+            "openai/gpt-4o-mini=rejected:llm, openai/gpt-4o-mini=graded, openai/gpt-4o=served",
+        ),
+    ] {
+        let resp = openai(&proxy, "/v1/chat/completions", &[], &chat(model)).await;
+        assert_eq!(resp.status(), 200);
+        let id = request_id(&resp);
+        let route = route_of(&resp);
+        let (r, attempts) = records_of(&proxy, &id).await;
+        let judge_calls: Vec<&AttemptRecord> = attempts
+            .iter()
+            .filter(|a| a.role.as_str() == "judge")
+            .collect();
+        assert_eq!(judge_calls.len(), 1, "{route}");
+        assert!(
+            judge_calls[0].input_tokens > 0 && judge_calls[0].output_tokens > 0,
+            "{route} {judge_calls:?}"
+        );
+        assert_eq!(judge_calls[0].verdict.as_str(), "graded");
+        assert_totals(&r, &attempts);
+        assert_eq!(route, want);
+        let roles: Vec<&str> = attempts.iter().map(|a| a.role.as_str()).collect();
+        assert_eq!(
+            roles[..2],
+            ["primary", "judge"],
+            "attempts in the order they were made"
+        );
+        if model == "tollgate/graded" {
+            assert_eq!(
+                judge_calls[0].provider, "anthropic",
+                "an Anthropic judge for an OpenAI client"
+            );
+            assert_eq!(r.escalations, 0);
+        } else {
+            assert_eq!(r.escalations, 1);
+            assert_eq!(r.model, "gpt-4o");
+        }
+    }
 }

@@ -50,6 +50,8 @@ pub struct Ask {
     pub json: JsonAsk,
     /// Each tool's name and parameter schema.
     pub tools: Vec<(String, Value)>,
+    /// Logprobs were asked for (by the client, or for the logprob judge).
+    pub logprobs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +101,11 @@ impl Ask {
                 Some((name, schema))
             })
             .collect();
-        Ask { json, tools }
+        Ask {
+            json,
+            tools,
+            logprobs: false,
+        }
     }
 }
 
@@ -187,7 +193,11 @@ impl Judges {
                     ));
                 }
                 Some(_) => {}
-                None => return Err(Rejection::by("logprob", "the answer carries no logprobs")),
+                // Only OpenAI chat has logprobs; elsewhere the judge has nothing to weigh.
+                None if ask.logprobs => {
+                    return Err(Rejection::by("logprob", "the answer carries no logprobs"));
+                }
+                None => {}
             }
         }
         Ok(())

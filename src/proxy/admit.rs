@@ -33,6 +33,8 @@ pub struct Admitted {
     pub tools: bool,
     /// JSON mode or a JSON schema was asked for.
     pub json: bool,
+    /// The client asked for token logprobs.
+    pub logprobs: bool,
     /// The client presented one of Tollgate's virtual keys (else its own provider key).
     virtual_key: bool,
 }
@@ -48,6 +50,8 @@ struct Peek<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     tools: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    logprobs: Option<bool>,
     #[serde(borrow, default)]
     response_format: Option<TypeOnly<'a>>,
     /// The Responses API's `text.format`.
@@ -129,6 +133,7 @@ pub async fn admit(
         include_usage: None,
         tools: false,
         json: false,
+        logprobs: false,
         virtual_key: vkey.is_some(),
         body,
     };
@@ -150,6 +155,7 @@ pub async fn admit(
         admitted.stream = peek.stream.unwrap_or(false);
         admitted.include_usage = peek.stream_options.and_then(|o| o.include_usage);
         admitted.tools = peek.tools.is_some_and(|t| !t.is_empty());
+        admitted.logprobs = peek.logprobs == Some(true);
         admitted.json = peek.response_format.is_some_and(|f| f.is_json())
             || peek
                 .text

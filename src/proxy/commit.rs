@@ -21,7 +21,9 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
     let model = answering
         .as_ref()
         .map_or_else(|| ctx.upstream_model.clone(), |a| a.model.clone());
-    let calls: Vec<&FinishedAttempt> = ctx.attempts.iter().chain(&answering).collect();
+    // In the order the calls were made: a held answer's judge is called after it.
+    let mut calls: Vec<&FinishedAttempt> = ctx.attempts.iter().chain(&answering).collect();
+    calls.sort_by_key(|c| c.started.at);
 
     let mut attempts = Vec::with_capacity(calls.len());
     let (mut usage, mut cost, mut source) = (Usage::default(), Some(NanoUsd::ZERO), None);

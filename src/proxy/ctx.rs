@@ -168,29 +168,40 @@ impl FinishedAttempt {
 }
 
 impl RequestCtx {
-    /// `x-tollgate-route`: every call made, `provider/model=verdict` (`:judge` when one
-    /// rejected it), the answering one last.
+    /// `x-tollgate-route`: every call made, in the order they were made, as
+    /// `provider/model=verdict` (`:judge` naming the judge that rejected an answer).
     pub fn route_header(&self, answering: Verdict) -> String {
-        let mut out = String::new();
-        for a in &self.attempts {
-            out.push_str(&format!(
-                "{}/{}={}",
-                a.provider,
-                a.model,
-                a.verdict.as_str()
+        let mut calls: Vec<(Instant, String)> = self
+            .attempts
+            .iter()
+            .map(|a| {
+                let judge = if a.judge.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{}", a.judge)
+                };
+                (
+                    a.started.at,
+                    format!("{}/{}={}{judge}", a.provider, a.model, a.verdict.as_str()),
+                )
+            })
+            .collect();
+        if let Some(current) = self.current {
+            calls.push((
+                current.at,
+                format!(
+                    "{}/{}={}",
+                    self.provider,
+                    self.upstream_model,
+                    answering.as_str()
+                ),
             ));
-            if !a.judge.is_empty() {
-                out.push(':');
-                out.push_str(&a.judge);
-            }
-            out.push_str(", ");
         }
-        out.push_str(&format!(
-            "{}/{}={}",
-            self.provider,
-            self.upstream_model,
-            answering.as_str()
-        ));
-        out
+        calls.sort_by_key(|(at, _)| *at);
+        calls
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

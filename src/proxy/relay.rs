@@ -3,7 +3,7 @@
 
 use super::outcome::Outcome;
 use super::{RequestCtx, Tollgate, commit, upstream};
-use crate::api::Endpoint;
+use crate::api::{ApiFormat, Endpoint};
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::config::Provider;
 use crate::error::{ProxyError, stream_error_event};
@@ -20,6 +20,10 @@ use std::time::Duration;
 
 pub struct Exchange<'a> {
     pub provider: &'a Provider,
+    /// The API format spoken to the provider: the client's, except for a judge's call.
+    pub format: ApiFormat,
+    /// The upstream path and query, when not the client's own (a judge's call).
+    pub path: Option<&'a str>,
     pub endpoint: Endpoint,
     pub credential: upstream::Credential<'a>,
     pub body: Bytes,
@@ -81,7 +85,6 @@ pub enum Unopened {
 pub async fn open(
     tg: &Tollgate,
     session: &mut Session,
-    ctx: &RequestCtx,
     ex: &Exchange<'_>,
 ) -> Result<Opened, Unopened> {
     let provider = ex.provider;
@@ -96,9 +99,10 @@ pub async fn open(
         .map_err(Unopened::Failed)?;
     let header = upstream::request_header(
         session.req_header(),
+        ex.path,
         addr,
         provider,
-        ctx.format,
+        ex.format,
         ex.credential,
         ex.body.len(),
     )
@@ -153,7 +157,7 @@ pub async fn deliver(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let meter = Meter::new(
-        ctx.format,
+        ex.format,
         ex.endpoint,
         is_sse,
         ex.strip_usage_chunk && is_sse,
@@ -266,7 +270,7 @@ pub async fn hold(
     } = opened;
     let ttfb_ms = ctx.elapsed_ms();
     let mut meter = Meter::new(
-        ctx.format,
+        ex.format,
         ex.endpoint,
         is_sse,
         ex.strip_usage_chunk && is_sse,

@@ -17,6 +17,8 @@ pub struct Edits<'a> {
     pub include_usage: bool,
     /// Lower the output-token limit to a cap.
     pub max_tokens: Option<Cap>,
+    /// Ask for token logprobs (OpenAI chat `logprobs: true`).
+    pub logprobs: bool,
 }
 
 /// An output-token cap: each of `keys` present is lowered to `limit` (a value that is not
@@ -29,7 +31,7 @@ pub struct Cap {
 
 impl Edits<'_> {
     pub fn is_empty(&self) -> bool {
-        self.model.is_none() && !self.include_usage && self.max_tokens.is_none()
+        self.model.is_none() && !self.include_usage && self.max_tokens.is_none() && !self.logprobs
     }
 }
 
@@ -70,6 +72,9 @@ pub fn apply(body: &[u8], edits: Edits<'_>) -> Result<Vec<u8>, ProxyError> {
             ));
         }
     }
+    if edits.logprobs {
+        splices.extend(member_set(body, &members, "logprobs", b"true"));
+    }
     if let Some(cap) = edits.max_tokens {
         let limit = cap.limit.to_string().into_bytes();
         let mut found = false;
@@ -93,13 +98,13 @@ pub fn apply(body: &[u8], edits: Edits<'_>) -> Result<Vec<u8>, ProxyError> {
     Ok(splice(body, splices))
 }
 
-/// `object` with every `key` member's value replaced by `value`, or the member added.
-fn set_member(
+/// Splices that give every `key` member of `object` the value `value`, or add the member.
+fn member_set(
     object: &[u8],
     members: &[(String, Range<usize>)],
     key: &str,
     value: &[u8],
-) -> Vec<u8> {
+) -> Vec<(Range<usize>, Vec<u8>)> {
     let mut splices: Vec<_> = members
         .iter()
         .filter(|(k, _)| k == key)
@@ -108,7 +113,17 @@ fn set_member(
     if splices.is_empty() {
         splices.push(insertion(object, members, key, value));
     }
-    splice(object, splices)
+    splices
+}
+
+/// `object` with every `key` member's value replaced by `value`, or the member added.
+fn set_member(
+    object: &[u8],
+    members: &[(String, Range<usize>)],
+    key: &str,
+    value: &[u8],
+) -> Vec<u8> {
+    splice(object, member_set(object, members, key, value))
 }
 
 /// A new member right after the object's opening brace.
@@ -197,6 +212,7 @@ mod tests {
         model: None,
         include_usage: true,
         max_tokens: None,
+        logprobs: false,
     };
 
     #[test]
@@ -455,7 +471,7 @@ mod tests {
             include_usage in any::<bool>(),
         ) {
             let body = format!("{lead}{}{trail}", object.render());
-            let out = apply(body.as_bytes(), Edits { model: rename.as_deref(), include_usage, max_tokens: None }).unwrap();
+            let out = apply(body.as_bytes(), Edits { model: rename.as_deref(), include_usage, ..Edits::default() }).unwrap();
             let mut want = object.clone();
             if let Some(m) = &rename
                 && want.members.iter().any(|m| m.key == "model")
@@ -493,7 +509,7 @@ mod tests {
             } else {
                 serde_json::to_string(&object).unwrap()
             };
-            let edits = Edits { model: rename.as_deref(), include_usage, max_tokens: None };
+            let edits = Edits { model: rename.as_deref(), include_usage, ..Edits::default() };
             let out = apply(body.as_bytes(), edits).unwrap();
             let got: Value = serde_json::from_slice(&out).unwrap();
             // Compared with the body as parsed (not `object`): parsing is what the provider

@@ -146,6 +146,9 @@ fn is_dropped_request_header(name: &str) -> bool {
     ) || is_tollgate_header(name)
 }
 
+/// The Messages API version sent when the client named none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 /// Which credential goes upstream.
 #[derive(Clone, Copy)]
 pub enum Credential<'a> {
@@ -155,16 +158,19 @@ pub enum Credential<'a> {
     Client,
 }
 
-/// Builds the upstream request header from the client's.
+/// Builds the upstream request header from the client's, for the client's path and query
+/// unless `path` names another.
 pub fn request_header(
     client: &RequestHeader,
+    path_override: Option<&str>,
     addr: &UpstreamAddr,
     provider: &Provider,
     format: ApiFormat,
     credential: Credential<'_>,
     body_len: usize,
 ) -> Result<RequestHeader, ProxyError> {
-    let path_and_query = client.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path_and_query =
+        path_override.unwrap_or_else(|| client.uri.path_and_query().map_or("/", |p| p.as_str()));
     let path = format!("{}{}", addr.path_prefix, path_and_query);
     let mut req = RequestHeader::build(
         client.method.clone(),
@@ -190,6 +196,14 @@ pub fn request_header(
         .map_err(internal)?;
     req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
         .map_err(internal)?;
+    if path_override.is_some()
+        && format == ApiFormat::Anthropic
+        && !req.headers.contains_key("anthropic-version")
+    {
+        // A judge's call to Anthropic for a client that spoke OpenAI.
+        req.insert_header("anthropic-version", ANTHROPIC_VERSION)
+            .map_err(internal)?;
+    }
     if let Credential::Provider(key) = credential {
         if provider.kind.sends_anthropic_headers(format) {
             req.insert_header("x-api-key", key).map_err(internal)?;
