@@ -263,6 +263,53 @@ async fn an_invalid_policy_edit_is_refused_and_the_old_rules_keep_serving() {
 }
 
 #[tokio::test]
+async fn a_replaced_policies_directory_is_read_and_watched_again() {
+    let up = start_sim().await;
+    let proxy = aliased_proxy(&up, "").await;
+    let dir = proxy.dir.path();
+    // The model the `nth` request of this test, `id`, was routed to.
+    let routed_model = |nth: usize, id: &'static str| {
+        let proxy = &proxy;
+        async move {
+            chat(proxy, "tollgate/alias", id)
+                .await
+                .text()
+                .await
+                .unwrap();
+            let records = proxy.records(nth).await;
+            let record = records.into_iter().find(|r| r.request_id == id);
+            record.map(|r| r.model)
+        }
+    };
+
+    // A deploy that builds the new directory aside and swaps it in.
+    std::fs::create_dir(dir.join("policies.new")).unwrap();
+    write(
+        &dir.join("policies.new/alias.yaml"),
+        &alias_policy("o3-mini", 100),
+    );
+    std::fs::rename(dir.join("policies"), dir.join("policies.old")).unwrap();
+    std::fs::rename(dir.join("policies.new"), dir.join("policies")).unwrap();
+    proxy
+        .wait_metric(RELOADS, &[("result", "ok"), ("trigger", "watch")], 1.0)
+        .await;
+    assert_eq!(routed_model(1, "swapped").await.as_deref(), Some("o3-mini"));
+
+    // The new directory is the one watched now.
+    save_by_rename(
+        &dir.join("policies/alias.yaml"),
+        &alias_policy("gpt-4o-mini", 100),
+    );
+    proxy
+        .wait_metric(RELOADS, &[("result", "ok"), ("trigger", "watch")], 2.0)
+        .await;
+    assert_eq!(
+        routed_model(2, "edited").await.as_deref(),
+        Some("gpt-4o-mini")
+    );
+}
+
+#[tokio::test]
 async fn the_admin_reload_needs_the_token_and_reports_problems() {
     let up = start_sim().await;
     let proxy = aliased_proxy(
