@@ -91,6 +91,8 @@ pub struct Metrics {
     pub ledger_disk_bytes: IntGauge,
     /// Upstream calls of requests a routing rule planned, and what became of them.
     pub attempts: IntCounterVec,
+    /// Targets taken out of rotation by a route's cooldown.
+    pub cooldowns: IntCounterVec,
     /// Cost of routed requests, by policy: `actual`, and `counterfactual` (on the model
     /// they would otherwise have gone to). Savings are their difference, which a cascade
     /// that escalates often can make negative.
@@ -166,6 +168,14 @@ impl Metrics {
                 "Upstream calls of routed requests, by policy, target, role and verdict; judge names the judge that rejected an answer",
             ),
             &["policy", "provider", "model", "role", "verdict", "judge"],
+        )
+        .expect("valid metric");
+        let cooldowns = IntCounterVec::new(
+            Opts::new(
+                "tollgate_target_cooldowns_total",
+                "Times a route's target was taken out of rotation after failing calls in a row",
+            ),
+            &["provider", "model"],
         )
         .expect("valid metric");
         let routed_cost_nanos = IntCounterVec::new(
@@ -321,6 +331,7 @@ impl Metrics {
             Box::new(tokens.clone()),
             Box::new(UsdCollector(cost_nanos.clone())),
             Box::new(attempts.clone()),
+            Box::new(cooldowns.clone()),
             Box::new(UsdCollector(routed_cost_nanos.clone())),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
@@ -359,6 +370,7 @@ impl Metrics {
             usage_approximate,
             ledger_disk_bytes,
             attempts,
+            cooldowns,
             routed_cost_nanos,
             sink,
             config_reloads,

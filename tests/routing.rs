@@ -13,6 +13,12 @@ use tollgate::record::{AttemptRecord, Record};
 const ROUTING_PRICES: &str = r#"
 version: 1
 models:
+  o3-mini:
+    context_window: 60
+    prices:
+      - effective_from: 2024-01-01
+        input: 1
+        output: 4
   gpt-4o:
     prices:
       - effective_from: 2024-01-01
@@ -51,6 +57,42 @@ rules:
         - {provider: openai, model: gpt-4o-mini}
         - {provider: openai, model: gpt-4o}
       retries: {per_target: 1, backoff_ms: 50, max_wait_ms: 3000}
+
+  - name: long-prompts-elsewhere
+    priority: 50
+    match: {model: tollgate/windowed, endpoint: /v1/chat/completions}
+    route:
+      targets:
+        - {provider: openai, model: o3-mini}
+        - {provider: openai, model: gpt-4o-mini}
+
+  - name: split
+    priority: 50
+    match: {model: tollgate/split, endpoint: /v1/chat/completions}
+    route:
+      loadbalance: true
+      targets:
+        - {provider: openai, model: gpt-4o-mini, weight: 3}
+        - {provider: openai, model: gpt-4o, weight: 1}
+
+  - name: ab
+    priority: 50
+    match: {model: tollgate/ab, endpoint: /v1/chat/completions}
+    route:
+      loadbalance: true
+      sticky: true
+      targets:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+
+  - name: guarded
+    priority: 50
+    match: {model: tollgate/guarded, endpoint: /v1/chat/completions}
+    route:
+      cooldown: {failures: 2, seconds: 1}
+      targets:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
 
   - name: cheap-first
     priority: 40
@@ -671,4 +713,107 @@ async fn an_llm_judge_is_a_metered_attempt_and_its_verdict_decides() {
             assert_eq!(r.model, "gpt-4o");
         }
     }
+}
+
+/// The model of the first call each of `n` requests made.
+async fn first_picks(proxy: &Proxy, model: &str, users: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for user in users {
+        let resp = openai(
+            proxy,
+            "/v1/chat/completions",
+            &[("x-tollgate-user", user)],
+            &chat(model),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let route = route_of(&resp);
+        let first = route
+            .split('=')
+            .next()
+            .unwrap()
+            .trim_start_matches("openai/");
+        out.push(first.to_string());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_balanced_route_honours_weights_and_sticky_splits_keep_a_user_on_one_target() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let picks = first_picks(&proxy, "tollgate/split", &["u"; 200]).await;
+    let mini = picks.iter().filter(|m| *m == "gpt-4o-mini").count() as f64 / 200.0;
+    // Weight 3 of 4: 0.75, with a standard deviation of 0.03 over 200 picks.
+    assert!((0.63..=0.87).contains(&mini), "share of gpt-4o-mini {mini}");
+
+    let users: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for user in &users {
+        let picks = first_picks(&proxy, "tollgate/ab", &[user.as_str(); 3]).await;
+        assert!(
+            picks.iter().all(|p| *p == picks[0]),
+            "{user} moved: {picks:?}"
+        );
+        seen.insert(picks[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "users are spread over both targets");
+}
+
+#[tokio::test]
+async fn a_failing_target_is_cooled_down_then_probed_back() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for _ in 0..2 {
+        let resp = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-sim-fault", "status=503@gpt-4o-mini")],
+            &chat("tollgate/guarded"),
+        )
+        .await;
+        assert_eq!(
+            route_of(&resp),
+            "openai/gpt-4o-mini=failed, openai/gpt-4o=served"
+        );
+    }
+    // Out of rotation: the healthy target goes first, without a wasted call.
+    let healthy = first_picks(&proxy, "tollgate/guarded", &["u"]).await;
+    assert_eq!(healthy, ["gpt-4o"]);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tollgate_target_cooldowns_total",
+            &[("model", "gpt-4o-mini")]
+        ),
+        Some(1.0)
+    );
+    // After the cooldown one request probes it; it answers, and it is back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let back = first_picks(&proxy, "tollgate/guarded", &["u", "u"]).await;
+    assert_eq!(back, ["gpt-4o-mini", "gpt-4o-mini"]);
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_the_first_target_goes_to_the_next() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    let short = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[],
+        &chat("tollgate/windowed"),
+    )
+    .await;
+    assert_eq!(route_of(&short), "openai/o3-mini=served");
+    let long = json!({"model": "tollgate/windowed", "messages": [{"role": "user",
+        "content": "Tell me about the sea and its tides. ".repeat(20)}]});
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &long).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        route_of(&resp),
+        "openai/gpt-4o-mini=served",
+        "o3-mini's 60-token window is skipped"
+    );
 }

@@ -102,10 +102,33 @@ pub struct TokenRange {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
-    /// Tried in order; `weight` spreads first picks among them.
+    /// Tried in order; with `loadbalance`, `weight` spreads first picks among them.
     pub targets: Vec<Spanned<TargetFile>>,
     #[serde(default)]
     pub retries: Option<Spanned<RetriesFile>>,
+    /// Pick the first target by weight (the others follow in order as fallbacks).
+    #[serde(default)]
+    pub loadbalance: bool,
+    /// With `loadbalance`: the same user (else the same virtual key) always gets the same
+    /// first pick, for A/B splits.
+    #[serde(default)]
+    pub sticky: bool,
+    /// Take a failing target out of rotation, and probe it back.
+    #[serde(default)]
+    pub cooldown: Option<Spanned<CooldownFile>>,
+}
+
+/// A target that fails `failures` calls in a row is tried last for `seconds`; then one
+/// request probes it, and its success puts it back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CooldownFile {
+    /// 3 when omitted.
+    #[serde(default)]
+    pub failures: Option<Spanned<u32>>,
+    /// 30 when omitted.
+    #[serde(default)]
+    pub seconds: Option<Spanned<u64>>,
 }
 
 /// A provider and the model it is sent.

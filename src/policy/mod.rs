@@ -222,6 +222,23 @@ impl Target {
 pub struct Route {
     pub targets: Vec<Target>,
     pub retries: Retries,
+    /// Pick the first target by weight rather than in order.
+    pub balance: Option<Balance>,
+    pub cooldown: Option<Cooldown>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Balance {
+    /// The same user (else virtual key) always gets the same first pick.
+    pub sticky: bool,
+}
+
+/// When a failing target is taken out of rotation, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Cooldown {
+    /// Failed calls in a row that take it out.
+    pub failures: u32,
+    pub period: Duration,
 }
 
 /// How often a failing target is tried again before the next one.

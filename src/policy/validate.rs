@@ -7,7 +7,8 @@ use super::file::{
 use super::judge::{DEFAULT_REFUSALS, Judges, LlmJudge};
 use super::load::{PolicyContext, Read};
 use super::{
-    Action, Cascade, Match, ModelPattern, PolicySet, Retries, Rewrite, Route, Rule, Source, Target,
+    Action, Balance, Cascade, Cooldown, Match, ModelPattern, PolicySet, Retries, Rewrite, Route,
+    Rule, Source, Target,
 };
 use crate::api::{ApiFormat, Endpoint};
 use crate::config::Problem;
@@ -313,7 +314,39 @@ impl Checker<'_> {
                 retries.max_wait = Duration::from_millis(ms);
             }
         }
-        Route { targets, retries }
+        let balance = if r.value.loadbalance {
+            Some(Balance {
+                sticky: r.value.sticky,
+            })
+        } else {
+            if r.value.sticky {
+                self.bad(
+                    &r.referenced,
+                    format!("rule {name:?}: `sticky` needs `loadbalance: true`"),
+                );
+            }
+            None
+        };
+        let cooldown = r.value.cooldown.as_ref().map(|c| {
+            let failures = c.value.failures.as_ref().map_or(3, |f| f.value);
+            let seconds = c.value.seconds.as_ref().map_or(30, |s| s.value);
+            if failures == 0 || seconds == 0 {
+                self.bad(
+                    &c.referenced,
+                    format!("rule {name:?}: cooldown failures and seconds must be above 0"),
+                );
+            }
+            Cooldown {
+                failures,
+                period: Duration::from_secs(seconds),
+            }
+        });
+        Route {
+            targets,
+            retries,
+            balance,
+            cooldown,
+        }
     }
 
     fn cascade(&mut self, name: &str, c: &Spanned<CascadeFile>, formats: &Formats) -> Cascade {

@@ -12,10 +12,13 @@ use super::rewrite::{self, Cap};
 use super::{RequestCtx, Tollgate};
 use crate::answer::Answer;
 use crate::api::{ApiFormat, Endpoint};
+use crate::config::Validated;
 use crate::error::ProxyError;
 use crate::policy::Target;
 use crate::policy::judge::{Ask, LlmJudge, Rejection};
 use crate::record::{Role, Verdict};
+use crate::tokens::Encoding;
+use crate::usage::estimate;
 use crate::usage::sse::SseBuffer;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -27,8 +30,12 @@ pub async fn run(
     session: &mut Session,
     ctx: &mut RequestCtx,
     req: &Admitted,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Result<(), Outcome> {
+    fit_context(&ctx.config.clone(), req, &mut plan).await?;
+    if let Some(cooldown) = &plan.cooldown {
+        tg.health.order(&mut plan.targets, cooldown);
+    }
     ctx.policy = plan.policy_name().to_string();
     ctx.counterfactual_model = plan.counterfactual_model.clone();
     let cascade = matches!(plan.mode, Mode::Cascade { .. });
@@ -80,8 +87,12 @@ pub async fn run(
             let opened = match relay::open(tg, session, &ex).await {
                 Ok(opened) => opened,
                 Err(Unopened::ClientGone) => return Err(client_left_before_header(tg, ctx)),
-                Err(Unopened::Failed(err)) if last_call => return Err(err.into()),
+                Err(Unopened::Failed(err)) if last_call => {
+                    note_health(tg, &plan, target, false);
+                    return Err(err.into());
+                }
                 Err(Unopened::Failed(err)) => {
+                    note_health(tg, &plan, target, false);
                     tracing::debug!(request_id = %ctx.request_id, target = %target.label(), error = %err, "attempt failed; moving on");
                     moved_on(ctx, started, target, 0, err.label().to_string());
                     if retry_left {
@@ -92,6 +103,7 @@ pub async fn run(
                 }
             };
             let status = opened.status();
+            note_health(tg, &plan, target, !is_retryable(status));
             let wait = opened.retry_after();
             let may_retry = retry_left && wait.is_none_or(|w| w <= plan.retries.max_wait);
             if is_retryable(status) && (may_retry || next_left) {
@@ -320,6 +332,70 @@ fn without_logprobs(body: &[u8], sse: bool) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Drops the targets whose context window (from the price data) is smaller than the
+/// request's input, so a long prompt goes to a model that can take it. The input is counted
+/// only when it might not fit: a token is at least one byte of body, and the margin covers
+/// images, which cost tokens their bytes do not show.
+async fn fit_context(cfg: &Validated, req: &Admitted, plan: &mut Plan) -> Result<(), ProxyError> {
+    if plan.targets.len() < 2 {
+        return Ok(());
+    }
+    let windows: Vec<Option<u64>> = plan
+        .targets
+        .iter()
+        .map(|t| cfg.prices.context_window(&t.model))
+        .collect();
+    let Some(&smallest) = windows.iter().flatten().min() else {
+        return Ok(());
+    };
+    if (req.body.len() as u64) < smallest / 2 {
+        return Ok(());
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return Ok(());
+    };
+    let endpoint = req.endpoint;
+    let enc = Encoding::for_model(&plan.targets[0].model);
+    let tokens =
+        crate::tokens::spawn_count(move || estimate::input_count(endpoint, &body, enc).tokens)
+            .await;
+    let fits = |w: &Option<u64>| w.is_none_or(|w| tokens <= w);
+    if !windows.iter().any(fits) {
+        let named: Vec<String> = plan
+            .targets
+            .iter()
+            .zip(&windows)
+            .map(|(t, w)| format!("{} ({})", t.model, w.unwrap_or_default()))
+            .collect();
+        return Err(ProxyError::BadRequest(format!(
+            "the request's input of about {tokens} tokens exceeds the context window of every target: {}",
+            named.join(", ")
+        )));
+    }
+    let mut keep = windows.iter().map(fits);
+    plan.targets.retain(|t| {
+        let fit = keep.next().unwrap_or(true);
+        if !fit {
+            tracing::debug!(target = %t.label(), tokens, "input exceeds the target's context window; skipped");
+        }
+        fit
+    });
+    Ok(())
+}
+
+/// Feeds a target's result to the cooldown of a route that has one.
+fn note_health(tg: &Tollgate, plan: &Plan, target: &Target, ok: bool) {
+    if let Some(cooldown) = &plan.cooldown
+        && tg.health.record(target, ok, cooldown)
+    {
+        tracing::info!(target = %target.label(), seconds = cooldown.period.as_secs(), "target failing; out of rotation");
+        tg.metrics
+            .cooldowns
+            .with_label_values(&[&target.provider.name, &target.model])
+            .inc();
+    }
 }
 
 /// Notes a call the plan moved on from.

@@ -16,6 +16,7 @@ mod commit;
 pub mod connections;
 mod ctx;
 mod fail_to_proxy;
+mod health;
 mod logging;
 mod outcome;
 mod plan;
@@ -44,6 +45,7 @@ pub struct Tollgate {
     pub metrics: Metrics,
     connector: Connector,
     resolver: upstream::Resolver,
+    health: health::Health,
 }
 
 impl Tollgate {
@@ -54,6 +56,7 @@ impl Tollgate {
             metrics,
             connector: Connector::new(None),
             resolver: upstream::Resolver::default(),
+            health: health::Health::default(),
         }
     }
 }

@@ -4,9 +4,11 @@
 use super::RequestCtx;
 use super::admit::Admitted;
 use crate::api::ApiFormat;
+use crate::attribution::Attribution;
 use crate::config::Validated;
 use crate::error::ProxyError;
-use crate::policy::{Action, Facts, Judges, Retries, Rule, Target};
+use crate::policy::{Action, Balance, Cooldown, Facts, Judges, Retries, Rule, Target};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,8 @@ pub struct Plan {
     pub retries: Retries,
     /// Cap on the request's output tokens set by the rule.
     pub max_tokens: Option<u64>,
+    /// Take failing targets out of rotation (see `health`).
+    pub cooldown: Option<Cooldown>,
     /// The model the client's request would have gone to without the rule: the one it
     /// asked for when that is a model of the `models` table, else the plan's last target.
     pub counterfactual_model: String,
@@ -109,8 +113,12 @@ pub fn make(cfg: &Validated, ctx: &RequestCtx, req: &Admitted) -> Result<Plan, P
             });
         }
         Some(Action::Route(r)) => Plan {
-            targets: r.targets.clone(),
+            targets: match r.balance {
+                Some(b) => balanced(&r.targets, b, &ctx.attribution),
+                None => r.targets.clone(),
+            },
             retries: r.retries.clone(),
+            cooldown: r.cooldown,
             ..single_empty()
         },
         Some(Action::Cascade(c)) => Plan {
@@ -168,6 +176,47 @@ fn single_empty() -> Plan {
         mode: Mode::Route,
         retries: Retries::default(),
         max_tokens: None,
+        cooldown: None,
         counterfactual_model: String::new(),
     }
+}
+
+/// The targets with the first pick drawn by weight (the rest follow in order, as
+/// fallbacks). Sticky picks hash the user, else the virtual key, so a caller keeps its
+/// target across requests.
+fn balanced(targets: &[Target], balance: Balance, who: &Attribution) -> Vec<Target> {
+    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+    let caller = if who.user.is_empty() {
+        &who.key_name
+    } else {
+        &who.user
+    };
+    let mut point = if balance.sticky && !caller.is_empty() {
+        let mut h = std::hash::DefaultHasher::new();
+        caller.hash(&mut h);
+        h.finish() % total.max(1)
+    } else {
+        rand::random_range(0..total.max(1))
+    };
+    let first = targets
+        .iter()
+        .position(|t| {
+            let w = u64::from(t.weight);
+            if point < w {
+                return true;
+            }
+            point -= w;
+            false
+        })
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(targets.len());
+    out.push(targets[first].clone());
+    out.extend(
+        targets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first)
+            .map(|(_, t)| t.clone()),
+    );
+    out
 }
