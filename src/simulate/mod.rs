@@ -230,7 +230,23 @@ pub fn simulate(
             Some((rule, Action::Route(route))) => {
                 row.matched += 1;
                 notes.note_rewrites(rule);
-                route.targets.first().and_then(|t| price(&t.model))
+                match route.balance {
+                    // Load-balanced: the first pick's cost, weighted over the targets and
+                    // rounded to the nano once.
+                    Some(_) => {
+                        let weighted: Option<Vec<(i128, i128)>> = route
+                            .targets
+                            .iter()
+                            .map(|t| price(&t.model).map(|c| (i128::from(c.0), i128::from(t.weight))))
+                            .collect();
+                        weighted.map(|w| {
+                            let total: i128 = w.iter().map(|(_, weight)| weight).sum::<i128>().max(1);
+                            let sum: i128 = w.iter().map(|(cost, weight)| cost * weight).sum();
+                            NanoUsd(((sum + total / 2) / total) as i64)
+                        })
+                    }
+                    None => route.targets.first().and_then(|t| price(&t.model)),
+                }
             }
             Some((rule, Action::Cascade(cascade))) => {
                 row.matched += 1;
@@ -413,7 +429,7 @@ impl Notes {
         let mut out = vec![
             "tools and json are not recorded: every request is matched as one without tools and without JSON output".to_string(),
             "input_tokens rules are matched on the answering call's input tokens".to_string(),
-            "each request's answer (the tokens of the call whose answer the client got) is priced on the model the rule would use, at the prices in force when it was made; a route's first target always answers".to_string(),
+            "each request's answer (the tokens of the call whose answer the client got) is priced on the model the rule would use, at the prices in force when it was made; a route's first pick always answers (a balanced route's picks weighted as configured)".to_string(),
             "unmatched requests cost what they did, or, when a rule in force planned them, what their answer would have cost on the model they asked for".to_string(),
             format!(
                 "a cascade step escalates at the rate its judged answers of the same feature and model were rejected in the window when there are at least {}, else at the assumed {}; expected costs are exact fractions rounded to the nano-USD once per request",
