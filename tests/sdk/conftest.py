@@ -23,6 +23,7 @@ CONFIG = """
 listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 data_dir: {data}
+policies: policies
 ledger: {{ flush_interval_ms: 5 }}
 server: {{ threads: 2, grace_period_secs: 0 }}
 providers:
@@ -37,6 +38,26 @@ keys:
     team: platform
     project: sdk-tests
     env: ci
+"""
+
+
+# Cheap-first cascades in both formats, for clients that ask for the aliases.
+POLICIES = """
+rules:
+  - name: cheap-first
+    match: { model: tollgate/cheap-first, endpoint: /v1/chat/completions }
+    cascade:
+      steps:
+        - { provider: sim, model: gpt-4o-mini }
+        - { provider: sim, model: gpt-4o }
+      judges: { finish: true, refusal: true, json: true, tool_args: true }
+  - name: claude-cheap-first
+    match: { model: tollgate/claude-cheap-first, endpoint: /v1/messages }
+    cascade:
+      steps:
+        - { provider: sim, model: claude-haiku-4-5 }
+        - { provider: sim, model: claude-sonnet-5 }
+      judges: { finish: true, refusal: true }
 """
 
 
@@ -70,6 +91,8 @@ class Proxy:
         self.data = tmp / "data"
         cfg = tmp / "tollgate.yaml"
         cfg.write_text(CONFIG.format(data=self.data))
+        (tmp / "policies").mkdir()
+        (tmp / "policies" / "cascades.yaml").write_text(POLICIES)
         self.log_path = tmp / "tollgate.log"
         self.log = open(self.log_path, "wb")
         env = dict(os.environ, TOLLGATE_SDK_KEY=KEY)

@@ -1,5 +1,7 @@
 """The official OpenAI and Anthropic Python SDKs, pointed at Tollgate by base URL only."""
 
+import json
+
 import anthropic
 import openai
 import pytest
@@ -112,3 +114,54 @@ def test_anthropic_stream_with_prompt_cache(proxy):
 def test_anthropic_errors_are_raised_as_sdk_errors(proxy):
     with pytest.raises(anthropic.NotFoundError):
         anthropic_client(proxy).messages.create(model="claude-nope", max_tokens=5, messages=MESSAGES)
+
+
+def test_openai_cascade_replays_accepted_answers_and_escalates_rejected_ones(proxy):
+    client = openai_client(proxy)
+    accepted = client.chat.completions.with_raw_response.create(model="tollgate/cheap-first", messages=MESSAGES)
+    assert accepted.headers["x-tollgate-route"] == "sim/gpt-4o-mini=accepted"
+    assert accepted.parse().model == "gpt-4o-mini"
+
+    # JSON mode: the cheap model's broken JSON is rejected, the strong model's is served.
+    fault = {"x-sim-fault": "invalid-json@gpt-4o-mini"}
+    raw = client.chat.completions.with_raw_response.create(
+        model="tollgate/cheap-first", messages=MESSAGES, response_format={"type": "json_object"}, extra_headers=fault
+    )
+    assert raw.headers["x-tollgate-route"] == "sim/gpt-4o-mini=rejected:json, sim/gpt-4o=served"
+    resp = raw.parse()
+    assert resp.model == "gpt-4o"
+    assert isinstance(json.loads(resp.choices[0].message.content), dict)
+
+    # Streams: a held answer is replayed as a stream, an escalation streams through.
+    for fault, model in [({}, "gpt-4o-mini"), ({"x-sim-fault": "truncate@gpt-4o-mini"}, "gpt-4o")]:
+        chunks = list(
+            client.chat.completions.create(
+                model="tollgate/cheap-first", messages=MESSAGES, stream=True, extra_headers=fault
+            )
+        )
+        assert {c.model for c in chunks} == {model}
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+    recs = proxy.records(4)
+    assert [r["escalations"] for r in recs] == [0, 1, 0, 1]
+    assert all(float(r["counterfactual_cost_usd"]) > 0 for r in recs)
+
+
+def test_anthropic_cascade_in_both_shapes(proxy):
+    client = anthropic_client(proxy)
+    resp = client.messages.create(model="tollgate/claude-cheap-first", max_tokens=200, messages=MESSAGES)
+    assert resp.model == "claude-haiku-4-5" and resp.stop_reason == "end_turn"
+    with client.messages.stream(
+        model="tollgate/claude-cheap-first",
+        max_tokens=200,
+        messages=MESSAGES,
+        extra_headers={"x-sim-fault": "truncate@claude-haiku-4-5"},
+    ) as stream:
+        assert "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.model == "claude-sonnet-5" and final.stop_reason == "end_turn"
+    recs = proxy.records(2)
+    assert [(r["policy"], r["attempts"], r["escalations"]) for r in recs] == [
+        ("claude-cheap-first", 1, 0),
+        ("claude-cheap-first", 2, 1),
+    ]
