@@ -657,3 +657,89 @@ async fn shutdown_drains_the_ledger_into_clickhouse() {
         proxy.log()
     );
 }
+
+#[tokio::test]
+async fn routed_requests_total_their_attempts_in_clickhouse() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("routed").await;
+    let up = start_sim().await;
+    let policy = "rules:\n  - name: cheap-first\n    match: {model: tollgate/cheap-first, endpoint: /v1/chat/completions}\n    cascade:\n      steps:\n        - {provider: openai, model: gpt-4o-mini}\n        - {provider: openai, model: o3-mini}\n      judges: {finish: true}\n";
+    let proxy = Proxy::start_with(
+        &keeping(up.addr, &ch.url, &db, "policies: policies"),
+        &[("policies/cascade.yaml", policy.as_bytes())],
+    )
+    .await;
+    for i in 0..20 {
+        let fault = if i % 2 == 0 {
+            "truncate@gpt-4o-mini"
+        } else {
+            ""
+        };
+        let body = json!({"model": "tollgate/cheap-first", "stream": i % 4 < 2,
+            "messages": [{"role": "user", "content": format!("question {i}")}]});
+        let resp = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-sim-fault", fault)],
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(wait_rows(&ch, &db, 20).await, (20, 20));
+    let attempts = wait_attempts(&ch, &db, 30).await;
+    assert_eq!(attempts, attempts_in_ledger(&proxy));
+    // Every request row is the sum of its attempt rows, to the nano-dollar.
+    let mismatched = ch
+        .rows(&format!(
+            "SELECT count() AS n FROM {db}.requests AS r INNER JOIN \
+             (SELECT request_id, count() AS calls, sum(input_tokens) AS i, sum(output_tokens) AS o, \
+              sum(cost_usd) AS c FROM {db}.attempts GROUP BY request_id) AS a ON a.request_id = r.request_id \
+             WHERE r.attempts != a.calls OR r.input_tokens != a.i OR r.output_tokens != a.o OR r.cost_usd != a.c"
+        ))
+        .await;
+    assert_eq!(mismatched[0]["n"].as_u64(), Some(0));
+    let totals = ch
+        .rows(&format!(
+            "SELECT sum(escalations) AS e, countIf(counterfactual_cost_usd IS NULL) AS unknown, \
+             uniqExact(policy) AS p FROM {db}.requests"
+        ))
+        .await;
+    assert_eq!(totals[0]["e"].as_u64(), Some(10));
+    assert_eq!(totals[0]["unknown"].as_u64(), Some(0));
+    assert_eq!(totals[0]["p"].as_u64(), Some(1));
+    // An escalated request's counterfactual is its answer on the last step: what the
+    // served attempt cost.
+    let off = ch
+        .rows(&format!(
+            "SELECT count() AS n FROM {db}.requests AS r INNER JOIN {db}.attempts AS a \
+             ON a.request_id = r.request_id AND a.verdict = 'served' \
+             WHERE r.escalations = 1 AND r.counterfactual_cost_usd != a.cost_usd"
+        ))
+        .await;
+    assert_eq!(off[0]["n"].as_u64(), Some(0));
+    let judged = ch
+        .rows(&format!(
+            "SELECT verdict, judge, count() AS n FROM {db}.attempts GROUP BY verdict, judge ORDER BY verdict"
+        ))
+        .await;
+    let judged: Vec<(String, String, u64)> = judged
+        .iter()
+        .map(|r| {
+            (
+                r["verdict"].as_str().unwrap().to_string(),
+                r["judge"].as_str().unwrap().to_string(),
+                r["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("accepted".into(), String::new(), 10),
+            ("rejected".into(), "finish".into(), 10),
+            ("served".into(), String::new(), 10)
+        ]
+    );
+}

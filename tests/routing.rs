@@ -817,3 +817,38 @@ async fn a_prompt_too_long_for_the_first_target_goes_to_the_next() {
         "o3-mini's 60-token window is skipped"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_rest_of_the_cascade_and_is_recorded() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    // The cheap step takes 2 s to answer; the client gives up after 300 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("x-sim-fault", "delay-ms=2000@gpt-4o-mini")
+        .json(&chat("tollgate/cheap-first"))
+        .send()
+        .await;
+    assert!(sent.is_err());
+    let r = proxy.only_record().await;
+    assert_eq!(
+        (r.status, r.error.as_deref()),
+        (499, Some("client_disconnected"))
+    );
+    let (_, attempts) = records_of(&proxy, &r.request_id).await;
+    assert_eq!(
+        verdicts(&attempts),
+        [("gpt-4o-mini".into(), "aborted".into(), String::new())]
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        up.sim.stats().requests,
+        1,
+        "the strong step was never called"
+    );
+}
