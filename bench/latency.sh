@@ -5,6 +5,9 @@
 # so the differences between the runs are the hops' costs.
 #
 #   bench/latency.sh [DURATION_SECONDS] [CONNECTIONS]
+#
+# ROUTED=1 sends Tollgate's requests through a routing policy: a rule that matches them and
+# routes to the same upstream, so the run shows what matching and planning add.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${1:-15}
@@ -39,6 +42,17 @@ models:
 keys:
   - { name: bench, key_env: BENCH_KEY, team: bench }
 YAML
+if [ "${ROUTED:-0}" = 1 ]; then
+    mkdir -p "$OUT/policies"
+    echo "policies: $OUT/policies" >> "$OUT/bench.yaml"
+    cat > "$OUT/policies/route.yaml" <<YAML
+rules:
+  - name: bench-route
+    match: { model: gpt-4o-mini, endpoint: /v1/chat/completions }
+    route:
+      targets: [{ provider: upstream, model: gpt-4o-mini }]
+YAML
+fi
 export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
 "$BIN" serve --config "$OUT/bench.yaml" >"$OUT/proxy.out" 2>"$OUT/proxy.log" & PROXY_PID=$!
 PROXY=$(ready_addr "$OUT/proxy.out" proxy $PROXY_PID)
@@ -126,3 +140,4 @@ PY
     python3 -c "print(f'proxy CPU per request: {($after-$before)/$HZ*1e6/$n:.1f} us (user+system, over $n requests)')"
 done
 echo "ledger records with status 200 (warm-up included): $(cat "$OUT"/data/ledger/*.jsonl | grep -c '"status":200')"
+echo "of them routed by a policy: $(cat "$OUT"/data/ledger/*.jsonl | grep -c '"policy":"bench-route"')"

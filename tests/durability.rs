@@ -160,9 +160,26 @@ async fn sigkill_at_random_moments_loses_no_served_call_and_duplicates_none() {
     );
 
     let mut per_id: HashMap<String, usize> = HashMap::new();
-    for r in tollgate::ledger::read_all::<tollgate::record::Record>(&proxy.ledger_dir()).unwrap() {
-        *per_id.entry(r.request_id).or_default() += 1;
+    let requests =
+        tollgate::ledger::read_all::<tollgate::record::Record>(&proxy.ledger_dir()).unwrap();
+    for r in &requests {
+        *per_id.entry(r.request_id.clone()).or_default() += 1;
     }
+    // A request record is written after its attempts: each one's calls are all there.
+    let attempts_dir = tollgate::ledger::Stream::Attempts.dir(&proxy.ledger_dir());
+    let mut calls: HashMap<String, u16> = HashMap::new();
+    for a in tollgate::ledger::read_all::<tollgate::record::AttemptRecord>(&attempts_dir).unwrap() {
+        *calls.entry(a.request_id).or_default() += 1;
+    }
+    let short: Vec<_> = requests
+        .iter()
+        .filter(|r| calls.get(&r.request_id).copied().unwrap_or(0) < r.attempts)
+        .map(|r| &r.request_id)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "requests missing attempt records: {short:?}"
+    );
     let missing: Vec<_> = completed
         .iter()
         .filter(|id| !per_id.contains_key(*id))
