@@ -73,6 +73,8 @@ pub struct Rule {
     pub matcher: Match,
     pub action: Action,
     pub rewrite: Rewrite,
+    /// Serve repeated requests from the response cache; off when `None`.
+    pub cache: Option<CacheRule>,
 }
 
 impl Rule {
@@ -275,6 +277,18 @@ pub struct Cascade {
     pub max_attempts: u32,
     /// Time for the whole cascade; when it passes, the next step is the last.
     pub deadline: Option<Duration>,
+}
+
+/// How a rule's requests use the response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheRule {
+    /// Who shares an entry.
+    pub scope: crate::cache::CacheScope,
+    /// How long an answer is kept; the config's `cache.ttl_secs` when `None`.
+    pub ttl: Option<Duration>,
+    /// Whether answers to non-deterministic requests (see [`crate::cache::is_deterministic`])
+    /// are cached too.
+    pub nondeterministic: bool,
 }
 
 /// Edits of the request that its cost depends on.

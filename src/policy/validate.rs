@@ -156,6 +156,7 @@ impl Checker<'_> {
             matcher,
             action,
             rewrite,
+            cache: None,
         }
     }
 

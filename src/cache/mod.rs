@@ -1,0 +1,9 @@
+//! Response cache: identical requests answered once.
+//!
+//! [`key`] says which requests are identical; [`store`] holds answers in process, bounded by
+//! bytes and entries, and makes concurrent identical misses wait for one upstream call.
+//! [`redis`] is an optional tier shared by replicas, behind the in-process one.
+
+pub mod key;
+
+pub use key::{CacheKey, CacheScope, KeyError, is_deterministic, normalize};
