@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod convert;
+pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod ledger;
