@@ -35,6 +35,8 @@ pub struct Validated {
     pub reload: ReloadConfig,
     /// Bearer token of the admin listener's `POST /reload`; the endpoint is off without one.
     pub admin_token: Option<AdminToken>,
+    /// The response cache's bounds; `None` when the cache is off.
+    pub cache: Option<CacheSettings>,
     /// The files this config was read from.
     pub sources: Sources,
 }
@@ -73,6 +75,37 @@ impl AdminToken {
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// A checked, enabled `cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+    /// At most `max_bytes` and `u32::MAX`.
+    pub max_entry_bytes: u64,
+    /// Lifetime of an entry whose rule sets none.
+    pub ttl: Duration,
+    pub redis: Option<RedisSettings>,
+}
+
+/// A checked `cache.redis`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Never printed: it may carry a password.
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 

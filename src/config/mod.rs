@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use checked::{
-    AdminToken, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, Sources,
-    UpstreamAddr, Validated,
+    AdminToken, CacheSettings, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind,
+    RedisSettings, Sources, UpstreamAddr, Validated,
 };
 pub use load::load;
 pub use problem::{ConfigError, Problem};
@@ -64,6 +64,49 @@ pub struct RawConfig {
     pub reload: ReloadConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Response cache; off unless `enabled`. Policy rules choose which requests use it.
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheConfig>>,
+}
+
+/// The response cache's bounds, shared by every rule that caches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Bytes of cached answers held in process, at most.
+    #[serde(default = "defaults::cache_max_bytes")]
+    pub max_bytes: u64,
+    /// Answers held in process, at most.
+    #[serde(default = "defaults::cache_max_entries")]
+    pub max_entries: u64,
+    /// Larger answers are not cached.
+    #[serde(default = "defaults::cache_max_entry_bytes")]
+    pub max_entry_bytes: u64,
+    /// How long an answer is kept, unless its rule says otherwise.
+    #[serde(default = "defaults::cache_ttl_secs")]
+    pub ttl_secs: u64,
+    /// A Redis shared by replicas, consulted after the in-process cache misses.
+    #[serde(default)]
+    pub redis: Option<Spanned<RedisConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`. Exactly one of `url` and `url_env` is set.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// Environment variable holding the URL (when it carries a password).
+    #[serde(default)]
+    pub url_env: Option<Spanned<String>>,
+    /// Put before every key, so several deployments can share one Redis.
+    #[serde(default = "defaults::redis_key_prefix")]
+    pub key_prefix: String,
+    /// Longest wait for one Redis call; past it the call counts as a miss.
+    #[serde(default = "defaults::redis_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// When the config is read again besides on SIGHUP.
@@ -395,5 +438,23 @@ mod defaults {
     }
     pub fn idle_timeout_secs() -> u64 {
         60
+    }
+    pub fn cache_max_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub fn cache_max_entries() -> u64 {
+        100_000
+    }
+    pub fn cache_max_entry_bytes() -> u64 {
+        4 * 1024 * 1024
+    }
+    pub fn cache_ttl_secs() -> u64 {
+        3600
+    }
+    pub fn redis_key_prefix() -> String {
+        "tollgate:cache:".into()
+    }
+    pub fn redis_timeout_ms() -> u64 {
+        250
     }
 }

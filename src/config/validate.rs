@@ -2,8 +2,8 @@
 //! Every problem is collected (not just the first) with the position it refers to.
 
 use super::checked::{
-    AdminToken, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind, Sources,
-    UpstreamAddr, Validated,
+    AdminToken, CacheSettings, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind,
+    RedisSettings, Sources, UpstreamAddr, Validated,
 };
 use super::problem::{ConfigError, Problem};
 use super::{ProviderConfig, RawConfig};
@@ -212,6 +212,12 @@ pub fn validate(
         .as_ref()
         .and_then(|c| clickhouse_settings(c, &mut bad, &resolve, env));
 
+    let cache = raw
+        .cache
+        .as_ref()
+        .filter(|c| c.value.enabled)
+        .and_then(|c| cache_settings(c, &mut bad, env));
+
     if raw.max_body_bytes == 0 {
         problems_push_whole(&mut bad, "max_body_bytes must be above 0".into());
     }
@@ -247,7 +253,109 @@ pub fn validate(
         policies,
         reload: raw.reload,
         admin_token,
+        cache,
         sources,
+    })
+}
+
+fn cache_settings(
+    spanned: &Spanned<super::CacheConfig>,
+    bad: &mut impl FnMut(&serde_saphyr::Location, String),
+    env: Env<'_>,
+) -> Option<CacheSettings> {
+    let c = &spanned.value;
+    let at = &spanned.referenced;
+    let mut ok = true;
+    for (field, value) in [
+        ("max_bytes", c.max_bytes),
+        ("max_entries", c.max_entries),
+        ("max_entry_bytes", c.max_entry_bytes),
+        ("ttl_secs", c.ttl_secs),
+    ] {
+        if value == 0 {
+            bad(at, format!("cache.{field} must be above 0"));
+            ok = false;
+        }
+    }
+    if c.max_entry_bytes > c.max_bytes {
+        bad(
+            at,
+            format!(
+                "cache.max_entry_bytes ({}) is above cache.max_bytes ({}): no entry that large could be held",
+                c.max_entry_bytes, c.max_bytes
+            ),
+        );
+        ok = false;
+    }
+    // The in-process cache weighs entries in u32.
+    if c.max_entry_bytes > u64::from(u32::MAX) {
+        bad(
+            at,
+            format!("cache.max_entry_bytes must be at most {}", u32::MAX),
+        );
+        ok = false;
+    }
+    let redis = match &c.redis {
+        Some(r) => Some(redis_settings(r, bad, env)?),
+        None => None,
+    };
+    ok.then(|| CacheSettings {
+        max_bytes: c.max_bytes,
+        max_entries: c.max_entries,
+        max_entry_bytes: c.max_entry_bytes,
+        ttl: Duration::from_secs(c.ttl_secs),
+        redis,
+    })
+}
+
+fn redis_settings(
+    spanned: &Spanned<super::RedisConfig>,
+    bad: &mut impl FnMut(&serde_saphyr::Location, String),
+    env: Env<'_>,
+) -> Option<RedisSettings> {
+    let r = &spanned.value;
+    let (url, at) = match (&r.url, &r.url_env) {
+        (Some(url), None) => (url.value.clone(), &url.referenced),
+        (None, Some(var)) => match env(&var.value) {
+            Some(url) if !url.is_empty() => (url, &var.referenced),
+            _ => {
+                bad(
+                    &var.referenced,
+                    format!("cache.redis: environment variable {} is not set", var.value),
+                );
+                return None;
+            }
+        },
+        _ => {
+            bad(
+                &spanned.referenced,
+                "cache.redis: set exactly one of url and url_env".into(),
+            );
+            return None;
+        }
+    };
+    // The URL may carry a password: the problem names its scheme only.
+    if !url.starts_with("redis://") || redis::Client::open(url.as_str()).is_err() {
+        let scheme = url.split("://").next().unwrap_or_default();
+        bad(
+            at,
+            format!(
+                "cache.redis: not a valid redis://host:port URL (scheme {scheme:?}); TLS (rediss://) is not supported"
+            ),
+        );
+        return None;
+    }
+    if r.timeout_ms == 0 {
+        bad(
+            &spanned.referenced,
+            "cache.redis.timeout_ms must be above 0".into(),
+        );
+        return None;
+    }
+    Some(RedisSettings {
+        url,
+        key_prefix: r.key_prefix.clone(),
+        timeout: Duration::from_millis(r.timeout_ms),
     })
 }
 
