@@ -852,3 +852,21 @@ async fn a_client_that_leaves_cancels_the_rest_of_the_cascade_and_is_recorded() 
         "the strong step was never called"
     );
 }
+
+#[tokio::test]
+async fn fields_only_rules_read_never_turn_a_valid_request_into_an_error() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    // Legacy completions' `logprobs` is a number, not chat's boolean.
+    let body = json!({"model": "gpt-4o-mini", "prompt": "Say hi", "logprobs": 2});
+    let resp = openai(&proxy, "/v1/completions", &[], &body).await;
+    assert_eq!(resp.status(), 200);
+    // Shapes Tollgate does not expect are the provider's to judge, not Tollgate's.
+    let mut body = chat("gpt-4o-mini");
+    body["text"] = json!("an extension field");
+    body["response_format"] = json!("json");
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert_ne!(v["error"]["code"], "invalid_json", "{status} {v}");
+}

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ pub struct Admitted {
 }
 
 /// The fields of a request body that routing needs; the rest is validated, not kept.
+/// Fields only rules and judges look at are taken raw and read leniently: their shapes
+/// differ between endpoints (legacy completions' `logprobs` is a number), and a shape this
+/// proxy does not expect must not turn a valid request into a 400.
 #[derive(Deserialize)]
 struct Peek<'a> {
     #[serde(borrow, default)]
@@ -48,15 +52,15 @@ struct Peek<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    tools: Option<Vec<IgnoredAny>>,
-    #[serde(default)]
-    logprobs: Option<bool>,
     #[serde(borrow, default)]
-    response_format: Option<TypeOnly<'a>>,
+    tools: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    logprobs: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response_format: Option<&'a RawValue>,
     /// The Responses API's `text.format`.
     #[serde(borrow, default)]
-    text: Option<TextOptions<'a>>,
+    text: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +85,11 @@ impl TypeOnly<'_> {
     fn is_json(&self) -> bool {
         matches!(self.kind.as_deref(), Some("json_object" | "json_schema"))
     }
+}
+
+/// Whether a `response_format` asks for JSON.
+fn asks_json(format: &str) -> bool {
+    serde_json::from_str::<TypeOnly>(format).is_ok_and(|f| f.is_json())
 }
 
 /// Checks the path and the key, resolves the attribution and reads the body.
@@ -154,13 +163,17 @@ pub async fn admit(
         admitted.model = Some(model.to_string());
         admitted.stream = peek.stream.unwrap_or(false);
         admitted.include_usage = peek.stream_options.and_then(|o| o.include_usage);
-        admitted.tools = peek.tools.is_some_and(|t| !t.is_empty());
-        admitted.logprobs = peek.logprobs == Some(true);
-        admitted.json = peek.response_format.is_some_and(|f| f.is_json())
-            || peek
-                .text
-                .and_then(|t| t.format)
-                .is_some_and(|f| f.is_json());
+        admitted.tools = peek.tools.is_some_and(|t| {
+            serde_json::from_str::<Vec<IgnoredAny>>(t.get()).is_ok_and(|v| !v.is_empty())
+        });
+        admitted.logprobs = peek.logprobs.is_some_and(|l| l.get() == "true");
+        admitted.json = peek.response_format.is_some_and(|f| asks_json(f.get()))
+            || peek.text.is_some_and(|t| {
+                serde_json::from_str::<TextOptions>(t.get())
+                    .ok()
+                    .and_then(|t| t.format)
+                    .is_some_and(|f| f.is_json())
+            });
     }
     ctx.stream = admitted.stream;
     Ok(admitted)
