@@ -94,8 +94,12 @@ impl CacheKey {
         let mut h = Sha256::new();
         h.update(b"tollgate-cache-v1");
         // Length-prefixed, so no two different field lists hash the same bytes.
-        for part in [endpoint.as_bytes(), provider.as_bytes(), model.as_bytes(), scope.as_bytes()]
-        {
+        for part in [
+            endpoint.as_bytes(),
+            provider.as_bytes(),
+            model.as_bytes(),
+            scope.as_bytes(),
+        ] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }
@@ -345,7 +349,10 @@ mod tests {
         assert!(det(r#"{"temperature":0.0,"n":1}"#));
         assert!(det(r#"{"temperature":0.7,"seed":42}"#));
         assert!(det(r#"{"seed":42}"#));
-        assert!(!det(r#"{}"#), "absent temperature is the provider's default, 1");
+        assert!(
+            !det(r#"{}"#),
+            "absent temperature is the provider's default, 1"
+        );
         assert!(!det(r#"{"temperature":0.2}"#));
         assert!(!det(r#"{"temperature":0,"n":2}"#));
         assert!(!det(r#"{"seed":1,"n":3}"#));

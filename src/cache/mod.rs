@@ -5,5 +5,9 @@
 //! [`redis`] is an optional tier shared by replicas, behind the in-process one.
 
 pub mod key;
+pub mod redis;
+pub mod store;
 
 pub use key::{CacheKey, CacheScope, KeyError, is_deterministic, normalize};
+pub use redis::{RedisStats, RedisTier};
+pub use store::{CacheStats, CachedResponse, Follower, Leader, Lookup, ResponseCache};
