@@ -4,6 +4,8 @@
 //! bytes and entries, and makes concurrent identical misses wait for one upstream call.
 //! [`redis`] is an optional tier shared by replicas, behind the in-process one.
 
+#[cfg(test)]
+mod config_tests;
 pub mod key;
 pub mod redis;
 pub mod store;

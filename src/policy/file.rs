@@ -43,6 +43,26 @@ pub struct RuleFile {
     /// Edit the request before it is sent (with any action but `deny`).
     #[serde(default)]
     pub rewrite: Option<Spanned<RewriteFile>>,
+    /// Serve repeated requests from the response cache (`cache.enabled` in tollgate.yaml).
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheRuleFile>>,
+}
+
+/// Which of a rule's requests share cached answers, and for how long.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRuleFile {
+    /// Who shares an entry: `key` (the same virtual key), `team` or `global`; `key` when
+    /// omitted.
+    #[serde(default)]
+    pub scope: Option<Spanned<String>>,
+    /// How long an answer is kept; the config's `cache.ttl_secs` when omitted.
+    #[serde(default)]
+    pub ttl_secs: Option<Spanned<u64>>,
+    /// Cache answers to requests that do not pin sampling (temperature above 0 without a
+    /// seed, or several choices) too: repeats then get the first answer again.
+    #[serde(default)]
+    pub nondeterministic: bool,
 }
 
 /// Conditions on a request; all must hold. A list holds when any of its values does.

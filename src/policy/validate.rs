@@ -2,15 +2,16 @@
 //! [`PolicySet`] the proxy runs on. Every problem is collected with its position.
 
 use super::file::{
-    CascadeFile, JudgesFile, MatchFile, Refusal, RouteFile, RuleFile, Strings, TargetFile,
+    CacheRuleFile, CascadeFile, JudgesFile, MatchFile, Refusal, RouteFile, RuleFile, Strings, TargetFile,
 };
 use super::judge::{DEFAULT_REFUSALS, Judges, LlmJudge};
 use super::load::{PolicyContext, Read};
 use super::{
-    Action, Balance, Cascade, Cooldown, Match, ModelPattern, PolicySet, Retries, Rewrite, Route,
+    Action, Balance, CacheRule, Cascade, Cooldown, Match, ModelPattern, PolicySet, Retries, Rewrite, Route,
     Rule, Source, Target,
 };
 use crate::api::{ApiFormat, Endpoint};
+use crate::cache::CacheScope;
 use crate::config::Problem;
 use regex::Regex;
 use serde_saphyr::{Location, Spanned};
@@ -149,6 +150,7 @@ impl Checker<'_> {
             Action::Pass
         };
         let rewrite = self.rewrite(name, r, &action);
+        let cache = r.cache.as_ref().map(|c| self.cache(name, c, &action));
         Rule {
             name: name.clone(),
             priority: r.priority,
@@ -156,7 +158,7 @@ impl Checker<'_> {
             matcher,
             action,
             rewrite,
-            cache: None,
+            cache,
         }
     }
 
@@ -666,6 +668,43 @@ impl Checker<'_> {
                 Some(prefix) => model.starts_with(prefix),
                 None => m == model,
             })
+    }
+
+    fn cache(&mut self, name: &str, c: &Spanned<CacheRuleFile>, action: &Action) -> CacheRule {
+        let f = &c.value;
+        if matches!(action, Action::Deny(_)) {
+            self.bad(
+                &c.referenced,
+                format!("rule {name:?}: a deny rule gets no answer, so it caches nothing"),
+            );
+        }
+        let scope = match &f.scope {
+            None => CacheScope::Key,
+            Some(s) => CacheScope::parse(&s.value).unwrap_or_else(|| {
+                self.bad(
+                    &s.referenced,
+                    format!(
+                        "rule {name:?}: unknown cache scope {:?} (expected key, team or global)",
+                        s.value
+                    ),
+                );
+                CacheScope::Key
+            }),
+        };
+        let ttl = f.ttl_secs.as_ref().map(|t| {
+            if t.value == 0 {
+                self.bad(
+                    &t.referenced,
+                    format!("rule {name:?}: cache ttl_secs must be above 0"),
+                );
+            }
+            Duration::from_secs(t.value)
+        });
+        CacheRule {
+            scope,
+            ttl,
+            nondeterministic: f.nondeterministic,
+        }
     }
 
     fn rewrite(&mut self, name: &str, r: &RuleFile, action: &Action) -> Rewrite {
