@@ -58,6 +58,8 @@ enum TierError {
     Redis(#[from] redis::RedisError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("no connection could be set up")]
+    Unusable,
     #[error("stored value does not decode: {0}")]
     Decode(String),
 }
@@ -82,13 +84,26 @@ impl RedisTier {
         &self.inner.stats
     }
 
-    /// The answer stored for `key`, or `None` on a miss or any failure.
-    pub async fn get(&self, key: &CacheKey) -> Option<CachedResponse> {
+    /// The answer stored for `key` and the time it has left, or `None` on a miss or any
+    /// failure.
+    pub async fn get(&self, key: &CacheKey) -> Option<(CachedResponse, Duration)> {
         let s = &self.inner.stats;
-        let result = self
-            .call(redis::cmd("GET").arg(self.inner.key(key)).to_owned())
-            .await
-            .and_then(|v: Option<Vec<u8>>| v.map(|v| decode(&v)).transpose());
+        let k = self.inner.key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
+        let result = async {
+            let mut conn = self.conn()?;
+            self.timed(pipe.query_async(&mut conn)).await
+        }
+        .await
+        .and_then(|(v, ttl): (Option<Vec<u8>>, i64)| {
+            // PTTL is negative for a key gone or without expiry; neither is ours to serve.
+            let ttl = u64::try_from(ttl).ok().filter(|&ms| ms > 0);
+            match (v, ttl) {
+                (Some(v), Some(ms)) => Ok(Some((decode(&v)?, Duration::from_millis(ms)))),
+                _ => Ok(None),
+            }
+        });
         match result {
             Ok(Some(hit)) => {
                 s.hits.fetch_add(1, Ordering::Relaxed);
@@ -109,13 +124,16 @@ impl RedisTier {
     /// Stores an answer for `ttl`; true when Redis took it.
     pub async fn set(&self, key: &CacheKey, response: &CachedResponse, ttl: Duration) -> bool {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let cmd = redis::cmd("SET")
-            .arg(self.inner.key(key))
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.inner.key(key))
             .arg(encode(response))
             .arg("PX")
-            .arg(ms)
-            .to_owned();
-        match self.call::<()>(cmd).await {
+            .arg(ms);
+        let result = async {
+            let mut conn = self.conn()?;
+            self.timed::<()>(cmd.query_async(&mut conn)).await
+        };
+        match result.await {
             Ok(()) => {
                 self.inner.stats.sets.fetch_add(1, Ordering::Relaxed);
                 true
@@ -133,7 +151,9 @@ impl RedisTier {
         tokio::spawn(async move { tier.set(&key, &response, ttl).await });
     }
 
-    async fn call<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, TierError> {
+    /// The connection, made on first use inside the runtime that then drives its
+    /// reconnections.
+    fn conn(&self) -> Result<ConnectionManager, TierError> {
         let timeout = self.inner.timeout;
         let conn = self.inner.conn.get_or_init(|| {
             let config = ConnectionManagerConfig::new()
@@ -144,13 +164,16 @@ impl RedisTier {
                 .set_max_delay(timeout);
             ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config).ok()
         });
-        let Some(conn) = conn else {
-            return Err(TierError::Timeout(Duration::ZERO));
-        };
-        let mut conn = conn.clone();
-        match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
+        conn.clone().ok_or(TierError::Unusable)
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, TierError> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
             Ok(result) => Ok(result?),
-            Err(_) => Err(TierError::Timeout(timeout)),
+            Err(_) => Err(TierError::Timeout(self.inner.timeout)),
         }
     }
 

@@ -237,16 +237,20 @@ impl ResponseCache {
             flight: Some(flight),
         };
         // A leader that finished between our miss and our claim stored its answer first.
-        let found = match self.cache.get(&key).await {
-            Some(slot) => Some(slot.response),
-            None => match &self.redis {
-                Some(redis) => redis.get(&key).await.map(Arc::new),
-                None => None,
-            },
-        };
-        if let Some(hit) = found {
+        if let Some(slot) = self.cache.get(&key).await {
             CacheStats::add(&self.stats.hits, 1);
-            leader.finish(Some(hit.clone()), None).await;
+            leader.finish(Some(slot.response.clone()), None).await;
+            return Lookup::Hit(slot.response);
+        }
+        // The shared tier's answer is kept here for the time it has left there.
+        if let Some(redis) = &self.redis
+            && let Some((hit, ttl)) = redis.get(&key).await
+        {
+            CacheStats::add(&self.stats.hits, 1);
+            let hit = Arc::new(hit);
+            leader
+                .finish(Some(hit.clone()), Some(Store::Local(ttl)))
+                .await;
             return Lookup::Hit(hit);
         }
         CacheStats::add(&self.stats.misses, 1);
@@ -295,6 +299,14 @@ impl ResponseCache {
     }
 }
 
+/// Where a flight's answer is stored, and for how long.
+#[derive(Clone, Copy)]
+enum Store {
+    /// In process only: it came from the shared tier.
+    Local(Duration),
+    Everywhere(Duration),
+}
+
 /// The one request of a flight that goes upstream.
 pub struct Leader {
     cache: Arc<ResponseCache>,
@@ -312,7 +324,8 @@ impl Leader {
     /// answer over `max_entry_bytes` still serves the followers but is not kept.
     pub async fn complete(self, response: CachedResponse, ttl: Option<Duration>) -> bool {
         let ttl = ttl.unwrap_or(self.cache.default_ttl);
-        self.finish(Some(Arc::new(response)), Some(ttl)).await
+        self.finish(Some(Arc::new(response)), Some(Store::Everywhere(ttl)))
+            .await
     }
 
     /// Gives up the flight: no cacheable answer (an error, a truncated stream, no usage).
@@ -321,16 +334,16 @@ impl Leader {
         self.end(None);
     }
 
-    async fn finish(
-        mut self,
-        response: Option<Arc<CachedResponse>>,
-        store: Option<Duration>,
-    ) -> bool {
+    async fn finish(mut self, response: Option<Arc<CachedResponse>>, store: Option<Store>) -> bool {
         let mut stored = false;
-        if let (Some(r), Some(ttl)) = (&response, store) {
+        if let (Some(r), Some(store)) = (&response, store) {
+            let (Store::Local(ttl) | Store::Everywhere(ttl)) = store;
             // Stored before the flight ends, so a lookup after it finds the answer.
             stored = self.cache.insert(self.key, r.clone(), ttl).await;
-            if stored && let Some(redis) = &self.cache.redis {
+            if stored
+                && matches!(store, Store::Everywhere(_))
+                && let Some(redis) = &self.cache.redis
+            {
                 redis.set_in_background(self.key, r.clone(), ttl);
             }
         }
