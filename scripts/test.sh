@@ -15,6 +15,7 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     [ "$(id -u)" = 0 ] || { echo "python3-venv is missing: apt-get install python3-venv" >&2; exit 1; }
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
+scripts/redis-server.sh install # the response cache's shared tier is tested against a real one
 
 if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
     PY=$(scripts/setup-clickhouse.sh)
