@@ -11,7 +11,6 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod convert;
-pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod ledger;
