@@ -164,3 +164,17 @@ rules:
         "{p:#?}"
     );
 }
+
+#[test]
+fn a_rule_that_caches_needs_the_cache_on() {
+    let policy = "rules:\n  - name: evals\n    match: { team: eval }\n    cache: { scope: team }\n";
+    let p = problems("", Some(policy));
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with(
+            "policies/p.yaml:2:5: rule \"evals\" caches answers, but the cache is off"
+        ),
+        "{p:#?}"
+    );
+    assert!(load("cache: { enabled: true }\n", Some(policy)).is_ok());
+}

@@ -218,6 +218,23 @@ pub fn validate(
         .filter(|c| c.value.enabled)
         .and_then(|c| cache_settings(c, &mut bad, env));
 
+    // A rule's cache settings need the cache's bounds; without them they would do nothing.
+    let mut cache_problems = Vec::new();
+    if raw.cache.as_ref().is_none_or(|c| !c.value.enabled) {
+        for rule in policies.rules().filter(|r| r.cache.is_some()) {
+            cache_problems.push(Problem {
+                file: rule.source.file.clone(),
+                line: rule.source.line,
+                column: rule.source.column,
+                message: format!(
+                    "rule {:?} caches answers, but the cache is off: set `cache: {{ enabled: true }}` in {}",
+                    rule.name,
+                    file.display()
+                ),
+            });
+        }
+    }
+
     if raw.max_body_bytes == 0 {
         problems_push_whole(&mut bad, "max_body_bytes must be above 0".into());
     }
@@ -233,6 +250,7 @@ pub fn validate(
     }
     problems.extend(price_problems);
     problems.extend(policy_problems);
+    problems.extend(cache_problems);
     if !problems.is_empty() {
         return Err(ConfigError(problems));
     }
