@@ -5,9 +5,11 @@
 
 use super::admit::Admitted;
 use super::ctx::{FinishedAttempt, Started};
+use super::held::{self, Unheld};
+use super::judging::{grade, without_logprobs};
 use super::outcome::Outcome;
 use super::plan::{Mode, Plan};
-use super::relay::{self, Exchange, Unheld, Unopened, client_left_before_header};
+use super::relay::{self, Exchange, Unopened, client_left_before_header};
 use super::rewrite::{self, Cap};
 use super::{RequestCtx, Tollgate};
 use crate::answer::Answer;
@@ -15,14 +17,13 @@ use crate::api::{ApiFormat, Endpoint};
 use crate::config::Validated;
 use crate::error::ProxyError;
 use crate::policy::Target;
-use crate::policy::judge::{Ask, LlmJudge, Rejection};
+use crate::policy::judge::Ask;
 use crate::record::{Role, Verdict};
 use crate::tokens::Encoding;
 use crate::usage::estimate;
-use crate::usage::sse::SseBuffer;
 use bytes::Bytes;
 use pingora::proxy::Session;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 pub async fn run(
@@ -107,7 +108,7 @@ pub async fn run(
             let wait = opened.retry_after();
             let may_retry = retry_left && wait.is_none_or(|w| w <= plan.retries.max_wait);
             if is_retryable(status) && (may_retry || next_left) {
-                let code = relay::discard(tg, opened).await;
+                let code = held::discard(tg, opened).await;
                 tracing::debug!(request_id = %ctx.request_id, target = %target.label(), status, code, "attempt failed; moving on");
                 moved_on(ctx, started, target, status, code);
                 if may_retry {
@@ -121,7 +122,7 @@ pub async fn run(
                 // request itself is wrong): the client gets it as it comes.
                 return relay::deliver(tg, session, ctx, opened, &ex).await;
             };
-            let mut held = match relay::hold(tg, session, ctx, opened, &ex, &target.model).await {
+            let mut held = match held::hold(tg, session, ctx, opened, &ex, &target.model).await {
                 Ok(held) => held,
                 Err(Unheld::ClientGone) => return Err(client_left_before_header(tg, ctx)),
                 Err(Unheld::Failed(reason)) => {
@@ -148,7 +149,7 @@ pub async fn run(
                     if add_logprobs {
                         held.body = without_logprobs(&held.body, held.is_sse);
                     }
-                    return relay::replay(tg, session, ctx, held).await;
+                    return held::replay(tg, session, ctx, held).await;
                 }
                 Err(rejection) => {
                     tracing::debug!(request_id = %ctx.request_id, target = %target.label(), judge = rejection.judge, reason = %rejection.reason, "answer rejected; escalating");
@@ -173,165 +174,6 @@ pub async fn run(
     }
     // Every target has been tried, and the last call always answers or fails above.
     Err(ProxyError::Internal("the routing plan ended without an answer".into()).into())
-}
-
-/// Asks the LLM judge to grade `answer`; its call is an attempt of the request. A judge
-/// that cannot be reached, or answers with an error, rejects: quality is what it guards.
-async fn grade(
-    tg: &Tollgate,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    req: &Admitted,
-    llm: &LlmJudge,
-    answer: &Answer,
-) -> Result<Result<(), Rejection>, Outcome> {
-    let target = &llm.target;
-    let format = if target.provider.kind.speaks(ctx.format) {
-        ctx.format
-    } else if ctx.format == ApiFormat::OpenAi {
-        ApiFormat::Anthropic
-    } else {
-        ApiFormat::OpenAi
-    };
-    let question = grading_input(&req.body);
-    let content = format!("Request:\n{question}\n\nAnswer:\n{}", answer.text);
-    let (path, endpoint, body) = match format {
-        ApiFormat::OpenAi => (
-            "/v1/chat/completions",
-            Endpoint::ChatCompletions,
-            json!({"model": target.model, "max_tokens": JUDGE_MAX_TOKENS, "messages": [
-                {"role": "system", "content": llm.prompt},
-                {"role": "user", "content": content}]}),
-        ),
-        ApiFormat::Anthropic => (
-            "/v1/messages",
-            Endpoint::Messages,
-            json!({"model": target.model, "max_tokens": JUDGE_MAX_TOKENS, "system": llm.prompt,
-                "messages": [{"role": "user", "content": content}]}),
-        ),
-    };
-    let ex = Exchange {
-        provider: &target.provider,
-        format,
-        path: Some(path),
-        endpoint,
-        credential: req.credential(&target.provider)?,
-        body: Bytes::from(body.to_string()),
-        strip_usage_chunk: false,
-        metered: true,
-        timeout: target.timeout,
-    };
-    let started = Started::now(Role::Judge);
-    let rejected = |reason: String| Rejection {
-        judge: "llm",
-        reason,
-    };
-    let opened = match relay::open(tg, session, &ex).await {
-        Ok(opened) => opened,
-        Err(Unopened::ClientGone) => return Err(client_left_before_header(tg, ctx)),
-        Err(Unopened::Failed(err)) => {
-            moved_on(ctx, started, target, 0, err.label().to_string());
-            return Ok(Err(rejected(format!(
-                "the judge could not be reached: {err}"
-            ))));
-        }
-    };
-    let status = opened.status();
-    if !(200..300).contains(&status) {
-        let code = relay::discard(tg, opened).await;
-        moved_on(ctx, started, target, status, code.clone());
-        return Ok(Err(rejected(format!(
-            "the judge answered {status} ({code})"
-        ))));
-    }
-    let held = match relay::hold(tg, session, ctx, opened, &ex, &target.model).await {
-        Ok(held) => held,
-        Err(Unheld::ClientGone) => return Err(client_left_before_header(tg, ctx)),
-        Err(Unheld::Failed(reason)) => {
-            moved_on(ctx, started, target, status, "upstream_failed".into());
-            return Ok(Err(rejected(format!(
-                "the judge's answer failed: {reason}"
-            ))));
-        }
-    };
-    let grade = Answer::read(format, endpoint, false, &held.body);
-    ctx.attempts.push(FinishedAttempt {
-        started,
-        provider: target.provider.name.clone(),
-        model: target.model.clone(),
-        status,
-        usage: held.usage,
-        usage_source: held.usage_source,
-        ttfb_ms: Some(held.ttfb_ms),
-        latency_ms: started.at.elapsed().as_millis() as u64,
-        error: None,
-        verdict: Verdict::Graded,
-        judge: String::new(),
-    });
-    Ok(if llm.accept.is_match(grade.text.trim()) {
-        Ok(())
-    } else {
-        let said: String = grade.text.chars().take(200).collect();
-        Err(rejected(format!("the judge answered {said:?}")))
-    })
-}
-
-/// Output tokens the judge may spend on its verdict.
-const JUDGE_MAX_TOKENS: u32 = 64;
-/// The request's part shown to the judge, at most.
-const JUDGE_INPUT_CHARS: usize = 8_000;
-
-/// What the client asked, for the judge: its messages (or input, or prompt) as JSON, cut to
-/// a bounded length.
-fn grading_input(body: &[u8]) -> String {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return String::new();
-    };
-    let asked = ["messages", "input", "prompt"]
-        .into_iter()
-        .map(|k| &v[k])
-        .find(|x| !x.is_null())
-        .map(Value::to_string)
-        .unwrap_or_default();
-    asked.chars().take(JUDGE_INPUT_CHARS).collect()
-}
-
-/// An OpenAI chat answer with its choices' logprobs removed (`null`, as when none were
-/// asked for), whole or streamed.
-fn without_logprobs(body: &[u8], sse: bool) -> Vec<u8> {
-    let clear = |v: &mut Value| {
-        for choice in v["choices"].as_array_mut().into_iter().flatten() {
-            if let Some(c) = choice.as_object_mut()
-                && c.contains_key("logprobs")
-            {
-                c.insert("logprobs".into(), Value::Null);
-            }
-        }
-    };
-    if !sse {
-        return match serde_json::from_slice::<Value>(body) {
-            Ok(mut v) => {
-                clear(&mut v);
-                v.to_string().into_bytes()
-            }
-            Err(_) => body.to_vec(),
-        };
-    }
-    let mut out = Vec::with_capacity(body.len());
-    let mut events = Vec::new();
-    SseBuffer::default().push(body, &mut events);
-    for ev in events {
-        match serde_json::from_str::<Value>(&ev.data) {
-            Ok(mut v) => {
-                clear(&mut v);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(v.to_string().as_bytes());
-                out.extend_from_slice(b"\n\n");
-            }
-            Err(_) => out.extend_from_slice(&ev.raw),
-        }
-    }
-    out
 }
 
 /// Drops the targets whose context window (from the price data) is smaller than the
@@ -399,7 +241,13 @@ fn note_health(tg: &Tollgate, plan: &Plan, target: &Target, ok: bool) {
 }
 
 /// Notes a call the plan moved on from.
-fn moved_on(ctx: &mut RequestCtx, started: Started, target: &Target, status: u16, code: String) {
+pub(super) fn moved_on(
+    ctx: &mut RequestCtx,
+    started: Started,
+    target: &Target,
+    status: u16,
+    code: String,
+) {
     ctx.attempts.push(FinishedAttempt::failed(
         started,
         &target.provider.name,

@@ -3,9 +3,10 @@
 //! `request_filter` does the work, in steps of a module each: `admit` (key, attribution,
 //! the whole body: pingora's retry buffer holds only 64 KiB), `plan` (the matching policy
 //! rule turns the request into ordered targets), `attempts` (upstream calls through
-//! pingora's connector, with fallbacks, retries and judged cascade steps), and delivery in
-//! `relay` (the answer streamed through as it arrives, or a held answer replayed), metering
-//! as bytes pass. The records are written before the client sees the end of its response
+//! pingora's connector, with fallbacks, retries, a target `health` breaker and judged
+//! cascade steps), and delivery: `relay` streams an answer through as it arrives, `held`
+//! keeps one whole for the judges (`judging` makes the LLM judge's call) and replays it when
+//! accepted; metering as bytes pass. The records are written before the client sees the end of its response
 //! (`commit`); `logging` records what ended otherwise.
 //! `fail_to_proxy` only stays quiet when a response was already under way.
 
@@ -17,6 +18,8 @@ pub mod connections;
 mod ctx;
 mod fail_to_proxy;
 mod health;
+mod held;
+mod judging;
 mod logging;
 mod outcome;
 mod plan;

@@ -1,5 +1,5 @@
 //! One upstream exchange: send the request, stream the response back as it arrives,
-//! meter it on the way, and settle its usage.
+//! meter it on the way, and settle its usage. Answers held for judging are in `held`.
 
 use super::outcome::Outcome;
 use super::{RequestCtx, Tollgate, commit, upstream};
@@ -44,9 +44,9 @@ fn is_dropped_response_header(name: &str) -> bool {
 
 /// An upstream exchange whose response header has arrived.
 pub struct Opened {
-    up: HttpSession,
-    peer: HttpPeer,
-    header: ResponseHeader,
+    pub(super) up: HttpSession,
+    pub(super) peer: HttpPeer,
+    pub(super) header: ResponseHeader,
 }
 
 impl Opened {
@@ -64,7 +64,7 @@ impl Opened {
             .map(Duration::from_secs)
     }
 
-    fn is_sse(&self) -> bool {
+    pub(super) fn is_sse(&self) -> bool {
         self.header
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -230,161 +230,6 @@ pub async fn deliver(
     }
 }
 
-/// A whole answer read from the upstream and not yet shown to the client.
-pub struct Held {
-    header: ResponseHeader,
-    /// The body as the client would get it (an injected usage chunk already removed).
-    pub body: Vec<u8>,
-    pub is_sse: bool,
-    pub usage: Usage,
-    pub usage_source: UsageSource,
-    pub served_model: Option<String>,
-    pub ttfb_ms: u64,
-}
-
-/// Why an answer could not be held.
-pub enum Unheld {
-    ClientGone,
-    /// The upstream failed, or the answer was too large to hold.
-    Failed(String),
-}
-
-/// Answers larger than this are not held for judging.
-const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
-
-/// Reads an opened exchange's whole answer, metered, watching the client meanwhile. The
-/// upstream connection goes back to the pool when the answer ended cleanly.
-pub async fn hold(
-    tg: &Tollgate,
-    session: &mut Session,
-    ctx: &RequestCtx,
-    opened: Opened,
-    ex: &Exchange<'_>,
-    model: &str,
-) -> Result<Held, Unheld> {
-    let is_sse = opened.is_sse();
-    let Opened {
-        mut up,
-        peer,
-        header,
-    } = opened;
-    let ttfb_ms = ctx.elapsed_ms();
-    let mut meter = Meter::new(
-        ex.format,
-        ex.endpoint,
-        is_sse,
-        ex.strip_usage_chunk && is_sse,
-    );
-    let mut body = Vec::new();
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            read = up.read_response_body() => read,
-            _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(Unheld::ClientGone),
-        };
-        match chunk {
-            Ok(Some(bytes)) => {
-                match meter.feed(&bytes) {
-                    Some(out) => body.extend_from_slice(&out),
-                    None => body.extend_from_slice(&bytes),
-                }
-                if body.len() > MAX_HELD_BYTES {
-                    return Err(Unheld::Failed(format!(
-                        "the answer is larger than {MAX_HELD_BYTES} bytes"
-                    )));
-                }
-            }
-            Ok(None) => break,
-            Err(e) => return Err(Unheld::Failed(describe(&e))),
-        }
-    }
-    meter.finish_body();
-    body.extend_from_slice(&meter.take_unforwarded());
-    if up.response_done() {
-        tg.connector
-            .release_http_session(up, &peer, peer.options.idle_timeout)
-            .await;
-    }
-    let served_model = meter.observed.model.clone();
-    let (usage, usage_source) = settle_usage(
-        tg,
-        &ctx.request_id,
-        &ex.provider.name,
-        served_model.as_deref().unwrap_or(model),
-        &meter,
-        ex.endpoint,
-        ex.body.clone(),
-    )
-    .await;
-    Ok(Held {
-        header,
-        body,
-        is_sse,
-        usage,
-        usage_source,
-        served_model,
-        ttfb_ms,
-    })
-}
-
-/// Sends a held answer to the client, its record written before the last byte goes out.
-pub async fn replay(
-    tg: &Tollgate,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    held: Held,
-) -> Result<(), Outcome> {
-    ctx.ttfb_ms = Some(held.ttfb_ms);
-    ctx.status = held.header.status.as_u16();
-    ctx.upstream_status = ctx.status;
-    ctx.usage = held.usage;
-    ctx.usage_source = held.usage_source;
-    ctx.served_model = held.served_model;
-    ctx.accepted = true;
-    let mut resp = client_response_header(&held.header, ctx, true, Verdict::Accepted)
-        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
-    // The whole body is known: a plain length rather than chunks.
-    let _ = resp.remove_header(&http::header::TRANSFER_ENCODING);
-    resp.insert_header(http::header::CONTENT_LENGTH, held.body.len().to_string())
-        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_err()
-    {
-        return Err(client_left_before_header(tg, ctx));
-    }
-    ctx.response_started = true;
-    commit::commit(tg, ctx);
-    if session
-        .write_response_body(Some(Bytes::from(held.body)), true)
-        .await
-        .is_err()
-    {
-        tracing::debug!(request_id = %ctx.request_id, "client left as the held answer was sent");
-    }
-    Ok(())
-}
-
-/// Reads (a bounded start of) an error answer the plan moves on from, for its code.
-pub async fn discard(tg: &Tollgate, opened: Opened) -> String {
-    let status = opened.status();
-    let Opened { mut up, peer, .. } = opened;
-    let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY {
-        match up.read_response_body().await {
-            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
-            _ => break,
-        }
-    }
-    if up.response_done() {
-        tg.connector
-            .release_http_session(up, &peer, peer.options.idle_timeout)
-            .await;
-    }
-    provider_error_code(&body).unwrap_or_else(|| format!("http_{status}"))
-}
-
 /// Records a client that left before any response header: status 499 (the client closed
 /// the request), never a status it did not receive. Usage is not estimated: a provider that
 /// had not answered yet is cut off before it produced anything the record could count.
@@ -413,7 +258,7 @@ struct Relay {
 }
 
 /// Error bodies are small; past this their code is not looked for.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 impl Relay {
     /// Whether `chunk`, just read, holds the last bytes the client needs: the stream's end
@@ -462,7 +307,7 @@ async fn finish(tg: &Tollgate, ctx: &mut RequestCtx, relay: &mut Relay, ex: &Exc
 
 /// The provider's own error code from an error body: OpenAI's `error.code` (else
 /// `error.type`), Anthropic's `error.type`.
-fn provider_error_code(body: &[u8]) -> Option<String> {
+pub(super) fn provider_error_code(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let err = v.get("error")?;
     let code = [&err["code"], &err["type"]]
@@ -553,14 +398,14 @@ fn closed_unanswered(e: &pingora::Error) -> bool {
 }
 
 /// A pingora error without its chain of internal context.
-fn describe(e: &pingora::Error) -> String {
+pub(super) fn describe(e: &pingora::Error) -> String {
     match &e.context {
         Some(c) => format!("{} ({})", e.etype().as_str(), c.as_str()),
         None => e.etype().as_str().to_string(),
     }
 }
 
-fn client_response_header(
+pub(super) fn client_response_header(
     up: &ResponseHeader,
     ctx: &RequestCtx,
     rewrites: bool,
@@ -655,7 +500,7 @@ async fn pump(
 }
 
 /// A response's usage: reported where the provider said, counted locally where not.
-async fn settle_usage(
+pub(super) async fn settle_usage(
     tg: &Tollgate,
     request_id: &str,
     provider: &str,

@@ -1,0 +1,171 @@
+//! Answers held back from the client: read whole and metered for a cascade's judges, then
+//! replayed when accepted; and error answers a plan moves on from, read for their code.
+
+use super::outcome::Outcome;
+use super::relay::{
+    Exchange, MAX_ERROR_BODY, Opened, client_left_before_header, client_response_header, describe,
+    provider_error_code, settle_usage,
+};
+use super::{RequestCtx, Tollgate, commit};
+use crate::error::ProxyError;
+use crate::record::Verdict;
+use crate::usage::meter::Meter;
+use crate::usage::{Usage, UsageSource};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// A whole answer read from the upstream and not yet shown to the client.
+pub struct Held {
+    header: ResponseHeader,
+    /// The body as the client would get it (an injected usage chunk already removed).
+    pub body: Vec<u8>,
+    pub is_sse: bool,
+    pub usage: Usage,
+    pub usage_source: UsageSource,
+    pub served_model: Option<String>,
+    pub ttfb_ms: u64,
+}
+
+/// Why an answer could not be held.
+pub enum Unheld {
+    ClientGone,
+    /// The upstream failed, or the answer was too large to hold.
+    Failed(String),
+}
+
+/// Answers larger than this are not held for judging.
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads an opened exchange's whole answer, metered, watching the client meanwhile. The
+/// upstream connection goes back to the pool when the answer ended cleanly.
+pub async fn hold(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &RequestCtx,
+    opened: Opened,
+    ex: &Exchange<'_>,
+    model: &str,
+) -> Result<Held, Unheld> {
+    let is_sse = opened.is_sse();
+    let Opened {
+        mut up,
+        peer,
+        header,
+    } = opened;
+    let ttfb_ms = ctx.elapsed_ms();
+    let mut meter = Meter::new(
+        ex.format,
+        ex.endpoint,
+        is_sse,
+        ex.strip_usage_chunk && is_sse,
+    );
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            read = up.read_response_body() => read,
+            _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(Unheld::ClientGone),
+        };
+        match chunk {
+            Ok(Some(bytes)) => {
+                match meter.feed(&bytes) {
+                    Some(out) => body.extend_from_slice(&out),
+                    None => body.extend_from_slice(&bytes),
+                }
+                if body.len() > MAX_HELD_BYTES {
+                    return Err(Unheld::Failed(format!(
+                        "the answer is larger than {MAX_HELD_BYTES} bytes"
+                    )));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(Unheld::Failed(describe(&e))),
+        }
+    }
+    meter.finish_body();
+    body.extend_from_slice(&meter.take_unforwarded());
+    if up.response_done() {
+        tg.connector
+            .release_http_session(up, &peer, peer.options.idle_timeout)
+            .await;
+    }
+    let served_model = meter.observed.model.clone();
+    let (usage, usage_source) = settle_usage(
+        tg,
+        &ctx.request_id,
+        &ex.provider.name,
+        served_model.as_deref().unwrap_or(model),
+        &meter,
+        ex.endpoint,
+        ex.body.clone(),
+    )
+    .await;
+    Ok(Held {
+        header,
+        body,
+        is_sse,
+        usage,
+        usage_source,
+        served_model,
+        ttfb_ms,
+    })
+}
+
+/// Sends a held answer to the client, its record written before the last byte goes out.
+pub async fn replay(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    held: Held,
+) -> Result<(), Outcome> {
+    ctx.ttfb_ms = Some(held.ttfb_ms);
+    ctx.status = held.header.status.as_u16();
+    ctx.upstream_status = ctx.status;
+    ctx.usage = held.usage;
+    ctx.usage_source = held.usage_source;
+    ctx.served_model = held.served_model;
+    ctx.accepted = true;
+    let mut resp = client_response_header(&held.header, ctx, true, Verdict::Accepted)
+        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
+    // The whole body is known: a plain length rather than chunks.
+    let _ = resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_LENGTH, held.body.len().to_string())
+        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
+        return Err(client_left_before_header(tg, ctx));
+    }
+    ctx.response_started = true;
+    commit::commit(tg, ctx);
+    if session
+        .write_response_body(Some(Bytes::from(held.body)), true)
+        .await
+        .is_err()
+    {
+        tracing::debug!(request_id = %ctx.request_id, "client left as the held answer was sent");
+    }
+    Ok(())
+}
+
+/// Reads (a bounded start of) an error answer the plan moves on from, for its code.
+pub async fn discard(tg: &Tollgate, opened: Opened) -> String {
+    let status = opened.status();
+    let Opened { mut up, peer, .. } = opened;
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match up.read_response_body().await {
+            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
+            _ => break,
+        }
+    }
+    if up.response_done() {
+        tg.connector
+            .release_http_session(up, &peer, peer.options.idle_timeout)
+            .await;
+    }
+    provider_error_code(&body).unwrap_or_else(|| format!("http_{status}"))
+}
