@@ -55,6 +55,8 @@ builtin_prices: false
 prices: [{directory / 'prices.yaml'}]
 log: {{ level: warn }}
 server: {{ threads: 2, grace_period_secs: 1 }}
+# Reloads come from SIGHUP only, so each one sent is counted once.
+reload: {{ watch: false }}
 providers:
   openai: {{ kind: openai_compatible, base_url: "http://{sim}", api_key_env: SOAK_UPSTREAM_KEY, read_timeout_ms: 20000 }}
   anthropic: {{ kind: anthropic, base_url: "http://{sim}", api_key_env: SOAK_UPSTREAM_KEY, read_timeout_ms: 20000 }}
@@ -404,11 +406,14 @@ async def http_get(addr, path):
         conn.close()
 
 
-def metric(text, name, labels=""):
+def metric(text, name, *labels):
+    """The sum of the samples of `name` whose labels include every `k="v"` given."""
+    total = 0.0
     for line in text.splitlines():
-        if line.startswith(f"{name}{labels} "):
-            return float(line.split()[-1])
-    return 0.0
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and all(label in series for label in labels):
+            total += float(value)
+    return total
 
 
 def read_ledger(directory):
@@ -574,8 +579,8 @@ class Soak:
         # Each reload's price shows up in records priced after it, and only those prices.
         want_levels = {Decimal(output_price(level)) for level in range(self.reloads + 1)}
         got_levels = set(levels)
-        ok_reloads = metric(metrics, "tollgate_config_reloads_total", '{result="ok"}')
-        refused = metric(metrics, "tollgate_config_reloads_total", '{result="refused"}')
+        ok_reloads = metric(metrics, "tollgate_config_reloads_total", 'result="ok"')
+        refused = metric(metrics, "tollgate_config_reloads_total", 'result="refused"')
         if ok_reloads != self.reloads or refused:
             failures.append(f"{self.reloads} reloads sent, proxy counted {ok_reloads:.0f} ok "
                             f"and {refused:.0f} refused")
