@@ -153,19 +153,9 @@ pub async fn run(
                 }
                 Err(rejection) => {
                     tracing::debug!(request_id = %ctx.request_id, target = %target.label(), judge = rejection.judge, reason = %rejection.reason, "answer rejected; escalating");
-                    ctx.attempts.push(FinishedAttempt {
-                        started,
-                        provider: target.provider.name.clone(),
-                        model: target.model.clone(),
-                        status,
-                        usage: held.usage,
-                        usage_source: held.usage_source,
-                        ttfb_ms: Some(held.ttfb_ms),
-                        latency_ms: started.at.elapsed().as_millis() as u64,
-                        error: None,
-                        verdict: Verdict::Rejected,
-                        judge: rejection.judge.to_string(),
-                    });
+                    let rejected =
+                        held.as_attempt(started, target, Verdict::Rejected, rejection.judge);
+                    ctx.attempts.push(rejected);
                     ctx.current = None;
                     break;
                 }

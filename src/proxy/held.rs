@@ -1,6 +1,7 @@
 //! Answers held back from the client: read whole and metered for a cascade's judges, then
 //! replayed when accepted; and error answers a plan moves on from, read for their code.
 
+use super::ctx::{FinishedAttempt, Started};
 use super::outcome::Outcome;
 use super::relay::{
     Exchange, MAX_ERROR_BODY, Opened, client_left_before_header, client_response_header, describe,
@@ -8,6 +9,7 @@ use super::relay::{
 };
 use super::{RequestCtx, Tollgate, commit};
 use crate::error::ProxyError;
+use crate::policy::Target;
 use crate::record::Verdict;
 use crate::usage::meter::Meter;
 use crate::usage::{Usage, UsageSource};
@@ -25,6 +27,31 @@ pub struct Held {
     pub usage_source: UsageSource,
     pub served_model: Option<String>,
     pub ttfb_ms: u64,
+}
+
+impl Held {
+    /// The record of the call that produced this answer, which the client did not get.
+    pub fn as_attempt(
+        &self,
+        started: Started,
+        target: &Target,
+        verdict: Verdict,
+        judge: &str,
+    ) -> FinishedAttempt {
+        FinishedAttempt {
+            started,
+            provider: target.provider.name.clone(),
+            model: target.model.clone(),
+            status: self.header.status.as_u16(),
+            usage: self.usage,
+            usage_source: self.usage_source,
+            ttfb_ms: Some(self.ttfb_ms),
+            latency_ms: started.at.elapsed().as_millis() as u64,
+            error: None,
+            verdict,
+            judge: judge.to_string(),
+        }
+    }
 }
 
 /// Why an answer could not be held.

@@ -2,7 +2,7 @@
 
 use super::admit::Admitted;
 use super::attempts::moved_on;
-use super::ctx::{FinishedAttempt, Started};
+use super::ctx::Started;
 use super::held::{self, Unheld};
 use super::outcome::Outcome;
 use super::relay::{self, Exchange, Unopened, client_left_before_header};
@@ -96,19 +96,8 @@ pub(super) async fn grade(
         }
     };
     let grade = Answer::read(format, endpoint, false, &held.body);
-    ctx.attempts.push(FinishedAttempt {
-        started,
-        provider: target.provider.name.clone(),
-        model: target.model.clone(),
-        status,
-        usage: held.usage,
-        usage_source: held.usage_source,
-        ttfb_ms: Some(held.ttfb_ms),
-        latency_ms: started.at.elapsed().as_millis() as u64,
-        error: None,
-        verdict: Verdict::Graded,
-        judge: String::new(),
-    });
+    ctx.attempts
+        .push(held.as_attempt(started, target, Verdict::Graded, ""));
     Ok(if llm.accept.is_match(grade.text.trim()) {
         Ok(())
     } else {
