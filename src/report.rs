@@ -18,6 +18,8 @@ pub enum Dim {
     Feature,
     Workflow,
     Key,
+    /// The routing rule that planned the request (empty when none did).
+    Policy,
 }
 
 impl Dim {
@@ -32,6 +34,7 @@ impl Dim {
             Dim::Feature => "feature",
             Dim::Workflow => "workflow_id",
             Dim::Key => "key_name",
+            Dim::Policy => "policy",
         }
     }
 
@@ -47,6 +50,7 @@ impl Dim {
             Dim::Feature => &r.feature,
             Dim::Workflow => &r.workflow_id,
             Dim::Key => &r.key_name,
+            Dim::Policy => &r.policy,
         }
     }
 }
@@ -64,6 +68,7 @@ impl FromStr for Dim {
             "feature" => Dim::Feature,
             "workflow" | "workflow_id" => Dim::Workflow,
             "key" | "key_name" => Dim::Key,
+            "policy" => Dim::Policy,
             other => return Err(format!("unknown dimension {other:?}")),
         })
     }

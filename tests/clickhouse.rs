@@ -299,7 +299,7 @@ async fn records_arrive_exactly_once_and_rollups_and_reports_agree() {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
-    let by = "team,project,env,model,feature";
+    let by = "team,project,env,model,feature,policy";
     let from_ch = report(&["report", "--since", "1h", "--by", by, "--format", "json"]);
     let from_ledger = report(&[
         "report", "--since", "1h", "--by", by, "--format", "json", "--ledger",

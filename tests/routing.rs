@@ -870,3 +870,50 @@ async fn fields_only_rules_read_never_turn_a_valid_request_into_an_error() {
     let v: Value = resp.json().await.unwrap();
     assert_ne!(v["error"]["code"], "invalid_json", "{status} {v}");
 }
+
+#[tokio::test]
+async fn reports_group_by_policy_and_show_what_it_saved() {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    for (model, fault) in [
+        ("tollgate/cheap-first", ""),
+        ("tollgate/cheap-first", ""),
+        ("gpt-4o-mini", ""),
+    ] {
+        let resp = openai(
+            &proxy,
+            "/v1/chat/completions",
+            &[("x-sim-fault", fault)],
+            &chat(model),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let records = proxy.records(3).await;
+    let out = proxy.command(&[
+        "report", "--ledger", "--since", "1h", "--by", "policy", "--format", "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |policy: &str| rows.iter().find(|r| r["policy"] == policy).unwrap().clone();
+    let routed: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.policy == "cheap-first")
+        .collect();
+    let saved: i64 = routed
+        .iter()
+        .map(|r| r.counterfactual_cost_usd.unwrap().0 - r.cost_usd.unwrap().0)
+        .sum();
+    assert!(saved > 0);
+    assert_eq!(row("cheap-first")["requests"], 2);
+    assert_eq!(row("cheap-first")["saved_usd"], cost_str(saved));
+    assert_eq!(
+        row("")["saved_usd"],
+        cost_str(0),
+        "unrouted requests save nothing"
+    );
+}
