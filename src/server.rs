@@ -37,7 +37,9 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
     crate::tokens::warm_up();
     if cfg.cache.is_some() {
         // The cache's parts exist (src/cache) but the proxy does not serve from them yet.
-        tracing::warn!("cache.enabled is set, but this build does not serve responses from the cache yet; every request goes upstream");
+        tracing::warn!(
+            "cache.enabled is set, but this build does not serve responses from the cache yet; every request goes upstream"
+        );
     }
     let metrics = Metrics::new();
     let ledger = Arc::new(

@@ -41,7 +41,10 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
         total[i].parse().unwrap()
     };
     assert!(column("cost_usd") > 0.0, "{total:?}");
-    assert!(column("saved_usd") > 0.0, "the cheap-first policy saves: {stdout}");
+    assert!(
+        column("saved_usd") > 0.0,
+        "the cheap-first policy saves: {stdout}"
+    );
     assert!(stdout.contains("Policy cheap-first:"), "{stdout}");
     // The ledger it reports from is kept and holds every request.
     let records =
@@ -49,10 +52,17 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
             .unwrap();
     assert_eq!(records.len(), 60);
     assert!(records.iter().any(|r| r.stream) && records.iter().any(|r| !r.stream));
-    let routed: Vec<_> = records.iter().filter(|r| r.policy == "cheap-first").collect();
+    let routed: Vec<_> = records
+        .iter()
+        .filter(|r| r.policy == "cheap-first")
+        .collect();
     assert!(
-        routed.iter().any(|r| r.escalations == 1 && r.model == "gpt-5")
-            && routed.iter().any(|r| r.escalations == 0 && r.model.starts_with("gpt-5-mini")),
+        routed
+            .iter()
+            .any(|r| r.escalations == 1 && r.model == "gpt-5")
+            && routed
+                .iter()
+                .any(|r| r.escalations == 0 && r.model.starts_with("gpt-5-mini")),
         "some cheap-first requests escalate, others do not"
     );
 }

@@ -2,13 +2,14 @@
 //! [`PolicySet`] the proxy runs on. Every problem is collected with its position.
 
 use super::file::{
-    CacheRuleFile, CascadeFile, JudgesFile, MatchFile, Refusal, RouteFile, RuleFile, Strings, TargetFile,
+    CacheRuleFile, CascadeFile, JudgesFile, MatchFile, Refusal, RouteFile, RuleFile, Strings,
+    TargetFile,
 };
 use super::judge::{DEFAULT_REFUSALS, Judges, LlmJudge};
 use super::load::{PolicyContext, Read};
 use super::{
-    Action, Balance, CacheRule, Cascade, Cooldown, Match, ModelPattern, PolicySet, Retries, Rewrite, Route,
-    Rule, Source, Target,
+    Action, Balance, CacheRule, Cascade, Cooldown, Match, ModelPattern, PolicySet, Retries,
+    Rewrite, Route, Rule, Source, Target,
 };
 use crate::api::{ApiFormat, Endpoint};
 use crate::cache::CacheScope;

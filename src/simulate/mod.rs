@@ -237,10 +237,13 @@ pub fn simulate(
                         let weighted: Option<Vec<(i128, i128)>> = route
                             .targets
                             .iter()
-                            .map(|t| price(&t.model).map(|c| (i128::from(c.0), i128::from(t.weight))))
+                            .map(|t| {
+                                price(&t.model).map(|c| (i128::from(c.0), i128::from(t.weight)))
+                            })
                             .collect();
                         weighted.map(|w| {
-                            let total: i128 = w.iter().map(|(_, weight)| weight).sum::<i128>().max(1);
+                            let total: i128 =
+                                w.iter().map(|(_, weight)| weight).sum::<i128>().max(1);
                             let sum: i128 = w.iter().map(|(cost, weight)| cost * weight).sum();
                             NanoUsd(((sum + total / 2) / total) as i64)
                         })
