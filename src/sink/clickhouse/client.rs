@@ -179,6 +179,31 @@ impl ClickHouse {
         self.bounded(query.fetch_all::<T>()).await
     }
 
+    /// All rows of `query` in the ledger's own JSON shape (RFC 3339 times, decimals as
+    /// strings), read as the record types the ledger writes: a table's rows need no second
+    /// declaration of its columns.
+    pub async fn fetch_records<T: serde::de::DeserializeOwned>(
+        &self,
+        query: Query,
+    ) -> Result<Vec<T>, ChError> {
+        let bytes = self
+            .bounded(async {
+                query
+                    .with_setting("date_time_output_format", "iso")
+                    .with_setting("output_format_json_quote_decimals", "1")
+                    .with_setting("output_format_json_quote_64bit_integers", "0")
+                    .fetch_bytes("JSONEachRow")?
+                    .collect()
+                    .await
+            })
+            .await?;
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).map_err(|e| ChError::Decode(e.to_string())))
+            .collect()
+    }
+
     /// Inserts typed rows into `table` of the configured database.
     pub async fn insert<T: RowOwned + RowWrite>(
         &self,
