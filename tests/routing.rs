@@ -208,6 +208,13 @@ keys:
     .await
 }
 
+/// The simulated provider and a routed proxy in front of it.
+async fn routed_sim() -> (Upstream, Proxy) {
+    let up = start_sim().await;
+    let proxy = routed_proxy(up.addr).await;
+    (up, proxy)
+}
+
 fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Say something useful."}]})
 }
@@ -275,8 +282,7 @@ fn assert_totals(r: &Record, attempts: &[AttemptRecord]) {
 
 #[tokio::test]
 async fn a_route_falls_back_on_429_5xx_and_timeouts() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for (fault, status, error) in [
         ("status=429@gpt-4o-mini", 429, "rate_limit_exceeded"),
         ("status=503@gpt-4o-mini", 503, ""),
@@ -319,8 +325,7 @@ async fn a_route_falls_back_on_429_5xx_and_timeouts() {
 
 #[tokio::test]
 async fn a_route_falls_back_when_the_first_provider_is_unreachable() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let resp = openai(
         &proxy,
         "/v1/chat/completions",
@@ -341,8 +346,7 @@ async fn a_route_falls_back_when_the_first_provider_is_unreachable() {
 
 #[tokio::test]
 async fn retries_wait_for_retry_after_then_fall_back() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let started = Instant::now();
     let resp = openai(
         &proxy,
@@ -367,8 +371,7 @@ async fn retries_wait_for_retry_after_then_fall_back() {
 
 #[tokio::test]
 async fn no_fallback_once_bytes_reached_the_client() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let mut body = chat("tollgate/failover");
     body["stream"] = json!(true);
     let resp = openai(
@@ -398,8 +401,7 @@ async fn no_fallback_once_bytes_reached_the_client() {
 
 #[tokio::test]
 async fn a_cascade_accepts_a_good_cheap_answer_and_records_the_savings() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for stream in [false, true] {
         let mut body = chat("tollgate/cheap-first");
         body["stream"] = json!(stream);
@@ -453,8 +455,7 @@ async fn a_cascade_accepts_a_good_cheap_answer_and_records_the_savings() {
 
 #[tokio::test]
 async fn a_cascade_escalates_on_each_judge_streamed_and_not() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let tool = json!([{"type": "function", "function": {"name": "lookup", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -509,8 +510,7 @@ async fn a_cascade_escalates_on_each_judge_streamed_and_not() {
 
 #[tokio::test]
 async fn a_length_judge_escalates_long_answers() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let resp = openai(&proxy, "/v1/chat/completions", &[], &chat("tollgate/short")).await;
     assert_eq!(
         route_of(&resp),
@@ -520,8 +520,7 @@ async fn a_length_judge_escalates_long_answers() {
 
 #[tokio::test]
 async fn an_anthropic_cascade_escalates_and_replays_in_its_own_format() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for (fault, want) in [
         ("", "anthropic/claude-haiku-4-5=accepted"),
         (
@@ -562,8 +561,7 @@ async fn an_anthropic_cascade_escalates_and_replays_in_its_own_format() {
 
 #[tokio::test]
 async fn a_deny_rule_answers_in_the_clients_format_naming_the_policy() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (up, proxy) = routed_sim().await;
     let resp = openai(&proxy, "/v1/chat/completions", &[], &chat("gpt-4o")).await;
     assert_eq!(resp.status(), 403);
     let v: Value = resp.json().await.unwrap();
@@ -615,8 +613,7 @@ async fn a_rewrite_caps_max_tokens_in_the_clients_bytes() {
 
 #[tokio::test]
 async fn a_logprob_judge_asks_for_logprobs_and_hides_them_unless_the_client_asked() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for stream in [false, true] {
         for (fault, client_asks, want) in [
             ("", false, "openai/gpt-4o-mini=accepted"),
@@ -667,8 +664,7 @@ async fn a_logprob_judge_asks_for_logprobs_and_hides_them_unless_the_client_aske
 
 #[tokio::test]
 async fn an_llm_judge_is_a_metered_attempt_and_its_verdict_decides() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for (model, want) in [
         (
             "tollgate/graded",
@@ -740,8 +736,7 @@ async fn first_picks(proxy: &Proxy, model: &str, users: &[&str]) -> Vec<String> 
 
 #[tokio::test]
 async fn a_balanced_route_honours_weights_and_sticky_splits_keep_a_user_on_one_target() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let picks = first_picks(&proxy, "tollgate/split", &["u"; 200]).await;
     let mini = picks.iter().filter(|m| *m == "gpt-4o-mini").count() as f64 / 200.0;
     // Weight 3 of 4: 0.75, with a standard deviation of 0.03 over 200 picks.
@@ -762,8 +757,7 @@ async fn a_balanced_route_honours_weights_and_sticky_splits_keep_a_user_on_one_t
 
 #[tokio::test]
 async fn a_failing_target_is_cooled_down_then_probed_back() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for _ in 0..2 {
         let resp = openai(
             &proxy,
@@ -797,8 +791,7 @@ async fn a_failing_target_is_cooled_down_then_probed_back() {
 
 #[tokio::test]
 async fn a_prompt_too_long_for_the_first_target_goes_to_the_next() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     let short = openai(
         &proxy,
         "/v1/chat/completions",
@@ -820,8 +813,7 @@ async fn a_prompt_too_long_for_the_first_target_goes_to_the_next() {
 
 #[tokio::test]
 async fn a_client_that_leaves_cancels_the_rest_of_the_cascade_and_is_recorded() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (up, proxy) = routed_sim().await;
     // The cheap step takes 2 s to answer; the client gives up after 300 ms.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
@@ -855,8 +847,7 @@ async fn a_client_that_leaves_cancels_the_rest_of_the_cascade_and_is_recorded() 
 
 #[tokio::test]
 async fn fields_only_rules_read_never_turn_a_valid_request_into_an_error() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     // Legacy completions' `logprobs` is a number, not chat's boolean.
     let body = json!({"model": "gpt-4o-mini", "prompt": "Say hi", "logprobs": 2});
     let resp = openai(&proxy, "/v1/completions", &[], &body).await;
@@ -873,8 +864,7 @@ async fn fields_only_rules_read_never_turn_a_valid_request_into_an_error() {
 
 #[tokio::test]
 async fn reports_group_by_policy_and_show_what_it_saved() {
-    let up = start_sim().await;
-    let proxy = routed_proxy(up.addr).await;
+    let (_up, proxy) = routed_sim().await;
     for (model, fault) in [
         ("tollgate/cheap-first", ""),
         ("tollgate/cheap-first", ""),
