@@ -4,8 +4,8 @@
 use super::ctx::{FinishedAttempt, Started};
 use super::outcome::Outcome;
 use super::relay::{
-    Exchange, MAX_ERROR_BODY, Opened, client_left_before_header, client_response_header, describe,
-    provider_error_code, settle_usage,
+    Exchange, Framing, MAX_ERROR_BODY, Opened, client_left_before_header, client_response_header,
+    describe, provider_error_code, settle_usage,
 };
 use super::{RequestCtx, Tollgate, commit};
 use crate::error::ProxyError;
@@ -153,11 +153,8 @@ pub async fn replay(
     ctx.usage_source = held.usage_source;
     ctx.served_model = held.served_model;
     ctx.accepted = true;
-    let mut resp = client_response_header(&held.header, ctx, true, Verdict::Accepted)
-        .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
-    // The whole body is known: a plain length rather than chunks.
-    let _ = resp.remove_header(&http::header::TRANSFER_ENCODING);
-    resp.insert_header(http::header::CONTENT_LENGTH, held.body.len().to_string())
+    let framing = Framing::Length(held.body.len());
+    let resp = client_response_header(&held.header, ctx, framing, Verdict::Accepted)
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
     if session
         .write_response_header(Box::new(resp), false)

@@ -170,7 +170,12 @@ pub async fn deliver(
         meter,
     };
 
-    let resp = client_response_header(&up_resp, ctx, relay.meter.rewrites(), Verdict::Served)
+    let framing = if relay.meter.rewrites() {
+        Framing::Chunked
+    } else {
+        Framing::Upstream
+    };
+    let resp = client_response_header(&up_resp, ctx, framing, Verdict::Served)
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
     if session
         .write_response_header(Box::new(resp), false)
@@ -405,24 +410,37 @@ pub(super) fn describe(e: &pingora::Error) -> String {
     }
 }
 
+/// How the client's response body is framed.
+pub(super) enum Framing {
+    /// As the upstream framed it: the bytes pass unchanged.
+    Upstream,
+    /// Chunked: the body is rewritten as it passes, so its length is not known ahead.
+    Chunked,
+    /// This many bytes: a whole body known before it is sent.
+    Length(usize),
+}
+
 pub(super) fn client_response_header(
     up: &ResponseHeader,
     ctx: &RequestCtx,
-    rewrites: bool,
+    framing: Framing,
     verdict: Verdict,
 ) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 2))?;
+    let reframed = !matches!(framing, Framing::Upstream);
     for (name, value) in up.headers.iter() {
         let n = name.as_str();
         if is_dropped_response_header(n)
-            || (rewrites && (n == "content-length" || n == "transfer-encoding"))
+            || (reframed && (n == "content-length" || n == "transfer-encoding"))
         {
             continue;
         }
         resp.append_header(name.clone(), value.clone())?;
     }
-    if rewrites {
-        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    match framing {
+        Framing::Upstream => {}
+        Framing::Chunked => resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?,
+        Framing::Length(n) => resp.insert_header(http::header::CONTENT_LENGTH, n.to_string())?,
     }
     resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
     if !ctx.policy.is_empty() {
