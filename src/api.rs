@@ -27,19 +27,23 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoints with a path of their own, each with it.
+    pub const KNOWN: [(Endpoint, &'static str); 6] = [
+        (Endpoint::ChatCompletions, "/v1/chat/completions"),
+        (Endpoint::Completions, "/v1/completions"),
+        (Endpoint::Embeddings, "/v1/embeddings"),
+        (Endpoint::Responses, "/v1/responses"),
+        (Endpoint::Messages, "/v1/messages"),
+        (Endpoint::CountTokens, "/v1/messages/count_tokens"),
+    ];
+
     /// Classifies a request path (query string excluded). `None` for paths outside `/v1/`.
     pub fn from_path(path: &str) -> Option<Endpoint> {
         let path = path.trim_end_matches('/');
-        Some(match path {
-            "/v1/chat/completions" => Endpoint::ChatCompletions,
-            "/v1/completions" => Endpoint::Completions,
-            "/v1/embeddings" => Endpoint::Embeddings,
-            "/v1/responses" => Endpoint::Responses,
-            "/v1/messages" => Endpoint::Messages,
-            "/v1/messages/count_tokens" => Endpoint::CountTokens,
-            p if p.starts_with("/v1/") => Endpoint::Other,
-            _ => return None,
-        })
+        if let Some((e, _)) = Endpoint::KNOWN.iter().find(|(_, p)| *p == path) {
+            return Some(*e);
+        }
+        path.starts_with("/v1/").then_some(Endpoint::Other)
     }
 
     pub fn format(self, headers: &http::HeaderMap) -> ApiFormat {

@@ -21,16 +21,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The paths `match.endpoint` may name.
-const ENDPOINTS: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/messages/count_tokens",
-];
-
 /// Checks every rule of `files` (in name order) together and builds the set.
 pub(super) fn check(files: &[Read], ctx: &PolicyContext<'_>) -> Result<PolicySet, Vec<Problem>> {
     let mut problems = Vec::new();
@@ -214,14 +204,12 @@ impl Checker<'_> {
         let models = list("model", &f.model);
 
         for (path, loc) in &endpoints {
-            let known = ENDPOINTS.contains(&path.as_str())
-                && Endpoint::from_path(path).is_some_and(|e| e != Endpoint::Other);
-            if !known {
+            if !Endpoint::KNOWN.iter().any(|(_, p)| p == path) {
                 self.bad(
                     loc,
                     format!(
                         "rule {name:?}: unknown endpoint {path:?} (known: {})",
-                        ENDPOINTS.join(", ")
+                        Endpoint::KNOWN.map(|(_, p)| p).join(", ")
                     ),
                 );
             }
@@ -762,13 +750,12 @@ fn formats(endpoints: &[String]) -> Formats {
         each: Vec::new(),
         every_endpoint: endpoints.is_empty(),
     };
-    for path in ENDPOINTS {
+    for (endpoint, path) in Endpoint::KNOWN {
         if !(out.every_endpoint || endpoints.iter().any(|e| e == path)) {
             continue;
         }
-        if let Some(format) = Endpoint::from_path(path).map(|e| e.format(&none))
-            && !out.each.iter().any(|(f, _)| *f == format)
-        {
+        let format = endpoint.format(&none);
+        if !out.each.iter().any(|(f, _)| *f == format) {
             out.each.push((format, path));
         }
     }
