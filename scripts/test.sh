@@ -34,6 +34,9 @@ if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
     export TOLLGATE_TEST_CLICKHOUSE_URL="$url"
 fi
 
+# Formatting first: it is the cheapest check (skipped where rustfmt is not installed).
+if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi
+
 # Build once; nextest then runs every test binary in parallel.
 cargo build --locked --bins --tests
 cargo nextest run --locked --no-fail-fast
