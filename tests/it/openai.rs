@@ -1,8 +1,6 @@
 //! OpenAI-format calls through the proxy: what the client sees, and what the ledger holds.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tollgate::usage::UsageSource;
 

@@ -2,10 +2,8 @@
 //! tokens, replayed through a candidate policy set by the real binary; the printed costs are
 //! checked against costs computed here by hand.
 
-mod common;
-
+use crate::common::clickhouse::ClickHouse;
 use chrono::{Duration, Utc};
-use common::clickhouse::ClickHouse;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;

@@ -1,10 +1,8 @@
 //! Delivery to a real ClickHouse: schema and migrations, exactly-once shipping through
 //! ClickHouse and proxy crashes, rollups, and `report` from either store.
 
-mod common;
-
-use common::clickhouse::{ClickHouse, PrivateServer, TlsFront};
-use common::*;
+use crate::common::clickhouse::{ClickHouse, PrivateServer, TlsFront};
+use crate::common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

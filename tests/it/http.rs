@@ -1,9 +1,7 @@
 //! HTTP/1.1 details clients rely on: `Expect: 100-continue` (curl sends it for bodies over
 //! 1 MiB) and keep-alive across requests.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -1,10 +1,8 @@
 //! Local token counting through the proxy, for calls whose provider reports no usage: what
 //! the ledger records for inputs that used to break or skew the count.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 use tollgate::record::Record;
 use tollgate::tokens::Encoding;

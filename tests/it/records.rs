@@ -2,9 +2,7 @@
 //! call started with, a client that left early, a hanging provider, and a client that
 //! closes right after the end of its stream.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,9 +1,7 @@
 //! TLS to the provider, trusting a private CA named in config: hosts by DNS name and by IP
 //! address, each checked against the certificate's names.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;

@@ -2,10 +2,8 @@
 //! streaming and non-streaming load has exactly one ledger record for every request whose
 //! client received a complete answer, and ClickHouse ends up with the same records.
 
-mod common;
-
-use common::clickhouse::ClickHouse;
-use common::*;
+use crate::common::clickhouse::ClickHouse;
+use crate::common::*;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};

@@ -1,9 +1,7 @@
 //! Bad input and failures: each answered in the client's wire format, recorded, never a
 //! panic. Also what reaches the provider, and the metrics endpoint.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 async fn post_openai(proxy: &Proxy, key: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {

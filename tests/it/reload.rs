@@ -1,9 +1,7 @@
 //! The config reloads on SIGHUP, on a change to its files and on the admin listener's
 //! `POST /reload`, without dropping requests; a bad config is refused and the old one stays.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;

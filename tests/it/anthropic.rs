@@ -1,8 +1,6 @@
 //! Anthropic Messages calls through the proxy.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tollgate::usage::UsageSource;
 

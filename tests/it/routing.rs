@@ -1,9 +1,7 @@
 //! Routing policies end to end: fallbacks on each failure kind, judged cascades in both API
 //! formats, streamed and not, denials and rewrites; attempts and totals in the ledger.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
-//! The ClickHouse test harness itself (tests/common/clickhouse.rs).
+//! The ClickHouse test harness itself (tests/it/common/clickhouse.rs).
 
-mod common;
-
-use common::clickhouse::*;
+use crate::common::clickhouse::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! What a hostile or careless client cannot do: smuggle a request past a framing error,
 //! blow up records and metrics with huge names, or be refused over how it spells `Bearer`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

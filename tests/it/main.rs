@@ -1,0 +1,22 @@
+//! Integration tests: one binary (every file here a module) so the suite links once; nextest
+//! still runs each test in a process of its own.
+
+mod common;
+
+mod anthropic;
+mod check;
+mod clickhouse;
+mod clickhouse_harness;
+mod counting;
+mod demo;
+mod durability;
+mod errors;
+mod hostile;
+mod http;
+mod openai;
+mod records;
+mod redis_cache;
+mod reload;
+mod routing;
+mod simulate;
+mod tls;
