@@ -92,9 +92,15 @@ pub struct Row {
     /// Requests whose model had no price (not included in `cost`).
     pub unpriced: u64,
     /// What routing saved: counterfactual minus actual cost, over the routed requests
-    /// priced both ways (negative when escalations cost more than they saved).
+    /// priced both ways that were not cache hits (negative when escalations cost more than
+    /// they saved).
     #[serde(rename = "saved_usd", deserialize_with = "nanos_from_decimal")]
     pub saved: NanoUsd,
+    /// Requests answered from the response cache (their tokens and cost are 0).
+    pub cache_hits: u64,
+    /// What the hits saved: the known cost of the requests whose answers they replayed.
+    #[serde(rename = "cache_saved_usd", deserialize_with = "nanos_from_decimal")]
+    pub cache_saved: NanoUsd,
 }
 
 impl Row {
@@ -111,10 +117,18 @@ impl Row {
             Some(c) => self.cost += c,
             None => self.unpriced += 1,
         }
-        if let (false, Some(would), Some(did)) =
-            (r.policy.is_empty(), r.counterfactual_cost_usd, r.cost_usd)
-        {
+        // A hit made no routed call: what it saved is counted as the cache's, below.
+        if let (false, false, Some(would), Some(did)) = (
+            r.policy.is_empty(),
+            r.cache_hit,
+            r.counterfactual_cost_usd,
+            r.cost_usd,
+        ) {
             self.saved += NanoUsd(would.0 - did.0);
+        }
+        self.cache_hits += u64::from(r.cache_hit);
+        if let Some(s) = r.saved_cost_usd {
+            self.cache_saved += s;
         }
     }
 }
@@ -154,6 +168,8 @@ pub fn with_total(mut rows: Vec<Row>) -> Vec<Row> {
         total.unpriced += r.unpriced;
         total.cost += r.cost;
         total.saved += r.saved;
+        total.cache_hits += r.cache_hits;
+        total.cache_saved += r.cache_saved;
     }
     rows.push(total);
     rows
@@ -202,8 +218,10 @@ pub fn clickhouse_sql(by: &[Dim]) -> String {
          countIf(r.usage_source = 'estimated') AS estimated, \
          sum(ifNull(r.cost_usd, toDecimal128(0, 9))) AS cost_usd, \
          countIf(r.cost_usd IS NULL) AS unpriced, \
-         sum(if(r.policy != '' AND r.counterfactual_cost_usd IS NOT NULL AND r.cost_usd IS NOT NULL, \
-           assumeNotNull(r.counterfactual_cost_usd) - assumeNotNull(r.cost_usd), toDecimal128(0, 9))) AS saved_usd \
+         sum(if(r.policy != '' AND NOT r.cache_hit AND r.counterfactual_cost_usd IS NOT NULL AND r.cost_usd IS NOT NULL, \
+           assumeNotNull(r.counterfactual_cost_usd) - assumeNotNull(r.cost_usd), toDecimal128(0, 9))) AS saved_usd, \
+         countIf(r.cache_hit) AS cache_hits, \
+         sum(ifNull(r.saved_cost_usd, toDecimal128(0, 9))) AS cache_saved_usd \
          FROM requests AS r \
          WHERE r.ts >= now64(3) - toIntervalSecond({{since_secs:Int64}}){group}",
         key = key.join(", ")
@@ -253,7 +271,7 @@ impl FromStr for Format {
     }
 }
 
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 13] = [
     "requests",
     "errors",
     "input_tokens",
@@ -265,9 +283,11 @@ const COLUMNS: [&str; 11] = [
     "unpriced",
     "cost_usd",
     "saved_usd",
+    "cache_hits",
+    "cache_saved_usd",
 ];
 
-fn values(r: &Row) -> [String; 11] {
+fn values(r: &Row) -> [String; 13] {
     [
         r.requests.to_string(),
         r.errors.to_string(),
@@ -280,6 +300,8 @@ fn values(r: &Row) -> [String; 11] {
         r.unpriced.to_string(),
         r.cost.to_string(),
         r.saved.to_string(),
+        r.cache_hits.to_string(),
+        r.cache_saved.to_string(),
     ]
 }
 
@@ -432,10 +454,100 @@ mod tests {
         assert_eq!(rows[2].cost, NanoUsd(8));
         let csv = render(&rows, &[Dim::Team], Format::Csv);
         assert!(csv.starts_with("team,requests,"));
-        assert!(csv.contains("TOTAL,4,0,15,4,0,0,0,0,1,0.000000008"));
+        assert!(
+            csv.ends_with("\nTOTAL,4,0,15,4,0,0,0,0,1,0.000000008,0.000000000,0,0.000000000\n")
+        );
         let json: serde_json::Value =
             serde_json::from_str(&render(&rows, &[Dim::Team], Format::Json)).unwrap();
         assert_eq!(json[0]["cost_usd"], "0.000000005");
         assert_eq!(json[0]["requests"], 1);
+    }
+
+    /// A hit as the proxy records it: no upstream call, so no tokens and no cost.
+    fn hit(team: &str, saved_input: u64, saved_cost: Option<i64>) -> Record {
+        let mut r = rec(team, Some(0), 0);
+        r.output_tokens = 0;
+        r.cache_hit = true;
+        r.saved_input_tokens = saved_input;
+        r.saved_output_tokens = 1;
+        r.saved_cost_usd = saved_cost.map(NanoUsd);
+        r
+    }
+
+    #[test]
+    fn cache_hits_count_their_savings_apart_from_spend_and_routing() {
+        let mut routed_hit = hit("a", 10, Some(40));
+        routed_hit.policy = "cheap-first".into();
+        routed_hit.counterfactual_cost_usd = Some(NanoUsd(90));
+        let mut routed = rec("a", Some(30), 10);
+        routed.policy = "cheap-first".into();
+        routed.counterfactual_cost_usd = Some(NanoUsd(50));
+        let mut miss = rec("b", Some(7), 2);
+        miss.saved_cost_usd = Some(NanoUsd(0));
+        let records = [
+            routed,
+            routed_hit,
+            hit("a", 5, None),
+            hit("b", 3, Some(1_000_000_001)),
+            miss,
+        ];
+        let rows = aggregate(&records, &[Dim::Team]);
+        let [a, b, total] = rows.as_slice() else {
+            panic!("{rows:?}")
+        };
+        assert_eq!(
+            (&a.key[..], &b.key[..]),
+            (&["a".to_string()][..], &["b".to_string()][..])
+        );
+        assert_eq!(
+            (
+                a.requests,
+                a.cache_hits,
+                a.cache_saved,
+                a.cost,
+                a.input_tokens
+            ),
+            (3, 2, NanoUsd(40), NanoUsd(30), 10),
+            "hits add neither tokens nor cost; an unknown saving adds nothing"
+        );
+        assert_eq!(
+            a.saved,
+            NanoUsd(20),
+            "the routed hit is not a routing saving"
+        );
+        assert_eq!((b.cache_hits, b.cache_saved), (1, NanoUsd(1_000_000_001)));
+        assert_eq!(
+            (
+                total.requests,
+                total.cache_hits,
+                total.cache_saved,
+                total.unpriced
+            ),
+            (5, 3, NanoUsd(1_000_000_041), 0)
+        );
+
+        let csv = render(&rows, &[Dim::Team], Format::Csv);
+        let header = csv.lines().next().unwrap();
+        assert!(
+            header.ends_with(",cost_usd,saved_usd,cache_hits,cache_saved_usd"),
+            "{header}"
+        );
+        assert!(
+            csv.ends_with(",0.000000037,0.000000020,3,1.000000041\n"),
+            "{csv}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, &[Dim::Team], Format::Json)).unwrap();
+        assert_eq!(json[2]["cache_hits"], 3);
+        assert_eq!(json[2]["cache_saved_usd"], "1.000000041");
+        let table = render(&rows, &[Dim::Team], Format::Table);
+        assert!(
+            table
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with("cache_hits  cache_saved_usd"),
+            "{table}"
+        );
     }
 }

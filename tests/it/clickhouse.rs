@@ -5,6 +5,8 @@ use crate::common::clickhouse::{ClickHouse, PrivateServer, TlsFront};
 use crate::common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use tollgate::money::NanoUsd;
+use tollgate::record::Record;
 
 /// A proxy config shipping to `db`, keeping shipped segments so tests can compare the
 /// ledger with ClickHouse.
@@ -243,7 +245,7 @@ async fn schema_is_created_from_nothing_and_migrated_from_the_previous_version()
             .iter()
             .map(|v| v["version"].as_u64().unwrap())
             .collect::<Vec<_>>(),
-        [1, 2, 3, 4]
+        [1, 2, 3, 4, 5]
     );
     let old = ch
         .rows(&format!(
@@ -288,20 +290,9 @@ async fn records_arrive_exactly_once_and_rollups_and_reports_agree() {
     assert!(raw[0]["c"].as_str().unwrap() != "0");
 
     // `report` gives the same numbers from ClickHouse and from the ledger.
-    let report = |args: &[&str]| {
-        let out = proxy.command(args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
-    let by = "team,project,env,model,feature,policy";
-    let from_ch = report(&["report", "--since", "1h", "--by", by, "--format", "json"]);
-    let from_ledger = report(&[
-        "report", "--since", "1h", "--by", by, "--format", "json", "--ledger",
-    ]);
+    let by = ["--by", "team,project,env,model,feature,policy"];
+    let from_ch = report_json(&proxy, &by);
+    let from_ledger = report_json(&proxy, &[&by[..], &["--ledger"]].concat());
     assert_eq!(from_ch, from_ledger);
     assert_eq!(
         from_ch.as_array().unwrap().len(),
@@ -607,13 +598,7 @@ async fn https_clickhouse_is_trusted_through_ca_file_only() {
     let proxy = Proxy::start_with(&cfg, &[("clickhouse-ca.pem", &front.ca_pem)]).await;
     assert_eq!(load(proxy.port, 10, 2).await, 10);
     assert_eq!(wait_rows(&ch, &db, 10).await, (10, 10), "{}", proxy.log());
-    let out = proxy.command(&["report", "--since", "1h", "--format", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = report_json(&proxy, &[]);
     assert_eq!(report.as_array().unwrap().last().unwrap()["requests"], 10);
 
     // Without the CA the server's certificate is refused.
@@ -739,5 +724,198 @@ async fn routed_requests_total_their_attempts_in_clickhouse() {
             ("rejected".into(), "finish".into(), 10),
             ("served".into(), String::new(), 10)
         ]
+    );
+}
+
+/// Raw sums of `requests` and the same sums from `requests_hourly`, cache columns included
+/// (decimals as text, to the nano-dollar).
+async fn raw_and_rolled_up(ch: &ClickHouse, db: &str) -> (Vec<Value>, Vec<Value>) {
+    let raw = ch
+        .rows(&format!(
+            "SELECT count() AS n, sum(input_tokens) AS i, sum(output_tokens) AS o, \
+             toString(sum(ifNull(cost_usd, 0))) AS c, countIf(cost_usd IS NULL) AS unpriced, \
+             countIf(cache_hit) AS hits, sum(saved_input_tokens) AS si, \
+             sum(saved_output_tokens) AS so, toString(sum(ifNull(saved_cost_usd, 0))) AS sc \
+             FROM {db}.requests"
+        ))
+        .await;
+    let rolled = ch
+        .rows(&format!(
+            "SELECT sum(requests) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o, \
+             toString(sum(cost_usd)) AS c, sum(unpriced_requests) AS unpriced, \
+             sum(cache_hits) AS hits, sum(saved_input_tokens) AS si, \
+             sum(saved_output_tokens) AS so, toString(sum(saved_cost_usd)) AS sc \
+             FROM {db}.requests_hourly"
+        ))
+        .await;
+    (raw, rolled)
+}
+
+/// `tollgate report ARGS --format json`, which must succeed.
+fn report_json(proxy: &Proxy, args: &[&str]) -> Value {
+    let out = proxy.command(&[&["report", "--since", "1h", "--format", "json"], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_0004_schema_with_data_migrates_to_0005_and_its_rollup_counts_cache_hits() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("migrate_0005").await;
+    let up = start_sim().await;
+    let cfg = config_for(
+        up.addr,
+        &telemetry(&ch.url, &db, "    migrate_on_start: false"),
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let migrate = |args: &[&str]| {
+        let out = proxy.command(&[&["migrate"], args].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    migrate(&["--to", "4"]);
+    // Rows of the previous version, rolled up by the previous view.
+    ch.exec(&format!(
+        "INSERT INTO {db}.requests (ts, request_id, team, model, input_tokens, cost_usd) VALUES \
+         (now64(3), 'old-1', 't', 'm', 5, 0.5), (now64(3), 'old-2', 't', 'm', 7, NULL)"
+    ))
+    .await;
+
+    assert!(migrate(&[]).contains("applied 1 migration(s): [5]"));
+    let old = ch
+        .rows(&format!(
+            "SELECT count() AS n FROM {db}.requests WHERE NOT cache_hit AND saved_input_tokens = 0 \
+             AND saved_output_tokens = 0 AND saved_cost_usd IS NULL"
+        ))
+        .await;
+    assert_eq!(old[0]["n"], 2, "old rows read as no hit, nothing saved");
+
+    // Rows after it: two hits (one whose saving is unknown) and a miss.
+    ch.exec(&format!(
+        "INSERT INTO {db}.requests (ts, request_id, team, model, input_tokens, cost_usd, \
+         cache_hit, saved_input_tokens, saved_output_tokens, saved_cost_usd) VALUES \
+         (now64(3), 'hit-1', 't', 'm', 0, 0, true, 5, 2, 0.5), \
+         (now64(3), 'hit-2', 't', 'm', 0, 0, true, 7, 3, NULL), \
+         (now64(3), 'miss-1', 't', 'm', 4, 0.25, false, 0, 0, 0)"
+    ))
+    .await;
+    let (raw, rolled) = raw_and_rolled_up(&ch, &db).await;
+    assert_eq!(raw, rolled);
+    assert_eq!(
+        (
+            &rolled[0]["n"],
+            &rolled[0]["hits"],
+            &rolled[0]["si"],
+            &rolled[0]["sc"]
+        ),
+        (&json!(5), &json!(2), &json!(12), &json!("0.5"))
+    );
+    assert!(migrate(&[]).contains("applied 0 migration"));
+
+    let total = report_json(&proxy, &[]);
+    let total = total.as_array().unwrap().last().unwrap();
+    assert_eq!(total["cache_hits"], 2);
+    assert_eq!(total["cache_saved_usd"], "0.500000000");
+    assert_eq!(total["cost_usd"], "0.750000000", "hits cost nothing");
+}
+
+/// A hit as the proxy records it for a request answered like `answered`: no upstream
+/// call, so no tokens and no cost; `answered`'s tokens and cost are what it saved.
+fn hit_replaying(answered: &Record, request_id: &str) -> Record {
+    Record {
+        request_id: request_id.to_string(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+        cost_usd: Some(NanoUsd(0)),
+        attempts: 0,
+        ttfb_ms: None,
+        cache_hit: true,
+        saved_input_tokens: answered.input_tokens,
+        saved_output_tokens: answered.output_tokens,
+        saved_cost_usd: answered.cost_usd,
+        ..answered.clone()
+    }
+}
+
+#[tokio::test]
+async fn cache_hits_in_the_ledger_reach_clickhouse_whole_and_both_stores_report_them_alike() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("cache_hits").await;
+    let up = start_sim().await;
+    let mut proxy = Proxy::start(&keeping(up.addr, &ch.url, &db, "")).await;
+    assert_eq!(load(proxy.port, 12, 4).await, 12);
+    let answered = proxy.records(12).await;
+    proxy.kill9();
+
+    // Hits written by the proxy's own ledger writer, between two runs of the proxy; one
+    // replayed an answer whose cost was unknown.
+    let mut hits: Vec<Record> = answered[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| hit_replaying(r, &format!("hit-{i}")))
+        .collect();
+    hits[0].saved_cost_usd = None;
+    let ledger = tollgate::ledger::Ledger::open(
+        &proxy.dir.path().join("data"),
+        &tollgate::config::LedgerConfig::default(),
+        tollgate::metrics::Metrics::new(),
+    )
+    .unwrap();
+    for h in &hits {
+        ledger.append(h, &[]).unwrap();
+    }
+    ledger.close();
+    proxy.restart().await;
+    assert_eq!(wait_rows(&ch, &db, 17).await, (17, 17), "{}", proxy.log());
+
+    // Every record arrives as the ledger holds it, read back the way Tollgate reads.
+    let tg = ch.tollgate_client(&db);
+    let mut stored: Vec<Record> = tg
+        .fetch_records(tg.query("SELECT * FROM requests"))
+        .await
+        .unwrap();
+    stored.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    let mut written: Vec<Record> = tollgate::ledger::read_all(&proxy.ledger_dir()).unwrap();
+    written.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    assert_eq!(stored, written);
+    assert_eq!(stored.iter().filter(|r| r.cache_hit).count(), 5);
+
+    let (raw, rolled) = raw_and_rolled_up(&ch, &db).await;
+    assert_eq!(raw, rolled);
+    assert_eq!(rolled[0]["hits"], 5);
+
+    // Both stores give the same report; hits add to neither tokens nor cost.
+    let by = ["--by", "team,model,feature,policy"];
+    let from_ch = report_json(&proxy, &by);
+    assert_eq!(
+        from_ch,
+        report_json(&proxy, &[&by[..], &["--ledger"]].concat())
+    );
+    let total = from_ch.as_array().unwrap().last().unwrap();
+    let sum = |f: fn(&Record) -> i64| answered.iter().map(f).sum::<i64>();
+    let saved: i64 = hits
+        .iter()
+        .filter_map(|h| h.saved_cost_usd)
+        .map(|c| c.0)
+        .sum();
+    assert!(saved > 0);
+    assert_eq!(total["requests"], 17);
+    assert_eq!(total["cache_hits"], 5);
+    assert_eq!(total["cache_saved_usd"], NanoUsd(saved).to_string());
+    assert_eq!(total["input_tokens"], sum(|r| r.input_tokens as i64));
+    assert_eq!(
+        total["cost_usd"],
+        NanoUsd(sum(|r| r.cost_usd.unwrap().0)).to_string()
     );
 }

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "routing",
         sql: include_str!("migrations/0004_routing.sql"),
     },
+    Migration {
+        version: 5,
+        name: "cache",
+        sql: include_str!("migrations/0005_cache.sql"),
+    },
 ];
 
 impl Migration {

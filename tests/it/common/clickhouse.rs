@@ -105,6 +105,33 @@ impl ClickHouse {
             .collect()
     }
 
+    /// Tollgate's own client on database `db`, to read rows back the way Tollgate does
+    /// ([`tollgate::sink::clickhouse::ClickHouse::fetch_records`]).
+    pub fn tollgate_client(&self, db: &str) -> tollgate::sink::clickhouse::ClickHouse {
+        // Credentials in the URL go to their own settings, as in a config.
+        let mut url = reqwest::Url::parse(&self.url).unwrap();
+        let user = Some(url.username())
+            .filter(|u| !u.is_empty())
+            .unwrap_or("default");
+        let (user, password) = (user.to_string(), url.password().map(str::to_string));
+        let _ = (url.set_username(""), url.set_password(None));
+        tollgate::sink::clickhouse::ClickHouse::new(&tollgate::config::ClickHouseSettings {
+            url: url.as_str().trim_end_matches('/').to_string(),
+            database: db.to_string(),
+            user,
+            password,
+            ca_pem: None,
+            batch_max_rows: 1,
+            batch_period: WAIT,
+            timeout: WAIT,
+            ttl_days: None,
+            rollup_ttl_days: None,
+            cluster: None,
+            migrate_on_start: false,
+        })
+        .unwrap()
+    }
+
     /// A new, empty database named after the test (sanitized) plus a random suffix, e.g.
     /// `fresh_databases_are_empty_3f9a0c1d2e4b`; returns its name (safe unquoted).
     pub async fn fresh_database(&self, test_name: &str) -> String {
