@@ -4,10 +4,11 @@
 //! exported total is exact rather than a running sum of floats.
 
 use crate::api::Endpoint;
+use crate::cache::{CacheStats, RedisTier};
 use crate::money::NANOS_PER_USD;
 use crate::record::{AttemptRecord, Record};
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::proto::{Counter, Gauge, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -97,6 +98,16 @@ pub struct Metrics {
     /// they would otherwise have gone to). Savings are their difference, which a cascade
     /// that escalates often can make negative.
     routed_cost_nanos: IntCounterVec,
+    /// Requests answered from the response cache, and what they saved (the replayed
+    /// request's known cost), by attribution and policy.
+    cache_hits: IntCounterVec,
+    cache_saved_nanos: IntCounterVec,
+    /// Cacheable requests that went upstream, and requests a caching rule matched that
+    /// skipped the cache, by policy; counted by the proxy (a record cannot tell).
+    cache_misses: IntCounterVec,
+    cache_bypasses: IntCounterVec,
+    /// The cache whose own counters are read at scrape time; none until [`Metrics::watch_cache`].
+    cache_watch: CacheWatch,
     pub sink: SinkMetrics,
     pub config_reloads: IntCounterVec,
 }
@@ -186,6 +197,39 @@ impl Metrics {
             &["policy", "kind"],
         )
         .expect("valid metric");
+        let cache_hits = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_hits_total",
+                "Requests answered from the response cache, with no upstream call",
+            ),
+            &["team", "project", "env", "model", "policy"],
+        )
+        .expect("valid metric");
+        let cache_saved_nanos = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_saved_usd_total",
+                "Cost of the requests whose answers cache hits replayed, where it was known",
+            ),
+            &["team", "project", "env", "model", "policy"],
+        )
+        .expect("valid metric");
+        let cache_misses = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_misses_total",
+                "Cacheable requests the response cache could not answer, which went upstream",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let cache_bypasses = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_bypasses_total",
+                "Requests a caching rule matched that skipped the response cache",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let cache_watch = CacheWatch::default();
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "tollgate_request_duration_seconds",
@@ -333,6 +377,11 @@ impl Metrics {
             Box::new(attempts.clone()),
             Box::new(cooldowns.clone()),
             Box::new(UsdCollector(routed_cost_nanos.clone())),
+            Box::new(cache_hits.clone()),
+            Box::new(UsdCollector(cache_saved_nanos.clone())),
+            Box::new(cache_misses.clone()),
+            Box::new(cache_bypasses.clone()),
+            Box::new(CacheCollector::new(cache_watch.clone())),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(unpriced.clone()),
@@ -372,8 +421,33 @@ impl Metrics {
             attempts,
             cooldowns,
             routed_cost_nanos,
+            cache_hits,
+            cache_saved_nanos,
+            cache_misses,
+            cache_bypasses,
+            cache_watch,
             sink,
             config_reloads,
+        }
+    }
+
+    /// Counts a cacheable request the response cache could not answer.
+    pub fn cache_miss(&self, policy: &str) {
+        self.cache_misses.with_label_values(&[policy]).inc();
+    }
+
+    /// Counts a request a caching rule matched that skipped the cache (neither looked up
+    /// nor stored).
+    pub fn cache_bypass(&self, policy: &str) {
+        self.cache_bypasses.with_label_values(&[policy]).inc();
+    }
+
+    /// Exports the response cache's own counters (entries, bytes, evictions, and the Redis
+    /// tier's calls when there is one), read when scraped. A later call replaces the cache
+    /// watched, so a reload that builds a new cache can hand it over.
+    pub fn watch_cache(&self, stats: Arc<CacheStats>, redis: Option<RedisTier>) {
+        if let Ok(mut watched) = self.cache_watch.0.lock() {
+            *watched = Some(Watched { stats, redis });
         }
     }
 
@@ -418,6 +492,15 @@ impl Metrics {
             Some(_) => {}
             None => self.unpriced.with_label_values(&[model]).inc(),
         }
+        if r.cache_hit {
+            let labels = [team, project, env, model, r.policy.as_str()];
+            self.cache_hits.with_label_values(&labels).inc();
+            if let Some(saved) = r.saved_cost_usd.filter(|s| s.0 > 0) {
+                self.cache_saved_nanos
+                    .with_label_values(&labels)
+                    .inc_by(saved.0 as u64);
+            }
+        }
         if r.usage_source == crate::usage::UsageSource::Estimated {
             self.estimated.with_label_values(&[&r.provider]).inc();
         }
@@ -449,8 +532,11 @@ impl Metrics {
                 ])
                 .inc();
         }
-        // Only requests priced both ways, so the two totals compare like with like.
-        if let (Some(would), Some(did)) = (r.counterfactual_cost_usd, r.cost_usd) {
+        // Only requests priced both ways, so the two totals compare like with like; a hit
+        // made no routed call (its saving is the cache's).
+        if let (false, Some(would), Some(did)) =
+            (r.cache_hit, r.counterfactual_cost_usd, r.cost_usd)
+        {
             for (kind, nanos) in [("actual", did), ("counterfactual", would)] {
                 self.routed_cost_nanos
                     .with_label_values(&[&r.policy, kind])
@@ -495,9 +581,142 @@ impl Collector for UsdCollector {
     }
 }
 
+/// The cache [`Metrics::watch_cache`] was given, shared by every clone of the metrics.
+#[derive(Clone, Default)]
+struct CacheWatch(Arc<Mutex<Option<Watched>>>);
+
+struct Watched {
+    stats: Arc<CacheStats>,
+    redis: Option<RedisTier>,
+}
+
+/// A series read from the watched cache: `None` when it has no such part (no Redis tier).
+type ReadStat = fn(&Watched) -> Option<u64>;
+
+const CACHE_SERIES: [(&str, &str, MetricType, ReadStat); 9] = [
+    (
+        "tollgate_cache_entries",
+        "Answers held by the in-process response cache",
+        MetricType::GAUGE,
+        |w| Some(CacheStats::get(&w.stats.entries)),
+    ),
+    (
+        "tollgate_cache_bytes",
+        "Bytes of the answers held by the in-process response cache",
+        MetricType::GAUGE,
+        |w| Some(CacheStats::get(&w.stats.bytes)),
+    ),
+    (
+        "tollgate_cache_evictions_total",
+        "Answers removed from the in-process cache to keep its bounds, or expired",
+        MetricType::COUNTER,
+        |w| Some(CacheStats::get(&w.stats.evictions)),
+    ),
+    (
+        "tollgate_cache_coalesced_total",
+        "Requests that waited for an identical one already in flight instead of calling upstream",
+        MetricType::COUNTER,
+        |w| Some(CacheStats::get(&w.stats.coalesced)),
+    ),
+    (
+        "tollgate_cache_too_large_total",
+        "Answers not stored for exceeding cache.max_entry_bytes",
+        MetricType::COUNTER,
+        |w| Some(CacheStats::get(&w.stats.too_large)),
+    ),
+    (
+        "tollgate_cache_redis_hits_total",
+        "Lookups the Redis tier answered",
+        MetricType::COUNTER,
+        |w| w.redis.as_ref().map(|r| CacheStats::get(&r.stats().hits)),
+    ),
+    (
+        "tollgate_cache_redis_misses_total",
+        "Lookups the Redis tier did not answer, failures included",
+        MetricType::COUNTER,
+        |w| w.redis.as_ref().map(|r| CacheStats::get(&r.stats().misses)),
+    ),
+    (
+        "tollgate_cache_redis_sets_total",
+        "Answers stored in the Redis tier",
+        MetricType::COUNTER,
+        |w| w.redis.as_ref().map(|r| CacheStats::get(&r.stats().sets)),
+    ),
+    (
+        "tollgate_cache_redis_errors_total",
+        "Redis calls that failed or values that did not decode; each served as a miss or dropped",
+        MetricType::COUNTER,
+        |w| w.redis.as_ref().map(|r| CacheStats::get(&r.stats().errors)),
+    ),
+];
+
+/// Reads the watched cache's counters when scraped; exports nothing until one is watched.
+struct CacheCollector {
+    watch: CacheWatch,
+    descs: Vec<Desc>,
+}
+
+impl CacheCollector {
+    fn new(watch: CacheWatch) -> CacheCollector {
+        let descs = CACHE_SERIES
+            .iter()
+            .map(|(name, help, ..)| {
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    vec![],
+                    Default::default(),
+                )
+                .expect("valid metric")
+            })
+            .collect();
+        CacheCollector { watch, descs }
+    }
+}
+
+impl Collector for CacheCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(watched) = self.watch.0.lock() else {
+            return Vec::new();
+        };
+        let Some(w) = watched.as_ref() else {
+            return Vec::new();
+        };
+        CACHE_SERIES
+            .iter()
+            .zip(&self.descs)
+            .filter_map(|((_, _, kind, read), desc)| {
+                let value = read(w)? as f64;
+                let mut metric = Metric::default();
+                if *kind == MetricType::GAUGE {
+                    let mut g = Gauge::default();
+                    g.set_value(value);
+                    metric.set_gauge(g);
+                } else {
+                    let mut c = Counter::default();
+                    c.set_value(value);
+                    metric.set_counter(c);
+                }
+                let mut family = MetricFamily::default();
+                family.set_name(desc.fq_name.clone());
+                family.set_help(desc.help.clone());
+                family.set_field_type(*kind);
+                family.set_metric(vec![metric]);
+                Some(family)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::NanoUsd;
+    use std::sync::atomic::Ordering;
 
     fn record(team: &str, endpoint: &str) -> Record {
         serde_json::from_value(serde_json::json!({
@@ -523,6 +742,118 @@ mod tests {
         assert!(!text.contains(r#"team="c""#) && !text.contains(r#"team="d""#));
         assert!(text.contains(&format!(r#"tollgate_requests_total{{env="{OVERFLOW}",model="{OVERFLOW}",project="{OVERFLOW}",provider="openai",status="200",team="{OVERFLOW}"}} 2"#)), "{text}");
         assert!(text.contains(r#"endpoint="other""#) && !text.contains("file-123"));
+    }
+
+    /// The value the text format gives `series` (its name and every label, sorted).
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    fn hit(team: &str, saved_nanos: Option<i64>) -> Record {
+        let mut r = record(team, "/v1/chat/completions");
+        (r.input_tokens, r.output_tokens, r.cost_usd) = (0, 0, Some(NanoUsd(0)));
+        r.cache_hit = true;
+        r.policy = "faq".into();
+        r.saved_input_tokens = 3;
+        r.saved_output_tokens = 1;
+        r.saved_cost_usd = saved_nanos.map(NanoUsd);
+        r
+    }
+
+    #[test]
+    fn cache_hits_and_their_savings_are_counted_exactly_by_attribution_and_policy() {
+        let m = Metrics::with_series_cap(1);
+        // 0.1 + 0.2 in nano-USD: exact, where a float sum would not be.
+        m.observe(&hit("a", Some(100_000_000)), &[]);
+        m.observe(&hit("a", Some(200_000_000)), &[]);
+        m.observe(&hit("a", None), &[]);
+        let mut routed = hit("a", Some(500));
+        routed.counterfactual_cost_usd = Some(NanoUsd(700));
+        m.observe(&routed, &[]);
+        m.observe(&hit("b", Some(1_000_000_000)), &[]);
+        m.observe(&record("a", "/v1/chat/completions"), &[]);
+        m.cache_miss("faq");
+        m.cache_miss("faq");
+        m.cache_bypass("faq");
+        let text = m.render();
+        let a = r#"{env="prod",model="m",policy="faq",project="p",team="a"}"#;
+        let pooled = format!(
+            r#"{{env="{OVERFLOW}",model="{OVERFLOW}",policy="faq",project="{OVERFLOW}",team="{OVERFLOW}"}}"#
+        );
+        for (series, want) in [
+            (format!("tollgate_cache_hits_total{a}"), "4"),
+            (format!("tollgate_cache_saved_usd_total{a}"), "0.3000005"),
+            (format!("tollgate_cache_hits_total{pooled}"), "1"),
+            (format!("tollgate_cache_saved_usd_total{pooled}"), "1"),
+            (r#"tollgate_cache_misses_total{policy="faq"}"#.into(), "2"),
+            (r#"tollgate_cache_bypasses_total{policy="faq"}"#.into(), "1"),
+            // Hits add no spend: only the one request that was not a hit cost anything.
+            (
+                r#"tollgate_cost_usd_total{env="prod",model="m",project="p",team="a"}"#.into(),
+                "0.00000001",
+            ),
+        ] {
+            assert_eq!(sample(&text, &series), Some(want), "{series} in\n{text}");
+        }
+        assert!(
+            !text.contains("tollgate_routing_cost_usd_total{"),
+            "a hit is no routing saving: {text}"
+        );
+        assert!(
+            !text.contains("tollgate_cache_entries"),
+            "no cache watched yet"
+        );
+    }
+
+    #[test]
+    fn the_watched_cache_is_read_when_scraped() {
+        let m = Metrics::new();
+        let stats = Arc::new(CacheStats::default());
+        stats.entries.store(3, Ordering::Relaxed);
+        stats.bytes.store(4096, Ordering::Relaxed);
+        stats.evictions.store(2, Ordering::Relaxed);
+        m.clone().watch_cache(stats.clone(), None);
+        let text = m.render();
+        assert_eq!(sample(&text, "tollgate_cache_entries"), Some("3"));
+        assert_eq!(sample(&text, "tollgate_cache_bytes"), Some("4096"));
+        assert_eq!(sample(&text, "tollgate_cache_evictions_total"), Some("2"));
+        assert!(
+            text.contains("# TYPE tollgate_cache_entries gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE tollgate_cache_evictions_total counter"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("tollgate_cache_redis"),
+            "no Redis tier: {text}"
+        );
+
+        stats.entries.store(1, Ordering::Relaxed);
+        stats.coalesced.store(5, Ordering::Relaxed);
+        let text = m.render();
+        assert_eq!(sample(&text, "tollgate_cache_entries"), Some("1"));
+        assert_eq!(sample(&text, "tollgate_cache_coalesced_total"), Some("5"));
+
+        // A new cache (a reload) replaces the one watched; its Redis tier is read too.
+        let redis = RedisTier::new(&crate::config::RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            key_prefix: "tg:".into(),
+            timeout: std::time::Duration::from_millis(10),
+        });
+        redis.stats().errors.store(7, Ordering::Relaxed);
+        redis.stats().hits.store(4, Ordering::Relaxed);
+        m.watch_cache(Arc::new(CacheStats::default()), Some(redis));
+        let text = m.render();
+        assert_eq!(sample(&text, "tollgate_cache_entries"), Some("0"));
+        assert_eq!(
+            sample(&text, "tollgate_cache_redis_errors_total"),
+            Some("7")
+        );
+        assert_eq!(sample(&text, "tollgate_cache_redis_hits_total"), Some("4"));
+        assert_eq!(sample(&text, "tollgate_cache_redis_sets_total"), Some("0"));
     }
 
     #[test]
