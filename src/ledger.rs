@@ -594,6 +594,10 @@ mod tests {
             attempts: 1,
             escalations: 0,
             counterfactual_cost_usd: None,
+            cache_hit: false,
+            saved_input_tokens: 0,
+            saved_output_tokens: 0,
+            saved_cost_usd: None,
         }
     }
 

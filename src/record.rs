@@ -60,6 +60,19 @@ pub struct Record {
     /// attempt's tokens at that model's prices. `None` when that model has no price.
     #[serde(default)]
     pub counterfactual_cost_usd: Option<NanoUsd>,
+    /// Answered from the response cache: no upstream call, so tokens and cost are 0 and
+    /// what the hit saved is in the `saved_*` fields.
+    #[serde(default)]
+    pub cache_hit: bool,
+    /// A hit's savings: the tokens and cost of the request whose answer it replayed (all
+    /// its attempts). 0 for requests that were not hits.
+    #[serde(default)]
+    pub saved_input_tokens: u64,
+    #[serde(default)]
+    pub saved_output_tokens: u64,
+    /// `None` when the replayed request's cost was unknown (an unpriced model).
+    #[serde(default)]
+    pub saved_cost_usd: Option<NanoUsd>,
 }
 
 /// One upstream call made for a request.

@@ -194,6 +194,9 @@ fn fixed_fields_changed(old: &Validated, new: &Validated) -> Vec<&'static str> {
     {
         changed.push("telemetry.clickhouse");
     }
+    if old.cache != new.cache {
+        changed.push("cache");
+    }
     changed
 }
 

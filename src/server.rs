@@ -3,6 +3,7 @@
 pub mod ready;
 
 use crate::admin::{self, AxumService};
+use crate::cache::ResponseCache;
 use crate::config::UpstreamAddr;
 use crate::config::Validated;
 use crate::ledger::Ledger;
@@ -35,13 +36,12 @@ const SINK_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     crate::tokens::warm_up();
-    if cfg.cache.is_some() {
-        // The cache's parts exist (src/cache) but the proxy does not serve from them yet.
-        tracing::warn!(
-            "cache.enabled is set, but this build does not serve responses from the cache yet; every request goes upstream"
-        );
-    }
     let metrics = Metrics::new();
+    let cache = cfg.cache.as_ref().map(|settings| {
+        let cache = Arc::new(ResponseCache::new(settings));
+        metrics.watch_cache(cache.stats().clone(), cache.redis().cloned());
+        cache
+    });
     let ledger = Arc::new(
         Ledger::open(&cfg.data_dir, &cfg.ledger, metrics.clone())
             .with_context(|| format!("opening the ledger under {}", cfg.data_dir.display()))?,
@@ -119,7 +119,7 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
             admin::router(metrics.clone(), ledger.clone(), reloader),
         ),
     ));
-    let proxy = Tollgate::new(shared_config, ledger.clone(), metrics.clone());
+    let proxy = Tollgate::new(shared_config, ledger.clone(), metrics.clone(), cache);
     let limits = Limits {
         max_connections: cfg.server.max_connections,
         header_timeout: Duration::from_millis(cfg.server.header_timeout_ms),

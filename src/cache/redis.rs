@@ -202,12 +202,11 @@ impl Inner {
 struct Header {
     status: u16,
     headers: Vec<(String, String)>,
-    event_stream: bool,
     anthropic: bool,
     endpoint: String,
     model: String,
     usage: Usage,
-    cost_nanos: i64,
+    cost_nanos: Option<i64>,
 }
 
 fn endpoint_path(e: Endpoint) -> &'static str {
@@ -226,12 +225,11 @@ fn encode(r: &CachedResponse) -> Vec<u8> {
     let header = Header {
         status: r.status,
         headers: r.headers.clone(),
-        event_stream: r.event_stream,
         anthropic: r.format == ApiFormat::Anthropic,
         endpoint: endpoint_path(r.endpoint).to_string(),
         model: r.model.clone(),
         usage: r.usage,
-        cost_nanos: r.cost.0,
+        cost_nanos: r.cost.map(|c| c.0),
     };
     let header = serde_json::to_vec(&header).expect("a header always serializes");
     let mut out = Vec::with_capacity(8 + header.len() + r.body.len());
@@ -254,7 +252,6 @@ fn decode(v: &[u8]) -> Result<CachedResponse, TierError> {
         status: h.status,
         headers: h.headers,
         body: Bytes::copy_from_slice(body),
-        event_stream: h.event_stream,
         format: if h.anthropic {
             ApiFormat::Anthropic
         } else {
@@ -263,7 +260,7 @@ fn decode(v: &[u8]) -> Result<CachedResponse, TierError> {
         endpoint,
         model: h.model,
         usage: h.usage,
-        cost: NanoUsd(h.cost_nanos),
+        cost: h.cost_nanos.map(NanoUsd),
     })
 }
 
@@ -274,9 +271,8 @@ mod tests {
     pub(crate) fn sample() -> CachedResponse {
         CachedResponse {
             status: 200,
-            headers: vec![("content-type".into(), "text/event-stream".into())],
-            body: Bytes::from_static(b"data: {\"x\":1}\n\ndata: [DONE]\n\n"),
-            event_stream: true,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from_static(br#"{"type":"message","content":[]}"#),
             format: ApiFormat::Anthropic,
             endpoint: Endpoint::Messages,
             model: "claude-sonnet-4-5".into(),
@@ -287,7 +283,7 @@ mod tests {
                 cache_write_tokens: 1,
                 reasoning_tokens: 3,
             },
-            cost: NanoUsd(123_456),
+            cost: Some(NanoUsd(123_456)),
         }
     }
 

@@ -41,17 +41,17 @@ pub struct CachedResponse {
     pub status: u16,
     /// [`KEPT_HEADERS`] of the original response, names in lower case.
     pub headers: Vec<(String, String)>,
+    /// The whole (non-streamed) response body: a streamed answer is stored in the form it
+    /// would have had unstreamed, and streamed again on replay when the client asks.
     pub body: Bytes,
-    /// The body is a server-sent event stream (the original call streamed).
-    pub event_stream: bool,
     pub format: ApiFormat,
     pub endpoint: Endpoint,
     /// The model that answered, as the provider named it.
     pub model: String,
     /// Usage of the original call: what a hit saves.
     pub usage: Usage,
-    /// Cost of the original call.
-    pub cost: NanoUsd,
+    /// Cost of the original call; `None` when its model had no price.
+    pub cost: Option<NanoUsd>,
 }
 
 impl CachedResponse {
@@ -198,6 +198,11 @@ impl ResponseCache {
     /// The shared tier, when one is configured.
     pub fn redis(&self) -> Option<&RedisTier> {
         self.redis.as_ref()
+    }
+
+    /// The largest answer stored, in bytes.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.max_entry_bytes
     }
 
     /// Lifetime of entries whose rule sets none.
@@ -416,7 +421,6 @@ mod tests {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from(vec![marker; body_len]),
-            event_stream: false,
             format: ApiFormat::OpenAi,
             endpoint: Endpoint::ChatCompletions,
             model: "gpt-4o-mini-2024-07-18".into(),
@@ -425,7 +429,7 @@ mod tests {
                 output_tokens: 34,
                 ..Usage::default()
             },
-            cost: NanoUsd(296_000),
+            cost: Some(NanoUsd(296_000)),
         }
     }
 

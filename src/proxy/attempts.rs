@@ -6,7 +6,7 @@
 use super::admit::Admitted;
 use super::ctx::{FinishedAttempt, Started};
 use super::held::{self, Unheld};
-use super::judging::{grade, without_logprobs};
+use super::judging::grade;
 use super::outcome::Outcome;
 use super::plan::{Mode, Plan};
 use super::relay::{self, Exchange, Unopened, client_left_before_header};
@@ -37,8 +37,6 @@ pub async fn run(
     if let Some(cooldown) = &plan.cooldown {
         tg.health.order(&mut plan.targets, cooldown);
     }
-    ctx.policy = plan.policy_name().to_string();
-    ctx.counterfactual_model = plan.counterfactual_model.clone();
     let cascade = matches!(plan.mode, Mode::Cascade { .. });
     let deadline = match plan.mode {
         Mode::Cascade { deadline } => deadline.map(|d| Instant::now() + d),
@@ -147,7 +145,7 @@ pub async fn run(
             match verdict {
                 Ok(()) => {
                     if add_logprobs {
-                        held.body = without_logprobs(&held.body, held.is_sse);
+                        held.drop_logprobs();
                     }
                     return held::replay(tg, session, ctx, held).await;
                 }
@@ -266,15 +264,15 @@ async fn pause(d: Duration) {
 }
 
 /// The body as it goes to one target.
-struct Prepared {
-    body: Bytes,
+pub(super) struct Prepared {
+    pub body: Bytes,
     /// Tollgate turned on `include_usage`; the client must not see the extra chunk.
     strip_usage_chunk: bool,
 }
 
 /// Rewrites the body only when needed: the target's model name, a cap on output tokens, or
 /// usage requested on the client's behalf for an OpenAI stream.
-fn prepare(
+pub(super) fn prepare(
     format: ApiFormat,
     req: &Admitted,
     target: &Target,

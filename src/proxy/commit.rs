@@ -42,16 +42,24 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         source = Some(worse(source, call.usage_source));
         attempts.push(attempt_record(ctx, i, call, call_cost));
     }
-    // What the answer would have cost on the model the request would have gone to.
-    let counterfactual = answering.as_ref().and_then(|a| {
-        if a.usage_source == UsageSource::None {
-            return Some(NanoUsd::ZERO);
-        }
-        ctx.config
-            .prices
-            .lookup(&ctx.counterfactual_model, ctx.ts)
-            .map(|p| p.cost(&a.usage))
-    });
+    ctx.cache.note_spent(usage, cost);
+    // A hit spent nothing and saved what the request it replays spent.
+    let hit = ctx.cache.hit.as_deref();
+    // What the answer would have cost on the model the request would have gone to; a hit
+    // was not routed, so routing saved nothing on it.
+    let counterfactual = if hit.is_some() {
+        Some(NanoUsd::ZERO)
+    } else {
+        answering.as_ref().and_then(|a| {
+            if a.usage_source == UsageSource::None {
+                return Some(NanoUsd::ZERO);
+            }
+            ctx.config
+                .prices
+                .lookup(&ctx.counterfactual_model, ctx.ts)
+                .map(|p| p.cost(&a.usage))
+        })
+    };
     let record = Record {
         ts: ctx.ts,
         request_id: ctx.request_id.clone(),
@@ -86,6 +94,10 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
             .filter(|a| a.verdict == Verdict::Rejected)
             .count() as u16,
         counterfactual_cost_usd: counterfactual,
+        cache_hit: hit.is_some(),
+        saved_input_tokens: hit.map_or(0, |h| h.usage.input_tokens),
+        saved_output_tokens: hit.map_or(0, |h| h.usage.output_tokens),
+        saved_cost_usd: hit.map_or(Some(NanoUsd::ZERO), |h| h.cost),
     };
     tg.metrics.observe(&record, &attempts);
     // A failed append is counted and logged by the ledger; the client is still answered.

@@ -1,5 +1,6 @@
 //! What one request carries from hook to hook.
 
+use super::caching::CacheCtx;
 use crate::api::ApiFormat;
 use crate::attribution::Attribution;
 use crate::config::Validated;
@@ -53,6 +54,7 @@ pub struct RequestCtx {
     pub recorded: bool,
     /// The record is in the ledger; nothing may write a second one.
     pub committed: bool,
+    pub cache: CacheCtx,
 }
 
 impl RequestCtx {
@@ -85,6 +87,7 @@ impl RequestCtx {
             error: None,
             recorded: false,
             committed: false,
+            cache: CacheCtx::default(),
         }
     }
 

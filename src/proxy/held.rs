@@ -2,12 +2,13 @@
 //! replayed when accepted; and error answers a plan moves on from, read for their code.
 
 use super::ctx::{FinishedAttempt, Started};
+use super::judging::without_logprobs;
 use super::outcome::Outcome;
 use super::relay::{
-    Exchange, Framing, MAX_ERROR_BODY, Opened, client_left_before_header, client_response_header,
-    describe, provider_error_code, settle_usage,
+    Exchange, Framing, MAX_ERROR_BODY, Opened, client_response_header, describe,
+    provider_error_code, send_whole, settle_usage,
 };
-use super::{RequestCtx, Tollgate, commit};
+use super::{RequestCtx, Tollgate};
 use crate::error::ProxyError;
 use crate::policy::Target;
 use crate::record::Verdict;
@@ -22,6 +23,8 @@ pub struct Held {
     header: ResponseHeader,
     /// The body as the client would get it (an injected usage chunk already removed).
     pub body: Vec<u8>,
+    /// The body as the provider sent it, kept for the cache when it differs from `body`.
+    raw: Option<Vec<u8>>,
     pub is_sse: bool,
     pub usage: Usage,
     pub usage_source: UsageSource,
@@ -30,6 +33,14 @@ pub struct Held {
 }
 
 impl Held {
+    /// Removes the logprobs a judge asked for and the client did not.
+    pub fn drop_logprobs(&mut self) {
+        self.body = without_logprobs(&self.body, self.is_sse);
+        if let Some(raw) = &mut self.raw {
+            *raw = without_logprobs(raw, self.is_sse);
+        }
+    }
+
     /// The record of the call that produced this answer, which the client did not get.
     pub fn as_attempt(
         &self,
@@ -88,6 +99,8 @@ pub async fn hold(
         ex.strip_usage_chunk && is_sse,
     );
     let mut body = Vec::new();
+    // The usage chunk the client does not see is what the cache needs to store the answer.
+    let mut raw = (ctx.cache.wants_answer() && ex.strip_usage_chunk && is_sse).then(Vec::new);
     loop {
         let chunk = tokio::select! {
             biased;
@@ -96,6 +109,9 @@ pub async fn hold(
         };
         match chunk {
             Ok(Some(bytes)) => {
+                if let Some(raw) = &mut raw {
+                    raw.extend_from_slice(&bytes);
+                }
                 match meter.feed(&bytes) {
                     Some(out) => body.extend_from_slice(&out),
                     None => body.extend_from_slice(&bytes),
@@ -131,6 +147,7 @@ pub async fn hold(
     Ok(Held {
         header,
         body,
+        raw,
         is_sse,
         usage,
         usage_source,
@@ -156,23 +173,10 @@ pub async fn replay(
     let framing = Framing::Length(held.body.len());
     let resp = client_response_header(&held.header, ctx, framing, Verdict::Accepted)
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_err()
-    {
-        return Err(client_left_before_header(tg, ctx));
+    if let Some(tee) = ctx.cache.tee() {
+        tee.fill(held.raw.as_deref().unwrap_or(&held.body), held.is_sse);
     }
-    ctx.response_started = true;
-    commit::commit(tg, ctx);
-    if session
-        .write_response_body(Some(Bytes::from(held.body)), true)
-        .await
-        .is_err()
-    {
-        tracing::debug!(request_id = %ctx.request_id, "client left as the held answer was sent");
-    }
-    Ok(())
+    send_whole(tg, session, ctx, resp, Bytes::from(held.body)).await
 }
 
 /// Reads (a bounded start of) an error answer the plan moves on from, for its code.

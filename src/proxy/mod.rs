@@ -13,6 +13,7 @@
 mod admit;
 mod attempts;
 mod body;
+mod caching;
 mod commit;
 pub mod connections;
 mod ctx;
@@ -30,6 +31,7 @@ mod upstream;
 
 pub use ctx::RequestCtx;
 
+use crate::cache::ResponseCache;
 use crate::config::Validated;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -46,17 +48,25 @@ pub struct Tollgate {
     pub config: Arc<ArcSwap<Validated>>,
     pub ledger: Arc<Ledger>,
     pub metrics: Metrics,
+    /// The response cache, when `cache.enabled` at start (its bounds apply at restart).
+    pub cache: Option<Arc<ResponseCache>>,
     connector: Connector,
     resolver: upstream::Resolver,
     health: health::Health,
 }
 
 impl Tollgate {
-    pub fn new(config: Arc<ArcSwap<Validated>>, ledger: Arc<Ledger>, metrics: Metrics) -> Tollgate {
+    pub fn new(
+        config: Arc<ArcSwap<Validated>>,
+        ledger: Arc<Ledger>,
+        metrics: Metrics,
+        cache: Option<Arc<ResponseCache>>,
+    ) -> Tollgate {
         Tollgate {
             config,
             ledger,
             metrics,
+            cache,
             connector: Connector::new(None),
             resolver: upstream::Resolver::default(),
             health: health::Health::default(),

@@ -1,6 +1,7 @@
 //! One upstream exchange: send the request, stream the response back as it arrives,
 //! meter it on the way, and settle its usage. Answers held for judging are in `held`.
 
+use super::caching::{self, CACHE_HEADER};
 use super::outcome::Outcome;
 use super::{RequestCtx, Tollgate, commit, upstream};
 use crate::api::{ApiFormat, Endpoint};
@@ -186,6 +187,9 @@ pub async fn deliver(
         return Err(client_left_before_header(tg, ctx));
     }
     ctx.response_started = true;
+    if let Some(tee) = ctx.cache.tee() {
+        tee.start(is_sse);
+    }
 
     let end = pump(tg, session, ctx, &mut up, &mut relay, ex).await;
     match &end {
@@ -233,6 +237,32 @@ pub async fn deliver(
         PumpEnd::ClientGone => Err(Outcome::Abort("client disconnected")),
         PumpEnd::UpstreamFailed(_) => Err(Outcome::Abort("upstream failed mid-response")),
     }
+}
+
+/// Sends an answer known whole (held, or cached): the header, then the records (and the
+/// answer to the cache when this request leads a flight), then the body, so the call is
+/// recorded before the client has all of it.
+pub async fn send_whole(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: ResponseHeader,
+    body: Bytes,
+) -> Result<(), Outcome> {
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_err()
+    {
+        return Err(client_left_before_header(tg, ctx));
+    }
+    ctx.response_started = true;
+    commit::commit(tg, ctx);
+    caching::store(ctx).await;
+    if session.write_response_body(Some(body), true).await.is_err() {
+        tracing::debug!(request_id = %ctx.request_id, "client left as the answer was sent");
+    }
+    Ok(())
 }
 
 /// Records a client that left before any response header: status 499 (the client closed
@@ -308,6 +338,7 @@ async fn finish(tg: &Tollgate, ctx: &mut RequestCtx, relay: &mut Relay, ex: &Exc
         ctx.usage_source = source;
     }
     commit::commit(tg, ctx);
+    caching::store(ctx).await;
 }
 
 /// The provider's own error code from an error body: OpenAI's `error.code` (else
@@ -446,6 +477,9 @@ pub(super) fn client_response_header(
     if !ctx.policy.is_empty() {
         resp.insert_header(ROUTE_HEADER, ctx.route_header(verdict))?;
     }
+    if let Some(status) = ctx.cache.status {
+        resp.insert_header(CACHE_HEADER, status.as_str())?;
+    }
     Ok(resp)
 }
 
@@ -486,6 +520,11 @@ async fn pump(
                     relay
                         .error_body
                         .extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                if relay.success
+                    && let Some(tee) = ctx.cache.tee()
+                {
+                    tee.push(&bytes);
                 }
                 // Unmetered bodies (pass-through paths) are forwarded without being kept.
                 let fed = if ex.metered {

@@ -4,7 +4,7 @@
 
 use super::outcome::Outcome;
 use super::relay::ROUTE_HEADER;
-use super::{RequestCtx, Tollgate, admit, attempts, commit, plan};
+use super::{RequestCtx, Tollgate, admit, attempts, caching, commit, plan};
 use crate::api::ApiFormat;
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::error::ProxyError;
@@ -55,11 +55,17 @@ fn request_id(session: &Session) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
-/// Admission, planning, attempts; delivery and the record happen inside the attempts.
+/// Admission, planning, the cache, attempts; delivery and the record happen inside the
+/// attempts, or at once for a cache hit.
 async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Outcome> {
     let req = admit::admit(tg, session, ctx).await?;
     let cfg = ctx.config.clone();
     let plan = plan::make(&cfg, ctx, &req)?;
+    ctx.policy = plan.policy_name().to_string();
+    ctx.counterfactual_model = plan.counterfactual_model.clone();
+    if let Some(hit) = caching::consult(tg, session, ctx, &req, &plan).await? {
+        return caching::serve(tg, session, ctx, hit).await;
+    }
     attempts::run(tg, session, ctx, &req, plan).await
 }
 

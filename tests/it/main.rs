@@ -4,6 +4,7 @@
 mod common;
 
 mod anthropic;
+mod cache;
 mod check;
 mod clickhouse;
 mod clickhouse_harness;

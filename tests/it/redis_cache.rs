@@ -1,12 +1,10 @@
 //! The shared cache tier against a real redis-server: answers stored with their lifetime,
 //! shared between two caches (as between two replicas), and an outage that only ever
-//! turns into misses.
+//! turns into misses; and two proxy processes sharing hits through it.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-
+use crate::common::redis::RedisServer;
+use crate::common::{Proxy, config_for, openai, start_sim};
 use bytes::Bytes;
-use redis_server::RedisServer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::api::{ApiFormat, Endpoint};
@@ -42,7 +40,6 @@ fn answer(text: &str) -> CachedResponse {
         body: Bytes::from(format!(
             r#"{{"choices":[{{"message":{{"content":"{text}"}}}}]}}"#
         )),
-        event_stream: false,
         format: ApiFormat::OpenAi,
         endpoint: Endpoint::ChatCompletions,
         model: "gpt-4o-mini-2024-07-18".into(),
@@ -52,7 +49,7 @@ fn answer(text: &str) -> CachedResponse {
             cached_input_tokens: 4,
             ..Usage::default()
         },
-        cost: NanoUsd(92_000),
+        cost: Some(NanoUsd(92_000)),
     }
 }
 
@@ -184,4 +181,73 @@ async fn a_cache_whose_redis_is_down_still_serves_from_memory() {
     };
     assert!(leader.complete(answer("local"), None).await);
     assert!(matches!(cache.get_or_join(key(4)).await, Lookup::Hit(r) if *r == answer("local")));
+}
+
+/// Two proxies in front of one provider, caching through one Redis.
+async fn proxy_with_redis(upstream: std::net::SocketAddr, redis_url: &str) -> Proxy {
+    let extra = format!(
+        "policies: policies\ncache: {{enabled: true, redis: {{url: \"{redis_url}\", timeout_ms: 200}}}}\n"
+    );
+    let rules =
+        "rules:\n  - name: cached\n    match: {feature: cached}\n    cache: {scope: team}\n";
+    Proxy::start_with(
+        &config_for(upstream, &extra),
+        &[("policies/cache.yaml", rules.as_bytes())],
+    )
+    .await
+}
+
+async fn ask(proxy: &Proxy, prompt: &str) -> String {
+    let body = serde_json::json!({"model": "gpt-4o-mini", "temperature": 0,
+        "messages": [{"role": "user", "content": prompt}]});
+    let resp = openai(
+        proxy,
+        "/v1/chat/completions",
+        &[("x-tollgate-feature", "cached")],
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let header = resp.headers()["x-tollgate-cache"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = resp.bytes().await;
+    header
+}
+
+#[tokio::test]
+async fn two_proxies_share_hits_and_survive_a_redis_outage() {
+    let mut redis = RedisServer::start();
+    let up = start_sim().await;
+    let a = proxy_with_redis(up.addr, &redis.url()).await;
+    let b = proxy_with_redis(up.addr, &redis.url()).await;
+
+    assert_eq!(ask(&a, "Name a fish.").await, "miss");
+    // The answer reaches Redis in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !redis.command("DBSIZE").contains(":1") {
+        assert!(Instant::now() < deadline, "the answer never reached redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        ask(&b, "Name a fish.").await,
+        "hit",
+        "a hit from the other replica"
+    );
+    assert_eq!(up.sim.stats().requests, 1);
+    let hit = b.only_record().await;
+    assert!(hit.cache_hit && hit.cost_usd == Some(NanoUsd::ZERO));
+
+    // Redis goes down: requests are still served, and the in-process tier still hits.
+    redis.kill();
+    assert_eq!(ask(&b, "Name a fish.").await, "hit", "kept in process");
+    assert_eq!(ask(&a, "Name a bird.").await, "miss");
+    assert_eq!(ask(&a, "Name a bird.").await, "hit");
+    assert_eq!(
+        ask(&b, "Name a bird.").await,
+        "miss",
+        "not shared while redis is down"
+    );
+    assert_eq!(up.sim.stats().requests, 3);
 }

@@ -171,6 +171,10 @@ impl Request {
                 .filter(|a| a.verdict == Verdict::Rejected)
                 .count() as u16,
             counterfactual_cost_usd: self.counterfactual.map(NanoUsd),
+            cache_hit: false,
+            saved_input_tokens: 0,
+            saved_output_tokens: 0,
+            saved_cost_usd: None,
         };
         (record, attempts)
     }

@@ -32,6 +32,7 @@ providers:
 models:
   gpt-4o-mini: {{ provider: sim }}
   claude-sonnet-5: {{ provider: sim }}
+cache: {{ enabled: true }}
 keys:
   - name: sdk
     key_env: TOLLGATE_SDK_KEY
@@ -41,7 +42,8 @@ keys:
 """
 
 
-# Cheap-first cascades in both formats, for clients that ask for the aliases.
+# Cheap-first cascades in both formats, for clients that ask for the aliases; the response
+# cache for requests of the `cached` feature.
 POLICIES = """
 rules:
   - name: cheap-first
@@ -58,6 +60,9 @@ rules:
         - { provider: sim, model: claude-haiku-4-5 }
         - { provider: sim, model: claude-sonnet-5 }
       judges: { finish: true, refusal: true }
+  - name: cached
+    match: { feature: cached }
+    cache: { scope: team }
 """
 
 

@@ -499,3 +499,4 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 pub mod clickhouse;
+pub mod redis;
