@@ -1,7 +1,7 @@
 //! `tollgate demo`: the whole path on one machine with no keys and no network. A real proxy
 //! process on loopback in front of the simulated provider, synthetic traffic from several
-//! teams (part of it through a cheap-first cascade policy), then a spend report read back
-//! from the ledger, savings included.
+//! teams (part of it through a cheap-first cascade policy, part of it repeated and answered
+//! by the response cache), then a spend report read back from the ledger, savings included.
 
 use crate::ledger;
 use crate::report::{self, Dim, Format};
@@ -41,8 +41,12 @@ const FEATURES: &[&str] = &["summarize", "classify", "answer", "extract"];
 /// The model alias chat clients ask for to go cheap-first.
 const CHEAP_FIRST: &str = "tollgate/cheap-first";
 
+/// The feature whose requests repeat: a few fixed tickets classified again and again.
+const REPEATED_FEATURE: &str = "classify";
+
 /// The demo's policy: chat asked of the alias tries the mini model first and escalates to
-/// the full one when the answer is cut short or refused.
+/// the full one when the answer is cut short or refused; repeated classifications are
+/// answered from the cache, on either path.
 const POLICY: &str = "# Cheap first: gpt-5-mini answers unless a judge rejects its answer.
 rules:
   - name: cheap-first
@@ -53,6 +57,11 @@ rules:
         - { provider: sim, model: gpt-5-mini }
         - { provider: sim, model: gpt-5 }
       judges: { finish: true, refusal: true, json: true }
+    cache: { scope: team }
+  # Classification asks the same questions again: answer repeats from the cache.
+  - name: classify-cache
+    match: { feature: classify }
+    cache: { scope: team }
 ";
 
 /// Both listeners on port 0: the proxy reports the ports it was given on its ready line.
@@ -63,6 +72,7 @@ admin_listen: 127.0.0.1:0
 data_dir: {}
 policies: policies
 ledger: {{ flush_interval_ms: 20 }}
+cache: {{ enabled: true }}
 server: {{ threads: 2, grace_period_secs: 0 }}
 providers:
   sim:
@@ -174,7 +184,10 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         let rows = report::aggregate(&records, &by);
         println!("{}", report::render(&rows, &by, Format::Table));
     }
-    let routed: Vec<_> = records.iter().filter(|r| !r.policy.is_empty()).collect();
+    let routed: Vec<_> = records
+        .iter()
+        .filter(|r| r.policy == "cheap-first")
+        .collect();
     let escalated = routed.iter().filter(|r| r.escalations > 0).count();
     let totals = report::aggregate(routed.iter().copied(), &[]);
     if let Some(total) = totals.last() {
@@ -183,6 +196,13 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
             routed.len(),
             total.cost,
             total.saved,
+        );
+    }
+    let totals = report::aggregate(&records, &[]);
+    if let Some(total) = totals.last() {
+        println!(
+            "Cache: {} of {} requests answered from the cache, with no upstream call and cost 0; they saved {} USD (cache_saved_usd).\n",
+            total.cache_hits, total.requests, total.cache_saved,
         );
     }
     let exported = metrics
@@ -252,11 +272,18 @@ async fn one_request(
     let stream = rng.random_bool(0.5);
     let output = rng.random_range(20..200).to_string();
     let base = format!("http://{proxy}");
-    let prompt = format!(
-        "Request about topic {}. {}",
-        rng.random_range(0..1000),
-        "Context sentence. ".repeat(rng.random_range(5..120))
-    );
+    // Classification repeats a handful of tickets, with sampling pinned so the answers
+    // may be reused.
+    let repeated = feature == REPEATED_FEATURE;
+    let (topic, sentences) = (rng.random_range(0..1000), rng.random_range(5..120));
+    let prompt = if repeated {
+        format!("Classify support ticket {}.", topic % 3)
+    } else {
+        format!(
+            "Request about topic {topic}. {}",
+            "Context sentence. ".repeat(sentences)
+        )
+    };
     let kind = rng.random_range(0..100);
     let req = if kind < 45 {
         // A third of chat goes cheap-first; the mini model cuts one answer in four short.
@@ -273,18 +300,18 @@ async fn one_request(
         };
         client.post(format!("{base}/v1/chat/completions")).bearer_auth(key)
             .header("x-sim-fault", fault)
-            .json(&json!({
+            .json(&pinned(json!({
             "model": model, "stream": stream,
             "messages": [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": prompt}]
-        }))
+        }), repeated))
     } else if kind < 85 {
         let model = ANTHROPIC_MODELS[rng.random_range(0..ANTHROPIC_MODELS.len())];
         client.post(format!("{base}/v1/messages")).header("x-api-key", key)
-            .header("anthropic-version", "2023-06-01").json(&json!({
+            .header("anthropic-version", "2023-06-01").json(&pinned(json!({
             "model": model, "max_tokens": 1024, "stream": stream,
             "system": [{"type": "text", "text": "Company handbook. ".repeat(200), "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": prompt}]
-        }))
+        }), repeated))
     } else if kind < 95 {
         client
             .post(format!("{base}/v1/embeddings"))
@@ -308,4 +335,12 @@ async fn one_request(
         .await?;
     resp.bytes().await?;
     Ok(())
+}
+
+/// `body` with sampling pinned (`temperature: 0`) when `pin`: only such requests are cached.
+fn pinned(mut body: serde_json::Value, pin: bool) -> serde_json::Value {
+    if pin {
+        body["temperature"] = json!(0);
+    }
+    body
 }

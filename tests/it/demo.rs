@@ -1,4 +1,5 @@
-//! `tollgate demo`: the whole path offline, ending in a spend report from the ledger.
+//! `tollgate demo`: the whole path offline, ending in a spend report from the ledger, with
+//! the savings of routing and of the cache.
 
 use std::process::Command;
 
@@ -46,6 +47,11 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
         "the cheap-first policy saves: {stdout}"
     );
     assert!(stdout.contains("Policy cheap-first:"), "{stdout}");
+    assert!(
+        column("cache_hits") > 0.0 && column("cache_saved_usd") > 0.0,
+        "repeated requests are answered from the cache: {stdout}"
+    );
+    assert!(stdout.contains("answered from the cache"), "{stdout}");
     // The ledger it reports from is kept and holds every request.
     let records =
         tollgate::ledger::read_all::<tollgate::record::Record>(&dir.path().join("data/ledger"))
@@ -65,4 +71,15 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
                 .any(|r| r.escalations == 0 && r.model.starts_with("gpt-5-mini")),
         "some cheap-first requests escalate, others do not"
     );
+    // Hits cost nothing and carry what they saved.
+    let hits: Vec<_> = records.iter().filter(|r| r.cache_hit).collect();
+    assert!(!hits.is_empty());
+    for hit in hits {
+        assert_eq!(hit.cost_usd, Some(tollgate::money::NanoUsd::ZERO));
+        assert_eq!(
+            (hit.input_tokens, hit.output_tokens, hit.attempts),
+            (0, 0, 0)
+        );
+        assert!(hit.saved_cost_usd.unwrap().0 > 0 && hit.saved_output_tokens > 0);
+    }
 }
