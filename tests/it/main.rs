@@ -5,6 +5,7 @@ mod common;
 
 mod anthropic;
 mod cache;
+mod cache_clickhouse;
 mod check;
 mod clickhouse;
 mod clickhouse_harness;
