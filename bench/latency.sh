@@ -8,6 +8,8 @@
 #
 # ROUTED=1 sends Tollgate's requests through a routing policy: a rule that matches them and
 # routes to the same upstream, so the run shows what matching and planning add.
+# CACHED=1 makes that rule cache answers: every request but the first is a cache hit, so the
+# run shows what a hit costs next to a proxied call.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${1:-15}
@@ -42,7 +44,7 @@ models:
 keys:
   - { name: bench, key_env: BENCH_KEY, team: bench }
 YAML
-if [ "${ROUTED:-0}" = 1 ]; then
+if [ "${ROUTED:-0}" = 1 ] || [ "${CACHED:-0}" = 1 ]; then
     mkdir -p "$OUT/policies"
     echo "policies: $OUT/policies" >> "$OUT/bench.yaml"
     cat > "$OUT/policies/route.yaml" <<YAML
@@ -52,6 +54,11 @@ rules:
     route:
       targets: [{ provider: upstream, model: gpt-4o-mini }]
 YAML
+fi
+if [ "${CACHED:-0}" = 1 ]; then
+    # The benchmark's body does not pin sampling: let the rule cache it anyway.
+    echo "cache: { enabled: true }" >> "$OUT/bench.yaml"
+    echo "    cache: { scope: team, nondeterministic: true }" >> "$OUT/policies/route.yaml"
 fi
 export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
 "$BIN" serve --config "$OUT/bench.yaml" >"$OUT/proxy.out" 2>"$OUT/proxy.log" & PROXY_PID=$!
@@ -141,3 +148,4 @@ PY
 done
 echo "ledger records with status 200 (warm-up included): $(cat "$OUT"/data/ledger/*.jsonl | grep -c '"status":200')"
 echo "of them routed by a policy: $(cat "$OUT"/data/ledger/*.jsonl | grep -c '"policy":"bench-route"')"
+echo "of them cache hits: $(cat "$OUT"/data/ledger/*.jsonl | grep -c '"cache_hit":true')"

@@ -3,10 +3,12 @@
 (standard library only), so malformed requests and abrupt closes are exactly what is sent.
 Loopback only; every loop is bounded in time.
 
-  loadgen.py config --sim ADDR --dir DIR          write DIR/tollgate.yaml and DIR/prices.yaml
+  loadgen.py config --sim ADDR --dir DIR [--cache] write DIR/tollgate.yaml and DIR/prices.yaml
+                                                  (--cache: every answer cached, in process)
   loadgen.py ready --admin ADDR                   wait for the proxy's /readyz
   loadgen.py soak --proxy ADDR --admin ADDR --sim ADDR --pid PID --dir DIR [--seconds N --rate R]
   loadgen.py idle --proxy ADDR --pid PID --connections N
+  loadgen.py fill --proxy ADDR --admin ADDR --pid PID [--requests N --tokens T]
 """
 
 import argparse
@@ -40,7 +42,7 @@ def output_price(level):
     return level + 1
 
 
-def write_config(directory, sim, level):
+def write_config(directory, sim, level, cache=False):
     directory = Path(directory)
     price = output_price(level)
     prices = "version: 1\nmodels:\n" + "".join(
@@ -66,6 +68,12 @@ models:
 keys:
   - {{ name: soak, key_env: SOAK_KEY, team: soak, project: soak }}
 """
+    if cache:
+        config += f"cache: {{ enabled: true, max_bytes: 1073741824 }}\npolicies: {directory / 'policies'}\n"
+        (directory / "policies").mkdir(exist_ok=True)
+        (directory / "policies" / "cache.yaml").write_text(
+            "rules:\n  - name: cache-all\n    cache: { scope: team, nondeterministic: true }\n"
+        )
     # Written aside and renamed, so a reload never reads half a file.
     for name, text in (("prices.yaml", prices), ("tollgate.yaml", config)):
         tmp = directory / (name + ".tmp")
@@ -724,12 +732,54 @@ async def idle(args):
     return 0
 
 
+async def fill(args):
+    """Memory a cached byte costs: RSS and the cache's own byte count before and after
+    `requests` distinct calls, each answered with `tokens` output tokens."""
+    pool = Pool(args.proxy)
+    mib = lambda: rss_kib(args.pid) / 1024  # noqa: E731
+
+    async def cached_bytes():
+        status, text = await http_get(args.admin, "/metrics")
+        assert status == 200, status
+        return metric(text, "tollgate_cache_bytes"), metric(text, "tollgate_cache_entries")
+
+    async def traffic(tag, count, tokens):
+        queue = iter(range(count))
+
+        async def worker():
+            for i in queue:
+                wire = chat("openai", f"fill-{tag}-{i}", False, tokens=tokens)
+                problem = await complete(pool, wire, 200, end_marker("openai", False))
+                assert problem is None, problem
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+
+    await traffic("warm", 200, args.tokens)
+    await asyncio.sleep(args.settle)
+    before, (bytes_before, _) = mib(), await cached_bytes()
+    started = time.monotonic()
+    await traffic("fill", args.requests, args.tokens)
+    took = time.monotonic() - started
+    await asyncio.sleep(args.settle)
+    after, (bytes_after, entries) = mib(), await cached_bytes()
+    pool.close()
+    cached = (bytes_after - bytes_before) / 2**20
+    grew = after - before
+    print(f"fill: {args.requests} distinct calls of {args.tokens} output tokens in {took:.1f} s; "
+          f"RSS {before:.1f} -> {after:.1f} MiB (+{grew:.1f} MiB); cache holds {entries:.0f} "
+          f"entries, +{cached:.1f} MiB by its own count")
+    if cached > 0:
+        print(f"fill: {grew / cached:.2f} bytes of RSS per cached byte")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("config")
     c.add_argument("--sim", required=True)
     c.add_argument("--dir", required=True)
+    c.add_argument("--cache", action="store_true")
     r = sub.add_parser("ready")
     r.add_argument("--admin", required=True)
     s = sub.add_parser("soak")
@@ -752,10 +802,19 @@ def main():
     i.add_argument("--connections", type=int, default=2000)
     i.add_argument("--settle", type=float, default=3)
     i.add_argument("--wait", type=float, default=10)
+    f = sub.add_parser("fill")
+    f.add_argument("--proxy", required=True)
+    f.add_argument("--admin", required=True)
+    f.add_argument("--pid", type=int, required=True)
+    f.add_argument("--requests", type=int, default=4000)
+    f.add_argument("--tokens", type=int, default=1000)
+    f.add_argument("--settle", type=float, default=3)
     args = p.parse_args()
     if args.cmd == "config":
-        write_config(args.dir, args.sim, 0)
+        write_config(args.dir, args.sim, 0, cache=args.cache)
         return 0
+    if args.cmd == "fill":
+        return asyncio.run(fill(args))
     if args.cmd == "ready":
         return cmd_ready(args)
     if args.cmd == "soak":

@@ -339,13 +339,15 @@ fn answer_to_store(ctx: &RequestCtx, lead: &mut Lead) -> Result<CachedResponse, 
     if tee.overflowed {
         return Err("larger than cache.max_entry_bytes".into());
     }
-    let body = if tee.event_stream {
+    let mut body = if tee.event_stream {
         convert::to_whole(ctx.format, lead.endpoint, &tee.buf).map_err(|e| e.to_string())?
     } else {
         serde_json::from_slice::<serde::de::IgnoredAny>(&tee.buf)
             .map_err(|e| format!("body is not JSON: {e}"))?;
         std::mem::take(&mut tee.buf)
     };
+    // The buffer grew by doubling; an entry lives long, so it keeps only what it uses.
+    body.shrink_to_fit();
     let (usage, cost) = ctx.cache.spent.unwrap_or((ctx.usage, None));
     Ok(CachedResponse {
         status: ctx.status,
