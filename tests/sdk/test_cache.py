@@ -85,7 +85,12 @@ def test_openai_responses_in_both_shapes(proxy):
         final = stream.get_final_response()
     assert final.output_text == first.parse().output_text
     assert final.usage == first.parse().usage
-    assert_savings(proxy, 3, 0, [1, 2])
+    bypass = responses.with_raw_response.create(
+        model="gpt-4o-mini", input="Name a sea.", temperature=0, extra_headers={"x-tollgate-cache": "bypass"}
+    )
+    assert bypass.headers["x-tollgate-cache"] == "bypass"
+    assert_savings(proxy, 4, 0, [1, 2])
+    assert not proxy.records(4)[3]["cache_hit"]
 
 
 def test_openai_embeddings(proxy):
