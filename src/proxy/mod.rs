@@ -2,7 +2,8 @@
 //!
 //! `request_filter` does the work, in steps of a module each: `admit` (key, attribution,
 //! the whole body: pingora's retry buffer holds only 64 KiB), `plan` (the matching policy
-//! rule turns the request into ordered targets), `attempts` (upstream calls through
+//! rule turns the request into ordered targets), `caching` (a hit is delivered at once; a
+//! miss leads the flight whose answer is stored), `attempts` (upstream calls through
 //! pingora's connector, with fallbacks, retries, a target `health` breaker and judged
 //! cascade steps), and delivery: `relay` streams an answer through as it arrives, `held`
 //! keeps one whole for the judges (`judging` makes the LLM judge's call) and replays it when

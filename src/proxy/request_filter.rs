@@ -2,6 +2,7 @@
 //! answer. Every request is answered here; nothing falls through to pingora's own upstream
 //! path.
 
+use super::caching::CACHE_HEADER;
 use super::outcome::Outcome;
 use super::relay::ROUTE_HEADER;
 use super::{RequestCtx, Tollgate, admit, attempts, caching, commit, plan};
@@ -81,6 +82,9 @@ pub async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ProxyErr
     }
     if !ctx.policy.is_empty() {
         resp.insert_header(ROUTE_HEADER, ctx.route_header(Verdict::Failed))?;
+    }
+    if let Some(status) = ctx.cache.status {
+        resp.insert_header(CACHE_HEADER, status.as_str())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
