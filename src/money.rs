@@ -1,5 +1,6 @@
 //! Exact money: integer nano-USD. Never summed as floating point.
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::iter::Sum;
@@ -137,5 +138,52 @@ mod tests {
             NanoUsd::per_million(1_000_000, NanoUsd(2_500_000_000)),
             NanoUsd(2_500_000_000)
         );
+    }
+}
+
+/// A USD amount as a config file writes it: a number (`2.5`) or a decimal string (`"2.50"`),
+/// read exactly into nano-USD.
+#[derive(Debug, Clone, Copy)]
+pub struct Usd(pub NanoUsd);
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct UsdVisitor;
+
+        impl Visitor<'_> for UsdVisitor {
+            type Value = Usd;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a USD amount such as 2.5 or \"2.50\"")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Usd, E> {
+                i64::try_from(v)
+                    .ok()
+                    .and_then(|v| v.checked_mul(NANOS_PER_USD))
+                    .map(|n| Usd(NanoUsd(n)))
+                    .ok_or_else(|| E::custom(format!("USD amount {v} is too large")))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Usd, E> {
+                v.checked_mul(NANOS_PER_USD)
+                    .map(|n| Usd(NanoUsd(n)))
+                    .ok_or_else(|| E::custom(format!("USD amount {v} is too large")))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Usd, E> {
+                NanoUsd::from_f64_usd(v)
+                    .map(Usd)
+                    .ok_or_else(|| E::custom(format!("invalid USD amount {v}")))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Usd, E> {
+                NanoUsd::parse_usd(v)
+                    .map(Usd)
+                    .ok_or_else(|| E::custom(format!("invalid USD amount {v:?}")))
+            }
+        }
+
+        d.deserialize_any(UsdVisitor)
     }
 }

@@ -37,6 +37,7 @@ pub struct Validated {
     pub admin_token: Option<AdminToken>,
     /// The response cache's bounds; `None` when the cache is off.
     pub cache: Option<CacheSettings>,
+    pub spend: Spend,
     /// The files this config was read from.
     pub sources: Sources,
 }
@@ -328,4 +329,182 @@ impl ModelTable {
                 .map(|(_, r)| r)
         })
     }
+}
+
+/// Checked spend control: budgets, rate limits, alerts, and how replicas share them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spend {
+    /// The time zone of budgets' calendar periods.
+    pub time_zone: chrono_tz::Tz,
+    pub budgets: Vec<Budget>,
+    pub rate_limits: Vec<RateLimit>,
+    pub alerts: Alerting,
+    pub budget_sharing: Sharing,
+    pub limit_sharing: Sharing,
+    /// How often spend is read back from ClickHouse (`Sharing::ClickHouse`).
+    pub refresh: Duration,
+    /// The Redis of `Sharing::Redis`.
+    pub redis: Option<RedisSettings>,
+}
+
+impl Default for Spend {
+    fn default() -> Self {
+        Spend {
+            time_zone: chrono_tz::UTC,
+            budgets: Vec::new(),
+            rate_limits: Vec::new(),
+            alerts: Alerting::default(),
+            budget_sharing: Sharing::Local,
+            limit_sharing: Sharing::Local,
+            refresh: Duration::from_secs(5),
+            redis: None,
+        }
+    }
+}
+
+/// Which requests a budget or a rate limit counts: every field set must equal the request's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub team: Option<String>,
+    pub project: Option<String>,
+    pub env: Option<String>,
+    pub key: Option<String>,
+    pub user: Option<String>,
+    pub feature: Option<String>,
+}
+
+impl Scope {
+    pub fn matches(&self, a: &crate::attribution::Attribution) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        eq(&self.team, &a.team)
+            && eq(&self.project, &a.project)
+            && eq(&self.env, &a.env)
+            && eq(&self.key, &a.key_name)
+            && eq(&self.user, &a.user)
+            && eq(&self.feature, &a.feature)
+    }
+
+    /// The fields set, as `name=value` pairs (for ClickHouse filters and messages).
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("team", &self.team),
+            ("project", &self.project),
+            ("env", &self.env),
+            ("key_name", &self.key),
+            ("user", &self.user),
+            ("feature", &self.feature),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.as_deref().map(|v| (name, v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    /// From Monday.
+    Week,
+    Month,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// What a budget does once its period's spend reaches the amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetAction {
+    /// Keep serving; the alerts say so.
+    Alert,
+    /// Refuse requests whose reservation does not fit (429).
+    Block,
+    /// Plan requests with this policy rule instead of the one that matches them.
+    Downgrade(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub name: String,
+    pub scope: Scope,
+    pub period: Period,
+    pub amount: crate::money::NanoUsd,
+    /// Percentages of the amount, ascending, without repeats.
+    pub alert_at: Vec<u32>,
+    pub action: BudgetAction,
+}
+
+/// What each rate-limit counter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPer {
+    Key,
+    Team,
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: String,
+    pub per: LimitPer,
+    pub scope: Scope,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Alerting {
+    pub webhooks: Vec<Webhook>,
+    pub forecast_days: u32,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub name: String,
+    /// Never printed: webhook URLs carry their own credentials.
+    pub url: String,
+    pub format: WebhookFormat,
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &"<redacted>")
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// A Slack-compatible incoming webhook (`{"text": ...}`).
+    Slack,
+    /// The alert as JSON, signed with HMAC-SHA256 of this secret.
+    Json { secret: String },
+}
+
+impl fmt::Debug for WebhookFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WebhookFormat::Slack => f.write_str("Slack"),
+            WebhookFormat::Json { .. } => f.write_str("Json { secret: <redacted> }"),
+        }
+    }
+}
+
+/// How replicas share a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Each process counts its own.
+    Local,
+    /// Budgets only: spend is read back from ClickHouse.
+    ClickHouse,
+    /// Exact counters in Redis.
+    Redis,
 }

@@ -4,7 +4,9 @@
 mod checked;
 pub mod load;
 pub mod problem;
+mod spend;
 mod validate;
+mod validate_spend;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -12,11 +14,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use checked::{
-    AdminToken, CacheSettings, ClickHouseSettings, ModelRoute, ModelTable, Provider, ProviderKind,
-    RedisSettings, Sources, UpstreamAddr, Validated,
+    AdminToken, Alerting, Budget, BudgetAction, CacheSettings, ClickHouseSettings, LimitPer,
+    ModelRoute, ModelTable, Period, Provider, ProviderKind, RateLimit, RedisSettings, Scope,
+    Sharing, Sources, Spend, UpstreamAddr, Validated, Webhook, WebhookFormat,
 };
 pub use load::load;
 pub use problem::{ConfigError, Problem};
+pub use spend::{
+    AlertsConfig, BudgetConfig, RateLimitConfig, ReplicasConfig, ScopeConfig, WebhookConfig,
+};
 
 /// The top level of `tollgate.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +73,17 @@ pub struct RawConfig {
     /// Response cache; off unless `enabled`. Policy rules choose which requests use it.
     #[serde(default)]
     pub cache: Option<Spanned<CacheConfig>>,
+    /// IANA time zone of budgets' calendar periods (`Europe/Paris`); UTC when unset.
+    #[serde(default)]
+    pub time_zone: Option<Spanned<String>>,
+    #[serde(default)]
+    pub budgets: Vec<Spanned<BudgetConfig>>,
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<RateLimitConfig>>,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub replicas: ReplicasConfig,
 }
 
 /// The response cache's bounds, shared by every rule that caches.

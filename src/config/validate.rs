@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Validates `raw`, read from `file`; relative paths are taken from `base`.
 pub fn validate(
@@ -248,6 +248,7 @@ pub fn validate(
             problems_push_whole(&mut bad, format!("{field} must be above 0"));
         }
     }
+    let spend = super::validate_spend::spend(&raw, &policies, clickhouse.is_some(), &mut bad, env);
     problems.extend(price_problems);
     problems.extend(policy_problems);
     problems.extend(cache_problems);
@@ -272,6 +273,7 @@ pub fn validate(
         reload: raw.reload,
         admin_token,
         cache,
+        spend,
         sources,
     })
 }
@@ -314,7 +316,7 @@ fn cache_settings(
         ok = false;
     }
     let redis = match &c.redis {
-        Some(r) => Some(redis_settings(r, bad, env)?),
+        Some(r) => Some(redis_settings("cache.redis", r, bad, env)?),
         None => None,
     };
     ok.then(|| CacheSettings {
@@ -326,7 +328,8 @@ fn cache_settings(
     })
 }
 
-fn redis_settings(
+pub(super) fn redis_settings(
+    what: &str,
     spanned: &Spanned<super::RedisConfig>,
     bad: &mut impl FnMut(&serde_saphyr::Location, String),
     env: Env<'_>,
@@ -339,7 +342,7 @@ fn redis_settings(
             _ => {
                 bad(
                     &var.referenced,
-                    format!("cache.redis: environment variable {} is not set", var.value),
+                    format!("{what}: environment variable {} is not set", var.value),
                 );
                 return None;
             }
@@ -347,7 +350,7 @@ fn redis_settings(
         _ => {
             bad(
                 &spanned.referenced,
-                "cache.redis: set exactly one of url and url_env".into(),
+                format!("{what}: set exactly one of url and url_env"),
             );
             return None;
         }
@@ -358,7 +361,7 @@ fn redis_settings(
         bad(
             at,
             format!(
-                "cache.redis: not a valid redis://host:port URL (scheme {scheme:?}); TLS (rediss://) is not supported"
+                "{what}: not a valid redis://host:port URL (scheme {scheme:?}); TLS (rediss://) is not supported"
             ),
         );
         return None;
@@ -366,7 +369,7 @@ fn redis_settings(
     if r.timeout_ms == 0 {
         bad(
             &spanned.referenced,
-            "cache.redis.timeout_ms must be above 0".into(),
+            format!("{what}.timeout_ms must be above 0"),
         );
         return None;
     }

@@ -8,10 +8,10 @@ use std::marker::PhantomData;
 
 use chrono::NaiveDate;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use crate::money::{NANOS_PER_USD, NanoUsd};
+pub use crate::money::Usd;
 
 /// The only format version this build reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -57,51 +57,6 @@ pub struct PriceEntry {
 /// A USD amount written as a number (`2.5`) or as a decimal string (`"2.50"`).
 /// Strings are parsed exactly; numbers are rounded to the nano, which is exact for any
 /// price with at most nine decimals.
-#[derive(Debug, Clone, Copy)]
-pub struct Usd(pub NanoUsd);
-
-impl<'de> Deserialize<'de> for Usd {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct UsdVisitor;
-
-        impl Visitor<'_> for UsdVisitor {
-            type Value = Usd;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a USD amount such as 2.5 or \"2.50\"")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Usd, E> {
-                i64::try_from(v)
-                    .ok()
-                    .and_then(|v| v.checked_mul(NANOS_PER_USD))
-                    .map(|n| Usd(NanoUsd(n)))
-                    .ok_or_else(|| E::custom(format!("USD amount {v} is too large")))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Usd, E> {
-                v.checked_mul(NANOS_PER_USD)
-                    .map(|n| Usd(NanoUsd(n)))
-                    .ok_or_else(|| E::custom(format!("USD amount {v} is too large")))
-            }
-
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Usd, E> {
-                NanoUsd::from_f64_usd(v)
-                    .map(Usd)
-                    .ok_or_else(|| E::custom(format!("invalid USD amount {v}")))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Usd, E> {
-                NanoUsd::parse_usd(v)
-                    .map(Usd)
-                    .ok_or_else(|| E::custom(format!("invalid USD amount {v:?}")))
-            }
-        }
-
-        d.deserialize_any(UsdVisitor)
-    }
-}
-
 /// A mapping kept as a list in file order, so a repeated key reaches validation instead of
 /// silently replacing the first (serde_json keeps the last of two equal keys).
 #[derive(Debug)]
