@@ -4,16 +4,19 @@
 //! attributed to team, project, environment, user, feature and workflow.
 
 pub mod admin;
+pub mod alerts;
 pub mod answer;
 pub mod api;
 pub mod attribution;
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod ledger;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod money;

@@ -375,13 +375,40 @@ pub struct Scope {
 
 impl Scope {
     pub fn matches(&self, a: &crate::attribution::Attribution) -> bool {
-        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        eq(&self.team, &a.team)
-            && eq(&self.project, &a.project)
-            && eq(&self.env, &a.env)
-            && eq(&self.key, &a.key_name)
-            && eq(&self.user, &a.user)
-            && eq(&self.feature, &a.feature)
+        self.holds([
+            &a.team,
+            &a.project,
+            &a.env,
+            &a.key_name,
+            &a.user,
+            &a.feature,
+        ])
+    }
+
+    /// Whether a record's team, project, env, key name, user and feature are in scope.
+    pub fn holds_record(&self, r: &crate::record::Record) -> bool {
+        self.holds([
+            &r.team,
+            &r.project,
+            &r.env,
+            &r.key_name,
+            &r.user,
+            &r.feature,
+        ])
+    }
+
+    fn holds(&self, have: [&str; 6]) -> bool {
+        let want = [
+            &self.team,
+            &self.project,
+            &self.env,
+            &self.key,
+            &self.user,
+            &self.feature,
+        ];
+        want.iter()
+            .zip(have)
+            .all(|(w, h)| w.as_deref().is_none_or(|w| w == h))
     }
 
     /// The fields set, as `name=value` pairs (for ClickHouse filters and messages).

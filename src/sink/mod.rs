@@ -37,6 +37,20 @@ pub struct SinkConfig {
 }
 
 /// What one shipper ships: a ledger stream, to its table.
+/// Where the requests stream's records not yet in ClickHouse begin (segment, byte offset):
+/// a batch sent but not acknowledged counts as not shipped. Read before the sink starts.
+pub fn unshipped_requests_start(state_dir: &Path) -> std::io::Result<(u64, u64)> {
+    let cursor = cursor::CursorFile::new(state_dir.join(REQUESTS_CURSOR)).load()?;
+    Ok(match cursor.pending {
+        Some(p) => (p.segment, p.start),
+        None => (cursor.segment, cursor.offset),
+    })
+}
+
+/// The requests stream's cursor file keeps the name it had before attempts were shipped,
+/// so an older cursor carries on.
+const REQUESTS_CURSOR: &str = "clickhouse.cursor";
+
 struct StreamSpec {
     stream: Stream,
     /// The stream's segment directory.
@@ -49,10 +63,8 @@ struct StreamSpec {
 
 impl StreamSpec {
     fn new(stream: Stream, ledger: &Ledger, state_dir: &Path) -> StreamSpec {
-        // The requests stream keeps the names it had before attempts were shipped, so an
-        // older cursor carries on.
         let (cursor, dead_letter_prefix) = match stream {
-            Stream::Requests => ("clickhouse.cursor".to_string(), String::new()),
+            Stream::Requests => (REQUESTS_CURSOR.to_string(), String::new()),
             other => (
                 format!("clickhouse-{}.cursor", other.table()),
                 format!("{}-", other.table()),

@@ -1,0 +1,391 @@
+//! Budgets: what each budget's current period has spent, what requests in flight may still
+//! spend (their reservations), and the decisions made from both.
+//!
+//! A request reserves its largest possible cost against every budget whose scope holds it
+//! before anything is forwarded; a blocking budget refuses a request whose reservation does
+//! not fit. When the request's record is made the reservation is settled to the real cost
+//! (0 for a cache hit, what was spent for a failure or an abort). All accounts sit behind
+//! one lock, held for a few comparisons, so concurrent requests cannot both take the last
+//! room.
+
+pub mod forecast;
+pub mod period;
+pub mod startup;
+
+use crate::attribution::Attribution;
+use crate::config::{Budget, BudgetAction, Spend};
+use crate::money::NanoUsd;
+use chrono::{DateTime, NaiveDate, Utc};
+use forecast::DailySpend;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One budget's current period.
+#[derive(Debug, Clone)]
+struct Account {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    /// Spend of the period known from outside this process's records: read at start, or
+    /// read back from shared storage.
+    base: NanoUsd,
+    /// Spend this process recorded since `base` was read.
+    spent: NanoUsd,
+    /// Costs reserved by requests in flight.
+    reserved: NanoUsd,
+    /// Alert thresholds (percent) already passed this period.
+    alerted: Vec<u32>,
+    forecast_alerted: bool,
+    daily: DailySpend,
+}
+
+impl Account {
+    fn spend(&self) -> NanoUsd {
+        self.base + self.spent
+    }
+
+    fn committed(&self) -> NanoUsd {
+        self.spend() + self.reserved
+    }
+}
+
+/// Spend known at start for a budget: the period it is for, its total, and its days.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub start: Option<DateTime<Utc>>,
+    pub total: NanoUsd,
+    pub days: Vec<(NaiveDate, NanoUsd)>,
+}
+
+/// The budget accounts of this process.
+#[derive(Default)]
+pub struct Budgets {
+    accounts: Mutex<HashMap<String, Account>>,
+    /// Spend read at start, by budget name, used when the budget's account is first made.
+    known: Mutex<HashMap<String, Known>>,
+}
+
+/// A budget that a request's reservation would take past its amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Over {
+    pub budget: String,
+    /// Spent and reserved so far this period.
+    pub spend: NanoUsd,
+    pub limit: NanoUsd,
+    pub resets_at: DateTime<Utc>,
+    pub action: BudgetAction,
+}
+
+/// A threshold a settled request took a budget past, or a forecast past its amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    pub budget: String,
+    pub kind: CrossingKind,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub spend: NanoUsd,
+    pub limit: NanoUsd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrossingKind {
+    Threshold(u32),
+    /// The period's spend is projected to reach the amount on this day.
+    Forecast {
+        projected: NanoUsd,
+        on: NaiveDate,
+    },
+}
+
+/// A budget's state, for metrics and the usage endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub budget: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub spend: NanoUsd,
+    pub reserved: NanoUsd,
+    pub limit: NanoUsd,
+    /// Projected spend at the period's end.
+    pub forecast: NanoUsd,
+}
+
+impl Status {
+    pub fn remaining(&self) -> NanoUsd {
+        NanoUsd(self.limit.0 - self.spend.0 - self.reserved.0)
+    }
+}
+
+impl Budgets {
+    /// Accounts starting from spend read at start (see [`startup`]).
+    pub fn new(known: HashMap<String, Known>) -> Arc<Budgets> {
+        Arc::new(Budgets {
+            accounts: Mutex::default(),
+            known: Mutex::new(known),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Account>> {
+        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The account of `budget` for the period holding `now`, made (or rolled to a new
+    /// period) as needed.
+    fn account<'a>(
+        &self,
+        accounts: &'a mut HashMap<String, Account>,
+        spend: &Spend,
+        budget: &Budget,
+        now: DateTime<Utc>,
+    ) -> &'a mut Account {
+        let (start, end) = period::bounds(budget.period, spend.time_zone, now);
+        let account = accounts.entry(budget.name.clone()).or_insert_with(|| {
+            let known = self
+                .known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&budget.name)
+                .unwrap_or_default();
+            let base = if known.start == Some(start) {
+                known.total
+            } else {
+                NanoUsd::ZERO
+            };
+            Account {
+                start,
+                end,
+                base,
+                spent: NanoUsd::ZERO,
+                reserved: NanoUsd::ZERO,
+                alerted: Vec::new(),
+                forecast_alerted: false,
+                daily: DailySpend::from_days(known.days),
+            }
+        });
+        if account.start != start {
+            // A new period: what was reserved in the old one settles there.
+            *account = Account {
+                start,
+                end,
+                base: NanoUsd::ZERO,
+                spent: NanoUsd::ZERO,
+                reserved: NanoUsd::ZERO,
+                alerted: Vec::new(),
+                forecast_alerted: false,
+                daily: std::mem::take(&mut account.daily),
+            };
+        }
+        account
+    }
+
+    /// The budgets of `spend` whose scope holds the request, in config order.
+    pub fn in_scope<'a>(spend: &'a Spend, who: &Attribution) -> impl Iterator<Item = &'a Budget> {
+        spend.budgets.iter().filter(move |b| b.scope.matches(who))
+    }
+
+    /// The first downgrading budget in scope that `cost` would take past its amount.
+    pub fn downgrade(
+        &self,
+        spend: &Spend,
+        who: &Attribution,
+        cost: NanoUsd,
+        now: DateTime<Utc>,
+    ) -> Option<Over> {
+        let mut accounts = self.lock();
+        Self::in_scope(spend, who)
+            .filter(|b| matches!(b.action, BudgetAction::Downgrade(_)))
+            .find_map(|b| {
+                let a = self.account(&mut accounts, spend, b, now);
+                (a.committed() + cost > b.amount).then(|| over(b, a))
+            })
+    }
+
+    /// Reserves `cost` against every budget in scope, or none of them when a blocking
+    /// budget would go past its amount. Also returns the tightest budget's remaining
+    /// amount before this reservation.
+    pub fn reserve(
+        self: &Arc<Self>,
+        spend: &Spend,
+        who: &Attribution,
+        cost: NanoUsd,
+        now: DateTime<Utc>,
+    ) -> Result<Reservation, Over> {
+        let mut accounts = self.lock();
+        let mut held = Vec::new();
+        let mut tightest: Option<NanoUsd> = None;
+        for b in Self::in_scope(spend, who) {
+            let a = self.account(&mut accounts, spend, b, now);
+            if b.action == BudgetAction::Block && a.committed() + cost > b.amount {
+                return Err(over(b, a));
+            }
+            let left = NanoUsd(b.amount.0 - a.committed().0);
+            tightest = Some(tightest.map_or(left, |t| t.min(left)));
+            held.push((b.name.clone(), a.start));
+        }
+        for (name, _) in &held {
+            if let Some(a) = accounts.get_mut(name) {
+                a.reserved += cost;
+            }
+        }
+        Ok(Reservation {
+            budgets: self.clone(),
+            held,
+            cost,
+            remaining: tightest,
+            settled: false,
+        })
+    }
+
+    /// Every configured budget's state at `now`.
+    pub fn statuses(&self, spend: &Spend, now: DateTime<Utc>) -> Vec<Status> {
+        let mut accounts = self.lock();
+        spend
+            .budgets
+            .iter()
+            .map(|b| {
+                let a = self.account(&mut accounts, spend, b, now);
+                Status {
+                    budget: b.name.clone(),
+                    start: a.start,
+                    end: a.end,
+                    spend: a.spend(),
+                    reserved: a.reserved,
+                    limit: b.amount,
+                    forecast: forecast::project(&a.daily, a.spend(), a.end, now, spend),
+                }
+            })
+            .collect()
+    }
+
+    /// Replaces the spend read from outside this process (shared storage) for the period
+    /// starting at `start`; `spent` restarts from what is not in it yet.
+    pub fn rebase(&self, name: &str, start: DateTime<Utc>, base: NanoUsd, unshipped: NanoUsd) {
+        let mut accounts = self.lock();
+        if let Some(a) = accounts.get_mut(name)
+            && a.start == start
+        {
+            a.base = base;
+            a.spent = unshipped;
+        }
+    }
+
+    fn settle(
+        &self,
+        spend: &Spend,
+        held: &[(String, DateTime<Utc>)],
+        reserved: NanoUsd,
+        actual: NanoUsd,
+        now: DateTime<Utc>,
+    ) -> Vec<Crossing> {
+        let mut accounts = self.lock();
+        let mut crossings = Vec::new();
+        for (name, start) in held {
+            let Some(a) = accounts.get_mut(name) else {
+                continue;
+            };
+            if a.start != *start {
+                // Reserved in a period that has ended: its spend belongs there.
+                continue;
+            }
+            a.reserved = NanoUsd(a.reserved.0 - reserved.0).max(NanoUsd::ZERO);
+            a.spent += actual;
+            a.daily.add(now, spend.time_zone, actual);
+            // A budget removed by a reload has no thresholds any more.
+            if let Some(b) = spend.budgets.iter().find(|b| &b.name == name) {
+                crossings.extend(crossed(b, a, now, spend));
+            }
+        }
+        crossings
+    }
+}
+
+fn over(b: &Budget, a: &Account) -> Over {
+    Over {
+        budget: b.name.clone(),
+        spend: a.committed(),
+        limit: b.amount,
+        resets_at: a.end,
+        action: b.action.clone(),
+    }
+}
+
+/// The thresholds `a`'s spend has passed and not yet alerted on, and a forecast past the
+/// amount; each is marked so it is reported once per period.
+fn crossed(b: &Budget, a: &mut Account, now: DateTime<Utc>, spend: &Spend) -> Vec<Crossing> {
+    let mut out = Vec::new();
+    let total = a.spend();
+    let at = |kind| Crossing {
+        budget: b.name.clone(),
+        kind,
+        start: a.start,
+        end: a.end,
+        spend: total,
+        limit: b.amount,
+    };
+    for &pct in &b.alert_at {
+        // spend / amount >= pct / 100, in integers.
+        let reached = i128::from(total.0) * 100 >= i128::from(b.amount.0) * i128::from(pct);
+        if reached && !a.alerted.contains(&pct) {
+            a.alerted.push(pct);
+            out.push(at(CrossingKind::Threshold(pct)));
+        }
+    }
+    if !a.forecast_alerted && total < b.amount {
+        let projected = forecast::project(&a.daily, total, a.end, now, spend);
+        if projected > b.amount
+            && let Some(on) = forecast::reaches(&a.daily, total, b.amount, now, a.end, spend)
+        {
+            a.forecast_alerted = true;
+            out.push(at(CrossingKind::Forecast { projected, on }));
+        }
+    }
+    out
+}
+
+/// Costs reserved for one request; settled when its record is made, released when it is
+/// dropped unsettled.
+pub struct Reservation {
+    budgets: Arc<Budgets>,
+    held: Vec<(String, DateTime<Utc>)>,
+    cost: NanoUsd,
+    remaining: Option<NanoUsd>,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The tightest budget's amount left before this request, when any budget holds it.
+    pub fn remaining(&self) -> Option<NanoUsd> {
+        self.remaining
+    }
+
+    pub fn cost(&self) -> NanoUsd {
+        self.cost
+    }
+
+    /// Settles to what the request really cost (0 when unknown: an unpriced model).
+    pub fn settle(&mut self, spend: &Spend, actual: NanoUsd, now: DateTime<Utc>) -> Vec<Crossing> {
+        if self.settled {
+            return Vec::new();
+        }
+        self.settled = true;
+        self.budgets
+            .settle(spend, &self.held, self.cost, actual, now)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.budgets.settle(
+                &Spend::default(),
+                &self.held,
+                self.cost,
+                NanoUsd::ZERO,
+                Utc::now(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
