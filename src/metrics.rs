@@ -110,6 +110,15 @@ pub struct Metrics {
     cache_watch: CacheWatch,
     pub sink: SinkMetrics,
     pub config_reloads: IntCounterVec,
+    pub alerts: AlertMetrics,
+}
+
+/// Budget alerts delivered and given up, by webhook name; alerts dropped on a full queue.
+#[derive(Clone)]
+pub struct AlertMetrics {
+    pub sent: IntCounterVec,
+    pub failed: IntCounterVec,
+    pub dropped: IntCounter,
 }
 
 /// Delivery of ledger records to ClickHouse, by table.
@@ -359,8 +368,34 @@ impl Metrics {
             &["result", "trigger"],
         )
         .expect("valid metric");
+        let alerts = AlertMetrics {
+            sent: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_alerts_sent_total",
+                    "Budget alerts a webhook accepted, by webhook name",
+                ),
+                &["webhook"],
+            )
+            .expect("valid metric"),
+            failed: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_alerts_failed_total",
+                    "Budget alerts given up after their retries, by webhook name",
+                ),
+                &["webhook"],
+            )
+            .expect("valid metric"),
+            dropped: IntCounter::new(
+                "tollgate_alerts_dropped_total",
+                "Budget alerts dropped because the delivery queue was full",
+            )
+            .expect("valid metric"),
+        };
         for c in [
             Box::new(config_reloads.clone()) as Box<dyn Collector>,
+            Box::new(alerts.sent.clone()),
+            Box::new(alerts.failed.clone()),
+            Box::new(alerts.dropped.clone()),
             Box::new(ledger_disk_bytes.clone()),
             Box::new(sink.shipped.clone()),
             Box::new(sink.lag.clone()),
@@ -428,6 +463,7 @@ impl Metrics {
             cache_watch,
             sink,
             config_reloads,
+            alerts,
         }
     }
 

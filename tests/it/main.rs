@@ -3,6 +3,7 @@
 
 mod common;
 
+mod alerts;
 mod anthropic;
 mod cache;
 mod cache_clickhouse;
