@@ -23,7 +23,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use claim::{Claim, Claims};
 use journal::{Entry, Journal, Pending};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
@@ -135,8 +135,7 @@ pub struct Alerter {
 }
 
 struct Shared {
-    /// Alerts accepted (queued, being sent, sent, or given up), of periods not long over.
-    seen: Mutex<HashSet<AlertKey>>,
+    seen: Mutex<Seen>,
     /// Alerts queued or being delivered.
     outstanding: AtomicUsize,
     idle: Notify,
@@ -144,6 +143,26 @@ struct Shared {
     webhooks: ArcSwap<Vec<Webhook>>,
     metrics: AlertMetrics,
     last_drop_log: Mutex<Option<Instant>>,
+}
+
+/// Alerts accepted (queued, being sent, sent, or given up), with the end of their period.
+struct Seen {
+    keys: HashMap<AlertKey, DateTime<Utc>>,
+    /// Size at which keys of periods long over are next dropped.
+    prune_at: usize,
+}
+
+impl Seen {
+    const PRUNE_MIN: usize = 1024;
+
+    fn prune(&mut self) {
+        if self.keys.len() >= self.prune_at {
+            let now = Utc::now();
+            self.keys
+                .retain(|_, resets_at| *resets_at + journal::KEEP_AFTER_RESET > now);
+            self.prune_at = (self.keys.len() * 2).max(Self::PRUNE_MIN);
+        }
+    }
 }
 
 enum Work {
@@ -189,7 +208,10 @@ impl Alerter {
             .enable_all()
             .build()?;
         let shared = Arc::new(Shared {
-            seen: Mutex::new(recovered.keys),
+            seen: Mutex::new(Seen {
+                keys: recovered.keys,
+                prune_at: Seen::PRUNE_MIN,
+            }),
             outstanding: AtomicUsize::new(recovered.pending.len()),
             idle: Notify::new(),
             capacity: options.queue.max(1),
@@ -223,11 +245,12 @@ impl Alerter {
         if s.webhooks.load().is_empty() {
             return;
         }
-        let key = alert.key();
+        let (key, resets_at) = (alert.key(), alert.resets_at);
         let mut seen = s.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(&key) {
+        if seen.keys.contains_key(&key) {
             return;
         }
+        seen.prune();
         let queued = s.outstanding.fetch_add(1, Ordering::AcqRel);
         if queued >= s.capacity || self.tx.send(Work::New(alert)).is_err() {
             drop(seen);
@@ -235,7 +258,7 @@ impl Alerter {
             s.dropped(&key, queued);
             return;
         }
-        seen.insert(key);
+        seen.keys.insert(key, resets_at);
     }
 
     /// Waits until every queued alert is delivered or given up, for at most `deadline`;
