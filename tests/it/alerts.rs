@@ -566,3 +566,23 @@ async fn flush_gives_up_at_its_deadline() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_brings_new_webhooks_to_later_alerts() {
+    bounded(async {
+        let hook = Receiver::accepting().await;
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        let a = alerter(vec![], dir.path(), None, &m);
+        a.fire(threshold("b", 50, 250_000_000_000));
+        assert_eq!(a.outstanding(), 0, "no webhook, nothing queued");
+
+        a.reconfigure(&alerting(vec![hook.slack("ops")]));
+        a.fire(threshold("b", 50, 250_000_000_000));
+        a.fire(threshold("b", 80, 400_000_000_000));
+        assert!(a.flush(Duration::from_secs(20)).await);
+        assert_eq!(hook.count(), 2);
+        assert_eq!(sent(&m, "ops"), 2);
+    })
+    .await;
+}
