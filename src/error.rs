@@ -28,6 +28,25 @@ pub enum ProxyError {
     UpstreamTimeout { provider: String, reason: String },
     #[error("denied by routing policy `{policy}`: {reason}")]
     PolicyDenied { policy: String, reason: String },
+    #[error(
+        "budget `{budget}` is spent: {spend} of {limit} USD used or reserved this period; it resets at {}",
+        resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )]
+    BudgetExceeded {
+        budget: String,
+        spend: crate::money::NanoUsd,
+        limit: crate::money::NanoUsd,
+        resets_at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("rate limit `{limit}` reached ({rate}); retry after {retry_after} s")]
+    RateLimited {
+        limit: String,
+        /// What the limit allows, and whose counter refused: `10 requests per minute for
+        /// team search`.
+        rate: String,
+        /// Whole seconds until the request would fit.
+        retry_after: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -40,7 +59,9 @@ impl ProxyError {
             ProxyError::UnknownModel(_) | ProxyError::NotFound(_) => 404,
             ProxyError::TooLarge { .. } => 413,
             ProxyError::PolicyDenied { .. } => 403,
+            ProxyError::BudgetExceeded { .. } => 429,
             ProxyError::BodyTimeout { .. } => 408,
+            ProxyError::RateLimited { .. } => 429,
             ProxyError::Upstream { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::Internal(_) => 500,
@@ -61,7 +82,10 @@ impl ProxyError {
             }
             ProxyError::TooLarge { .. } => ("invalid_request_error", "request_too_large"),
             ProxyError::PolicyDenied { .. } => ("invalid_request_error", "permission_error"),
+            // OpenAI's type for a spent quota; Anthropic has no closer one than its 429's.
+            ProxyError::BudgetExceeded { .. } => ("insufficient_quota", "rate_limit_error"),
             ProxyError::BodyTimeout { .. } => ("invalid_request_error", "invalid_request_error"),
+            ProxyError::RateLimited { .. } => ("rate_limit_error", "rate_limit_error"),
             ProxyError::Upstream { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ("upstream_error", "api_error")
             }
@@ -80,10 +104,20 @@ impl ProxyError {
             ProxyError::NotFound(_) => "not_found",
             ProxyError::TooLarge { .. } => "request_too_large",
             ProxyError::PolicyDenied { .. } => "policy_denied",
+            ProxyError::BudgetExceeded { .. } => "budget_exceeded",
             ProxyError::BodyTimeout { .. } => "request_timeout",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Upstream { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Seconds the client should wait before retrying (`retry-after`), when known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

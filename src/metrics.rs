@@ -487,6 +487,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector read when scraped (for state kept elsewhere, such as budgets).
+    pub fn register(&self, collector: Box<dyn Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::warn!(error = %e, "metrics collector not registered");
+        }
+    }
+
     /// Counts one finished request and its upstream calls.
     pub fn observe(&self, r: &Record, attempts: &[AttemptRecord]) {
         if !r.policy.is_empty() {

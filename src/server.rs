@@ -3,15 +3,22 @@
 pub mod ready;
 
 use crate::admin::{self, AxumService};
+use crate::budget::Budgets;
+use crate::budget::metrics::BudgetCollector;
+use crate::budget::shared::RefreshService;
 use crate::cache::ResponseCache;
+use crate::config::Sharing;
 use crate::config::UpstreamAddr;
 use crate::config::Validated;
 use crate::ledger::Ledger;
+use crate::ledger::Stream;
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::Tollgate;
 use crate::proxy::connections::{Guarded, Limits};
 use crate::reload::{ReloadService, Reloader};
 use crate::sim::{SimOptions, SimProvider};
+use crate::sink::clickhouse::ClickHouse;
 use crate::sink::{Sink, SinkConfig};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -46,6 +53,9 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         Ledger::open(&cfg.data_dir, &cfg.ledger, metrics.clone())
             .with_context(|| format!("opening the ledger under {}", cfg.data_dir.display()))?,
     );
+
+    // Before the sink starts, so records not shipped yet are where its cursor says.
+    let budgets = Budgets::new(crate::budget::startup::load(&cfg));
 
     let sink = match &cfg.clickhouse {
         Some(settings) => Some(
@@ -102,6 +112,19 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         ("admin", admin_listener.local_addr()?),
     ]);
     let shared_config = Arc::new(ArcSwap::new(cfg.clone()));
+    if let (Some(sink), Some(settings)) = (&sink, &cfg.clickhouse)
+        && cfg.spend.budget_sharing == Sharing::ClickHouse
+    {
+        budgets.track_shipping(ledger.written(Stream::Requests), sink.requests_progress());
+        server.add_service(background_service(
+            "budget refresh",
+            RefreshService {
+                budgets: budgets.clone(),
+                config: shared_config.clone(),
+                ch: ClickHouse::new(settings).context("ClickHouse client for budgets")?,
+            },
+        ));
+    }
     let reloader = Arc::new(Reloader::new(
         config_path,
         shared_config.clone(),
@@ -119,7 +142,22 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
             admin::router(metrics.clone(), ledger.clone(), reloader),
         ),
     ));
-    let proxy = Tollgate::new(shared_config, ledger.clone(), metrics.clone(), cache);
+    metrics.register(Box::new(BudgetCollector::new(
+        budgets.clone(),
+        shared_config.clone(),
+    )));
+    let rate_limiter = Arc::new(RateLimiter::new());
+    for collector in rate_limiter.collectors() {
+        metrics.register(collector);
+    }
+    let proxy = Tollgate::new(
+        shared_config,
+        ledger.clone(),
+        metrics.clone(),
+        cache,
+        budgets,
+        rate_limiter,
+    );
     let limits = Limits {
         max_connections: cfg.server.max_connections,
         header_timeout: Duration::from_millis(cfg.server.header_timeout_ms),

@@ -9,7 +9,9 @@
 //! room.
 
 pub mod forecast;
+pub mod metrics;
 pub mod period;
+pub mod shared;
 pub mod startup;
 
 use crate::attribution::Attribution;
@@ -53,6 +55,8 @@ impl Account {
 pub struct Known {
     pub start: Option<DateTime<Utc>>,
     pub total: NanoUsd,
+    /// The part of `total` in ledger records not shipped yet.
+    pub unshipped: NanoUsd,
     pub days: Vec<(NaiveDate, NanoUsd)>,
 }
 
@@ -62,6 +66,11 @@ pub struct Budgets {
     accounts: Mutex<HashMap<String, Account>>,
     /// Spend read at start, by budget name, used when the budget's account is first made.
     known: Mutex<HashMap<String, Known>>,
+    /// Requests refused, by budget.
+    rejections: Mutex<HashMap<String, u64>>,
+    /// This process's spend not shipped yet, when budgets are shared through ClickHouse.
+    /// Locked after `accounts` when both are.
+    unshipped: Mutex<Option<shared::Unshipped>>,
 }
 
 /// A budget that a request's reservation would take past its amount.
@@ -121,7 +130,69 @@ impl Budgets {
         Arc::new(Budgets {
             accounts: Mutex::default(),
             known: Mutex::new(known),
+            rejections: Mutex::default(),
+            unshipped: Mutex::default(),
         })
+    }
+
+    /// Starts telling this process's shipped spend from the rest (see [`shared`]): its
+    /// ledger's request lines written so far, the sink's progress, and the spend in the
+    /// backlog the sink found at start.
+    pub fn track_shipping(
+        &self,
+        written: Arc<std::sync::atomic::AtomicU64>,
+        progress: crate::sink::Progress,
+    ) {
+        let mut u = shared::Unshipped::new(written, progress);
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, k) in known.iter() {
+            if let Some(start) = k.start {
+                u.push_backlog(name, start, k.unshipped);
+            }
+        }
+        *self.unshipped.lock().unwrap_or_else(|e| e.into_inner()) = Some(u);
+    }
+
+    fn shipped_lines(&self) -> Option<u64> {
+        let u = self.unshipped.lock().unwrap_or_else(|e| e.into_inner());
+        u.as_ref().map(shared::Unshipped::shipped)
+    }
+
+    /// Takes a budget's period spend read back from shared storage (`base`, which holds
+    /// every line shipped by `shipped`), plus this process's spend not shipped yet.
+    fn rebase(
+        &self,
+        spend: &Spend,
+        budget: &Budget,
+        start: DateTime<Utc>,
+        base: NanoUsd,
+        shipped: u64,
+        now: DateTime<Utc>,
+    ) {
+        let mut accounts = self.lock();
+        let a = self.account(&mut accounts, spend, budget, now);
+        if a.start != start {
+            return;
+        }
+        let mut u = self.unshipped.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = u.as_mut() {
+            a.base = base;
+            a.spent = u.left(shipped, &budget.name, start);
+        }
+    }
+
+    /// Counts a request `budget` refused.
+    pub fn rejected(&self, budget: &str) {
+        let mut counts = self.rejections.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(budget.to_string()).or_default() += 1;
+    }
+
+    /// Requests refused so far, by budget.
+    pub fn rejections(&self) -> HashMap<String, u64> {
+        self.rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Account>> {
@@ -256,18 +327,6 @@ impl Budgets {
             .collect()
     }
 
-    /// Replaces the spend read from outside this process (shared storage) for the period
-    /// starting at `start`; `spent` restarts from what is not in it yet.
-    pub fn rebase(&self, name: &str, start: DateTime<Utc>, base: NanoUsd, unshipped: NanoUsd) {
-        let mut accounts = self.lock();
-        if let Some(a) = accounts.get_mut(name)
-            && a.start == start
-        {
-            a.base = base;
-            a.spent = unshipped;
-        }
-    }
-
     fn settle(
         &self,
         spend: &Spend,
@@ -277,6 +336,7 @@ impl Budgets {
         now: DateTime<Utc>,
     ) -> Vec<Crossing> {
         let mut accounts = self.lock();
+        let mut unshipped = self.unshipped.lock().unwrap_or_else(|e| e.into_inner());
         let mut crossings = Vec::new();
         for (name, start) in held {
             let Some(a) = accounts.get_mut(name) else {
@@ -288,6 +348,11 @@ impl Budgets {
             }
             a.reserved = NanoUsd(a.reserved.0 - reserved.0).max(NanoUsd::ZERO);
             a.spent += actual;
+            if let Some(u) = unshipped.as_mut()
+                && actual != NanoUsd::ZERO
+            {
+                u.push(name, *start, actual);
+            }
             a.daily.add(now, spend.time_zone, actual);
             // A budget removed by a reload has no thresholds any more.
             if let Some(b) = spend.budgets.iter().find(|b| &b.name == name) {

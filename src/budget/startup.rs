@@ -63,12 +63,17 @@ pub async fn known(
     let mut problem = None;
     for (b, start, from) in windows {
         let mut days: HashMap<NaiveDate, NanoUsd> = HashMap::new();
+        let mut unshipped = NanoUsd::ZERO;
         for r in local
             .iter()
             .filter(|r| r.ts >= from && b.scope.holds_record(r))
         {
             let day = r.ts.with_timezone(&spend.time_zone).date_naive();
-            *days.entry(day).or_default() += r.cost_usd.unwrap_or_default();
+            let cost = r.cost_usd.unwrap_or_default();
+            *days.entry(day).or_default() += cost;
+            if r.ts >= start {
+                unshipped += cost;
+            }
         }
         if let Source::ClickHouse { ch, .. } = &source {
             match clickhouse_days(ch, b, spend, from).await {
@@ -91,6 +96,7 @@ pub async fn known(
             Known {
                 start: Some(start),
                 total,
+                unshipped,
                 days: days.into_iter().collect(),
             },
         );
@@ -129,7 +135,7 @@ struct DayRow {
 }
 
 /// A budget's spend per local day since `from`, from the `requests` table.
-async fn clickhouse_days(
+pub(super) async fn clickhouse_days(
     ch: &ClickHouse,
     b: &Budget,
     spend: &Spend,
@@ -157,3 +163,63 @@ async fn clickhouse_days(
         .map_err(|e| format!("budget {:?}: reading spend from ClickHouse: {e}", b.name))?;
     Ok(rows.into_iter().map(|r| (r.day, r.cost)).collect())
 }
+
+/// [`known`] for the config the proxy starts with, before the sink starts (so the ledger's
+/// unshipped records stay where the sink's cursor says). Bounded in time: a ClickHouse that
+/// does not answer leaves the ledger's records only, with a warning.
+pub fn load(cfg: &crate::config::Validated) -> HashMap<String, Known> {
+    if cfg.spend.budgets.is_empty() {
+        return HashMap::new();
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read budget spend at start");
+            return HashMap::new();
+        }
+    };
+    rt.block_on(async {
+        let ch = match &cfg.clickhouse {
+            Some(settings) => match ClickHouse::new(settings) {
+                Ok(ch) => Some(ch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "budget spend: ClickHouse client");
+                    None
+                }
+            },
+            None => None,
+        };
+        let source = match &ch {
+            Some(ch) => match crate::sink::unshipped_requests_start(&cfg.data_dir.join("sink")) {
+                Ok(unshipped) => Source::ClickHouse { ch, unshipped },
+                Err(e) => {
+                    tracing::warn!(error = %e, "budget spend: reading the sink's cursor");
+                    Source::Ledger
+                }
+            },
+            None => Source::Ledger,
+        };
+        let ledger_dir = cfg.data_dir.join("ledger");
+        let reading = known(&cfg.spend, &ledger_dir, source, Utc::now());
+        match tokio::time::timeout(STARTUP_READ_LIMIT, reading).await {
+            Ok((known, None)) => known,
+            Ok((known, Some(problem))) => {
+                tracing::warn!(problem, "budget spend read from the ledger only");
+                known
+            }
+            Err(_) => {
+                tracing::warn!(
+                    seconds = STARTUP_READ_LIMIT.as_secs(),
+                    "budget spend: no answer in time; budgets start from zero"
+                );
+                HashMap::new()
+            }
+        }
+    })
+}
+
+/// How long startup waits for the spend to be read.
+const STARTUP_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);

@@ -126,6 +126,7 @@ fn spend_known_at_start_counts_and_a_new_period_starts_from_zero() {
         Known {
             start: Some(start),
             total: usd(9),
+            unshipped: NanoUsd::ZERO,
             days: Vec::new(),
         },
     )]);
@@ -165,6 +166,7 @@ fn a_steady_trajectory_forecasts_the_day_the_budget_runs_out() {
         Known {
             start: Some(start),
             total: usd(40),
+            unshipped: NanoUsd::ZERO,
             days,
         },
     )]);

@@ -68,7 +68,7 @@ pub struct RateLimitConfig {
 }
 
 /// Where budget alerts go.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     #[serde(default)]
@@ -76,6 +76,15 @@ pub struct AlertsConfig {
     /// Days of spend the month-end forecast extrapolates from.
     #[serde(default = "defaults::forecast_days")]
     pub forecast_days: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhooks: Vec::new(),
+            forecast_days: defaults::forecast_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -36,6 +36,11 @@ pub struct Admitted {
     pub json: bool,
     /// The client asked for token logprobs.
     pub logprobs: bool,
+    /// The client's limit on output tokens (`max_tokens`, `max_completion_tokens`,
+    /// `max_output_tokens`: the smallest given).
+    pub max_output: Option<u64>,
+    /// The input tokens, once counted (see [`Admitted::estimated_input_tokens`]).
+    input_tokens: std::sync::OnceLock<u64>,
     /// The client presented one of Tollgate's virtual keys (else its own provider key).
     virtual_key: bool,
 }
@@ -61,6 +66,12 @@ struct Peek<'a> {
     /// The Responses API's `text.format`.
     #[serde(borrow, default)]
     text: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +154,8 @@ pub async fn admit(
         tools: false,
         json: false,
         logprobs: false,
+        max_output: None,
+        input_tokens: std::sync::OnceLock::new(),
         virtual_key: vkey.is_some(),
         body,
     };
@@ -167,6 +180,15 @@ pub async fn admit(
             serde_json::from_str::<Vec<IgnoredAny>>(t.get()).is_ok_and(|v| !v.is_empty())
         });
         admitted.logprobs = peek.logprobs.is_some_and(|l| l.get() == "true");
+        admitted.max_output = [
+            peek.max_tokens,
+            peek.max_completion_tokens,
+            peek.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get().parse::<u64>().ok())
+        .min();
         admitted.json = peek.response_format.is_some_and(|f| asks_json(f.get()))
             || peek.text.is_some_and(|t| {
                 serde_json::from_str::<TextOptions>(t.get())
@@ -181,12 +203,15 @@ pub async fn admit(
 
 impl Admitted {
     /// The request's input tokens, counted locally (for rules that match on its size).
+    /// Counted once per request, however many steps ask.
     pub fn estimated_input_tokens(&self) -> u64 {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
-            return 0;
-        };
-        let enc = Encoding::for_model(self.model.as_deref().unwrap_or_default());
-        estimate::input_count(self.endpoint, &value, enc).tokens
+        *self.input_tokens.get_or_init(|| {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
+                return 0;
+            };
+            let enc = Encoding::for_model(self.model.as_deref().unwrap_or_default());
+            estimate::input_count(self.endpoint, &value, enc).tokens
+        })
     }
 
     /// The credential sent to `provider`: its own key for virtual-key clients, the

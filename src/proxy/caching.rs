@@ -71,6 +71,14 @@ impl CacheCtx {
         self.lead.is_some()
     }
 
+    /// Gives up leading this request's flight: its answer will not be stored (it comes
+    /// from another plan than the one the key names).
+    pub fn give_up(&mut self) {
+        if let Some(lead) = self.lead.take() {
+            lead.leader.abandon();
+        }
+    }
+
     pub fn note_spent(&mut self, usage: Usage, cost: Option<NanoUsd>) {
         self.spent = Some((usage, cost));
     }

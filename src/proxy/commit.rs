@@ -43,6 +43,7 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         attempts.push(attempt_record(ctx, i, call, call_cost));
     }
     ctx.cache.note_spent(usage, cost);
+    super::limiting::settle(tg, ctx, &usage);
     // A hit spent nothing and saved what the request it replays spent.
     let hit = ctx.cache.hit.as_deref();
     // What the answer would have cost on the model the request would have gone to; a hit
@@ -102,6 +103,8 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
     tg.metrics.observe(&record, &attempts);
     // A failed append is counted and logged by the ledger; the client is still answered.
     let _ = tg.ledger.append(&record, &attempts);
+    // After the append: budgets shared through ClickHouse tell shipped spend by ledger line.
+    super::budgeting::settle(tg, ctx, cost);
 }
 
 /// The call whose answer (or failure) the client got, from the context's fields.

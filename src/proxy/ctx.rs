@@ -55,6 +55,10 @@ pub struct RequestCtx {
     /// The record is in the ledger; nothing may write a second one.
     pub committed: bool,
     pub cache: CacheCtx,
+    /// The request's budget reservation, when a budget holds it.
+    pub budget: Option<crate::budget::Reservation>,
+    /// What rate limits charged the request, settled when it is recorded.
+    pub limits: Option<crate::limits::Grant>,
 }
 
 impl RequestCtx {
@@ -88,6 +92,8 @@ impl RequestCtx {
             recorded: false,
             committed: false,
             cache: CacheCtx::default(),
+            budget: None,
+            limits: None,
         }
     }
 

@@ -107,7 +107,7 @@ pub(super) async fn grade(
 }
 
 /// Output tokens the judge may spend on its verdict.
-const JUDGE_MAX_TOKENS: u32 = 64;
+pub(super) const JUDGE_MAX_TOKENS: u64 = 64;
 /// The request's part shown to the judge, at most.
 const JUDGE_INPUT_CHARS: usize = 8_000;
 

@@ -1,9 +1,11 @@
 //! The proxy: one pingora `ProxyHttp` whose hooks live one per file.
 //!
 //! `request_filter` does the work, in steps of a module each: `admit` (key, attribution,
-//! the whole body: pingora's retry buffer holds only 64 KiB), `plan` (the matching policy
+//! the whole body: pingora's retry buffer holds only 64 KiB), `limiting` (the request
+//! charged to the rate limits in its scope, or refused), `plan` (the matching policy
 //! rule turns the request into ordered targets), `caching` (a hit is delivered at once; a
-//! miss leads the flight whose answer is stored), `attempts` (upstream calls through
+//! miss leads the flight whose answer is stored), `budgeting` (the largest possible cost
+//! reserved against the budgets in scope), `attempts` (upstream calls through
 //! pingora's connector, with fallbacks, retries, a target `health` breaker and judged
 //! cascade steps), and delivery: `relay` streams an answer through as it arrives, `held`
 //! keeps one whole for the judges (`judging` makes the LLM judge's call) and replays it when
@@ -14,6 +16,7 @@
 mod admit;
 mod attempts;
 mod body;
+mod budgeting;
 mod caching;
 mod commit;
 pub mod connections;
@@ -22,6 +25,7 @@ mod fail_to_proxy;
 mod health;
 mod held;
 mod judging;
+mod limiting;
 mod logging;
 mod outcome;
 mod plan;
@@ -32,9 +36,11 @@ mod upstream;
 
 pub use ctx::RequestCtx;
 
+use crate::budget::Budgets;
 use crate::cache::ResponseCache;
 use crate::config::Validated;
 use crate::ledger::Ledger;
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -51,6 +57,9 @@ pub struct Tollgate {
     pub metrics: Metrics,
     /// The response cache, when `cache.enabled` at start (its bounds apply at restart).
     pub cache: Option<Arc<ResponseCache>>,
+    pub budgets: Arc<Budgets>,
+    /// Rate-limit counters: kept across reloads, by limit name.
+    pub limits: Arc<RateLimiter>,
     connector: Connector,
     resolver: upstream::Resolver,
     health: health::Health,
@@ -62,12 +71,16 @@ impl Tollgate {
         ledger: Arc<Ledger>,
         metrics: Metrics,
         cache: Option<Arc<ResponseCache>>,
+        budgets: Arc<Budgets>,
+        limits: Arc<RateLimiter>,
     ) -> Tollgate {
         Tollgate {
             config,
             ledger,
             metrics,
             cache,
+            budgets,
+            limits,
             connector: Connector::new(None),
             resolver: upstream::Resolver::default(),
             health: health::Health::default(),

@@ -78,6 +78,31 @@ pub fn make(cfg: &Validated, ctx: &RequestCtx, req: &Admitted) -> Result<Plan, P
         input_tokens: &estimate,
     };
     let rule = cfg.policies.find(&facts).cloned();
+    build(cfg, ctx, model, rule)
+}
+
+/// The plan of the rule named `name` for `req`, whatever the request matches: a budget's
+/// downgrade. Planned as the request's own rule would be.
+pub fn with_rule(
+    cfg: &Validated,
+    ctx: &RequestCtx,
+    req: &Admitted,
+    name: &str,
+) -> Result<Plan, ProxyError> {
+    let rule = cfg.policies.rules().find(|r| r.name == name).cloned();
+    match (req.model.as_deref(), rule) {
+        (Some(model), Some(rule)) => build(cfg, ctx, model, Some(rule)),
+        // A reload removed the rule, or the request names no model: plan as usual.
+        _ => make(cfg, ctx, req),
+    }
+}
+
+fn build(
+    cfg: &Validated,
+    ctx: &RequestCtx,
+    model: &str,
+    rule: Option<Arc<Rule>>,
+) -> Result<Plan, ProxyError> {
     let routed_model = rule
         .as_deref()
         .and_then(|r| r.rewrite.model.as_deref())

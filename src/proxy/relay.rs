@@ -480,6 +480,9 @@ pub(super) fn client_response_header(
     if let Some(status) = ctx.cache.status {
         resp.insert_header(CACHE_HEADER, status.as_str())?;
     }
+    if let Some(left) = super::budgeting::remaining(ctx) {
+        resp.insert_header(super::budgeting::REMAINING_HEADER, left)?;
+    }
     Ok(resp)
 }
 

@@ -5,7 +5,7 @@
 use super::caching::CACHE_HEADER;
 use super::outcome::Outcome;
 use super::relay::ROUTE_HEADER;
-use super::{RequestCtx, Tollgate, admit, attempts, caching, commit, plan};
+use super::{RequestCtx, Tollgate, admit, attempts, budgeting, caching, commit, limiting, plan};
 use crate::api::ApiFormat;
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::error::ProxyError;
@@ -56,17 +56,20 @@ fn request_id(session: &Session) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
-/// Admission, planning, the cache, attempts; delivery and the record happen inside the
-/// attempts, or at once for a cache hit.
+/// Admission, planning, the cache, budgets, attempts; delivery and the record happen inside
+/// the attempts, or at once for a cache hit.
 async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Outcome> {
     let req = admit::admit(tg, session, ctx).await?;
+    limiting::check(tg, ctx, &req).await?;
     let cfg = ctx.config.clone();
     let plan = plan::make(&cfg, ctx, &req)?;
     ctx.policy = plan.policy_name().to_string();
     ctx.counterfactual_model = plan.counterfactual_model.clone();
     if let Some(hit) = caching::consult(tg, session, ctx, &req, &plan).await? {
+        // A hit spends nothing: it is served whatever the budgets say.
         return caching::serve(tg, session, ctx, hit).await;
     }
+    let plan = budgeting::reserve(tg, ctx, &req, plan)?;
     attempts::run(tg, session, ctx, &req, plan).await
 }
 
@@ -85,6 +88,9 @@ pub async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ProxyErr
     }
     if let Some(status) = ctx.cache.status {
         resp.insert_header(CACHE_HEADER, status.as_str())?;
+    }
+    if let Some(secs) = err.retry_after() {
+        resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

@@ -96,6 +96,16 @@ impl StreamSpec {
 pub struct Sink {
     stop: watch::Sender<Option<Instant>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    requests: Progress,
+}
+
+/// How far the requests stream is shipped, in lines: those left by earlier runs first
+/// (`backlog_at_start` of them), then this process's in the order written.
+#[derive(Clone)]
+pub struct Progress {
+    pub backlog_at_start: u64,
+    /// Lines in ClickHouse (or dead-lettered) so far.
+    pub shipped: Arc<AtomicU64>,
 }
 
 impl Sink {
@@ -121,6 +131,10 @@ impl Sink {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let requests = Progress {
+            backlog_at_start: shippers[0].backlog_at_start,
+            shipped: shippers[0].shipped.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("tollgate-sink".into())
             .spawn(move || {
@@ -133,7 +147,13 @@ impl Sink {
         Ok(Sink {
             stop,
             thread: Some(thread),
+            requests,
         })
+    }
+
+    /// The requests stream's shipping progress.
+    pub fn requests_progress(&self) -> Progress {
+        self.requests.clone()
     }
 
     /// Ships what the ledger holds until it is drained or `deadline` passes, then stops.
@@ -166,6 +186,8 @@ struct Shipper {
     /// Lag accounting: backlog found at start plus what this process wrote since.
     backlog_at_start: u64,
     settled: u64,
+    /// `settled`, for readers on other threads.
+    shipped: Arc<AtomicU64>,
     stop: watch::Receiver<Option<Instant>>,
     /// Segments below this one were left by an earlier run: the ledger never appends to
     /// them again (it opens a new segment after the last one it finds).
@@ -214,6 +236,7 @@ impl Shipper {
             written,
             backlog_at_start,
             settled: 0,
+            shipped: Arc::default(),
             stop,
             first_live_segment,
             read_ahead: None,
@@ -438,6 +461,7 @@ impl Shipper {
             }
         }
         self.settled += batch.line_count() as u64;
+        self.shipped.store(self.settled, Ordering::Release);
         self.cursor = Cursor {
             segment: range.segment,
             offset: range.end,

@@ -5,6 +5,7 @@ mod common;
 
 mod alerts;
 mod anthropic;
+mod budgets;
 mod cache;
 mod cache_clickhouse;
 mod check;
@@ -17,6 +18,8 @@ mod errors;
 mod hostile;
 mod http;
 mod openai;
+mod promtool;
+mod rate_limits;
 mod records;
 mod redis_cache;
 mod reload;

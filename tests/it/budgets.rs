@@ -1,0 +1,351 @@
+//! Budgets through the proxy: reservations that hold under concurrency, settled to the real
+//! cost, refusals in the client's wire format, downgrades, and spend that survives a restart.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use tollgate::api::Endpoint;
+use tollgate::money::NanoUsd;
+use tollgate::tokens::Encoding;
+
+/// Output tokens every test request allows: at $8/M, 800,000 nano-USD of its reservation.
+const MAX_TOKENS: u64 = 100;
+
+fn chat(prompt: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": MAX_TOKENS,
+           "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// What the proxy reserves for `body`: its input tokens at $2/M and `MAX_TOKENS` at $8/M.
+fn reservation(body: &Value) -> NanoUsd {
+    let input = tollgate::usage::estimate::input_count(
+        Endpoint::ChatCompletions,
+        body,
+        Encoding::for_model("gpt-4o-mini"),
+    )
+    .tokens;
+    NanoUsd(input as i64 * nanos_per_token(2.0) + MAX_TOKENS as i64 * nanos_per_token(8.0))
+}
+
+/// A proxy in front of the simulator with `budgets` (YAML list items) for team `search`.
+async fn with_budgets(up: &Upstream, budgets: &str, extra: &str) -> Proxy {
+    let config = config_for(up.addr, &format!("budgets:\n{budgets}\n{extra}"));
+    Proxy::start_with(&config, &[("policies/cheap.yaml", CHEAP.as_bytes())]).await
+}
+
+const CHEAP: &str = r#"
+rules:
+  - name: cheap
+    priority: 0
+    match: {model: never-matched}
+    route:
+      targets: [{provider: openai, model: gpt-4o-mini}]
+"#;
+
+fn remaining(resp: &reqwest::Response) -> Option<NanoUsd> {
+    resp.headers()
+        .get("x-tollgate-budget-remaining-usd")
+        .map(|v| NanoUsd::parse_usd(v.to_str().unwrap()).unwrap())
+}
+
+fn block(amount: NanoUsd) -> String {
+    format!(
+        "  - {{name: search-month, scope: {{team: search}}, period: month, amount_usd: \"{amount}\", action: block}}"
+    )
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_against_room_for_ten_serve_ten() {
+    let up = start_sim().await;
+    let body = chat("Summarize the quarterly report.");
+    let each = reservation(&body);
+    // Room for 10 reservations and half of an 11th.
+    let amount = NanoUsd(each.0 * 21 / 2);
+    let proxy = with_budgets(&up, &block(amount), "").await;
+    // The provider answers after 1 s: all 200 are in flight together.
+    let slow = ("x-sim-fault", "delay-ms=1000");
+    let calls = (0..200).map(|_| {
+        let (proxy, body) = (&proxy, &body);
+        async move {
+            let resp = openai(proxy, "/v1/chat/completions", &[slow], body).await;
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (status, body)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let served = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(served, 10);
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(refused.len(), 190);
+    let err = &refused[0]["error"];
+    assert_eq!(err["code"], "budget_exceeded");
+    assert_eq!(err["type"], "insufficient_quota");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("search-month"), "{message}");
+    assert!(message.contains(&amount.to_string()), "{message}");
+    assert!(message.contains("resets at"), "{message}");
+    assert_eq!(up.sim.stats().requests, 10);
+    // Every request has a record; the refusals say why.
+    let records = proxy.records(200).await;
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.error.as_deref() == Some("budget_exceeded"))
+            .count(),
+        190
+    );
+}
+
+#[tokio::test]
+async fn reservations_settle_to_the_real_cost_and_failures_release_them() {
+    let up = start_sim().await;
+    let body = chat("Name a bird.");
+    let amount = NanoUsd(reservation(&body).0 * 100);
+    let proxy = with_budgets(&up, &block(amount), "").await;
+
+    let first = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(remaining(&first), Some(amount), "nothing spent before it");
+    let _ = first.bytes().await;
+    let spent = proxy.only_record().await.cost_usd.unwrap();
+    assert!(spent.0 > 0 && spent < reservation(&body));
+
+    // A provider error costs nothing: its reservation is released.
+    let failed = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-fault", "status=500")],
+        &body,
+    )
+    .await;
+    assert_eq!(failed.status(), 500);
+    let _ = failed.bytes().await;
+    let third = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(
+        remaining(&third),
+        Some(NanoUsd(amount.0 - spent.0)),
+        "the first request's real cost, nothing for the failure"
+    );
+    let _ = third.bytes().await;
+
+    // A client that leaves mid-stream: settled to what the provider produced.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[
+            ("x-sim-token-interval-ms", "50"),
+            ("x-sim-output-tokens", "60"),
+        ],
+        &streamed,
+    )
+    .await;
+    let mut resp = resp;
+    let _ = resp.chunk().await.unwrap();
+    drop(resp);
+
+    let records = proxy.records(4).await;
+    let total: i64 = records.iter().filter_map(|r| r.cost_usd).map(|c| c.0).sum();
+    let metrics = proxy
+        .wait_metric(
+            "tollgate_budget_spend_usd",
+            &[("budget", "search-month")],
+            total as f64 / 1e9,
+        )
+        .await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_budget_reserved_usd",
+            &[("budget", "search-month")]
+        ),
+        Some(0.0),
+        "nothing stays reserved"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_budget_limit_usd",
+            &[("budget", "search-month")]
+        ),
+        Some(amount.0 as f64 / 1e9)
+    );
+}
+
+#[tokio::test]
+async fn a_spent_budget_refuses_in_the_anthropic_format_too_and_other_teams_pass() {
+    let up = start_sim().await;
+    let tiny = NanoUsd(1000);
+    let proxy = with_budgets(&up, &block(tiny), "").await;
+    let ask = json!({"model": "claude-sonnet-4-5", "max_tokens": 50,
+                     "messages": [{"role": "user", "content": "Hi"}]});
+    let resp = anthropic(&proxy, "/v1/messages", &[], &ask).await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("search-month")
+    );
+    // The open key has no team: no budget holds it.
+    let other = openai_as(&proxy, OPEN_KEY, "/v1/chat/completions", &[], &chat("Hi")).await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(remaining(&other), None);
+    assert_eq!(up.sim.stats().requests, 1);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_budget_rejections_total",
+            &[("budget", "search-month")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_downgrading_budget_routes_by_its_rule_once_spent() {
+    let up = start_sim().await;
+    let body = json!({"model": "o3-mini", "max_tokens": MAX_TOKENS,
+                      "messages": [{"role": "user", "content": "Plan a trip."}]});
+    // Room for one o3-mini reservation (100 output tokens at $4/M: $0.0004, plus input),
+    // not for a second once the first spent its 50 output tokens ($0.0002).
+    let budget = "  - {name: search-month, scope: {team: search}, period: month, amount_usd: \"0.0005\", action: downgrade, downgrade_to: cheap}";
+    let proxy = with_budgets(&up, budget, "policies: policies").await;
+    let fifty = ("x-sim-output-tokens", "50");
+    let first = openai(&proxy, "/v1/chat/completions", &[fifty], &body).await;
+    assert_eq!(first.status(), 200);
+    let _ = first.bytes().await;
+    let second = openai(&proxy, "/v1/chat/completions", &[fifty], &body).await;
+    assert_eq!(second.status(), 200, "downgraded, not refused");
+    let answer: Value = second.json().await.unwrap();
+    assert_eq!(answer["model"], "gpt-4o-mini");
+    let records = proxy.records(2).await;
+    assert_eq!(records[0].model, "o3-mini");
+    assert_eq!(
+        (records[1].model.as_str(), records[1].policy.as_str()),
+        ("gpt-4o-mini", "cheap")
+    );
+}
+
+#[tokio::test]
+async fn spend_survives_a_restart() {
+    let up = start_sim().await;
+    let body = chat("Name a river.");
+    let amount = NanoUsd(reservation(&body).0 * 100);
+    let mut proxy = with_budgets(&up, &block(amount), "").await;
+    for _ in 0..3 {
+        let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+        let _ = resp.bytes().await;
+    }
+    let spent: i64 = proxy
+        .records(3)
+        .await
+        .iter()
+        .map(|r| r.cost_usd.unwrap().0)
+        .sum();
+    proxy.restart().await;
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(remaining(&resp), Some(NanoUsd(amount.0 - spent)));
+}
+
+/// Two proxies sharing budgets through one ClickHouse database.
+async fn replicas(up: &Upstream, budgets: &str, test: &str) -> (Proxy, Proxy) {
+    let ch = crate::common::clickhouse::ClickHouse::shared().await;
+    let db = ch.fresh_database(test).await;
+    let extra = format!(
+        "budgets:\n{budgets}\nreplicas: {{budgets: clickhouse, refresh_ms: 100}}\n\
+         telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
+        ch.url
+    );
+    let config = config_for(up.addr, &extra);
+    let a = Proxy::start(&config).await;
+    let b = Proxy::start(&config).await;
+    (a, b)
+}
+
+/// A request whose real cost is its reservation: the provider writes all `MAX_TOKENS`.
+async fn full_cost(proxy: &Proxy, body: &Value) -> u16 {
+    let all = MAX_TOKENS.to_string();
+    let resp = openai(
+        proxy,
+        "/v1/chat/completions",
+        &[("x-sim-output-tokens", all.as_str())],
+        body,
+    )
+    .await;
+    let status = resp.status().as_u16();
+    let _ = resp.bytes().await;
+    status
+}
+
+#[tokio::test]
+async fn replicas_sharing_through_clickhouse_hold_one_budget() {
+    let up = start_sim().await;
+    let body = chat("Write a haiku.");
+    let each = reservation(&body);
+    // Room for 6 calls at their full cost, not for a 7th.
+    let amount = NanoUsd(each.0 * 13 / 2);
+    let (a, b) = replicas(&up, &block(amount), "budgets::replicas sequential").await;
+    // Alternating, with time for each record to reach ClickHouse and the other replica.
+    let mut served = 0;
+    for i in 0..12 {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        if full_cost(proxy, &body).await == 200 {
+            served += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(served, 6, "each replica alone would have served 6");
+    assert_eq!(up.sim.stats().requests, 6);
+    // Spend survives and is shared: a replica that starts now sees it all.
+    let spent: i64 = a
+        .records(3)
+        .await
+        .iter()
+        .chain(b.records(3).await.iter())
+        .filter_map(|r| r.cost_usd)
+        .map(|c| c.0)
+        .sum();
+    assert!(spent <= amount.0, "{spent} spent of {}", amount.0);
+}
+
+#[tokio::test]
+async fn a_burst_on_two_replicas_overshoots_by_at_most_one_replicas_room() {
+    let up = start_sim().await;
+    let body = chat("Write a limerick.");
+    let each = reservation(&body);
+    // Room for 5.
+    let amount = NanoUsd(each.0 * 11 / 2);
+    let (a, b) = replicas(&up, &block(amount), "budgets::replicas burst").await;
+    let slow = ("x-sim-fault", "delay-ms=300");
+    let all = MAX_TOKENS.to_string();
+    let full = ("x-sim-output-tokens", all.as_str());
+    // Both replicas get 10 at once: neither sees the other's in time. Each holds its own
+    // reservations, so together they serve at most twice the room (the documented bound).
+    let calls = (0..20).map(|i| {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        let body = &body;
+        async move {
+            let resp = openai(proxy, "/v1/chat/completions", &[slow, full], body).await;
+            let status = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            status
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert!((5..=10).contains(&served), "{served} served");
+    // Once both have read each other's spend back, neither serves more.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(full_cost(&a, &body).await, 429);
+    assert_eq!(full_cost(&b, &body).await, 429);
+}
