@@ -197,6 +197,9 @@ fn fixed_fields_changed(old: &Validated, new: &Validated) -> Vec<&'static str> {
     if old.cache != new.cache {
         changed.push("cache");
     }
+    if old.spend.alerts != new.spend.alerts {
+        changed.push("alerts");
+    }
     changed
 }
 

@@ -3,6 +3,7 @@
 pub mod ready;
 
 use crate::admin::{self, AxumService};
+use crate::alerts::Alerter;
 use crate::budget::Budgets;
 use crate::budget::metrics::BudgetCollector;
 use crate::budget::shared::RefreshService;
@@ -158,6 +159,18 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         budgets,
         rate_limiter,
     );
+    let proxy = if cfg.spend.alerts.webhooks.is_empty() {
+        proxy
+    } else {
+        let alerter = Alerter::new(
+            &cfg.spend.alerts,
+            &cfg.data_dir.join("alerts"),
+            cfg.spend.redis.as_ref(),
+            metrics.alerts.clone(),
+        )
+        .context("starting budget alerts")?;
+        proxy.with_alerts(alerter)
+    };
     let limits = Limits {
         max_connections: cfg.server.max_connections,
         header_timeout: Duration::from_millis(cfg.server.header_timeout_ms),

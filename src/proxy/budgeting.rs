@@ -7,6 +7,7 @@ use super::admit::Admitted;
 use super::judging::JUDGE_MAX_TOKENS;
 use super::plan::{self, Mode, Plan};
 use super::{RequestCtx, Tollgate};
+use crate::alerts::{Alert, AlertKind};
 use crate::budget::{Budgets, Crossing, CrossingKind};
 use crate::config::{BudgetAction, Validated};
 use crate::error::ProxyError;
@@ -117,7 +118,7 @@ pub fn settle(tg: &Tollgate, ctx: &mut RequestCtx, cost: Option<NanoUsd>) {
     }
 }
 
-fn alert(_tg: &Tollgate, ctx: &RequestCtx, c: Crossing) {
+fn alert(tg: &Tollgate, ctx: &RequestCtx, c: Crossing) {
     match c.kind {
         CrossingKind::Threshold(pct) => tracing::warn!(
             budget = %c.budget, percent = pct, spend = %c.spend, limit = %c.limit,
@@ -128,6 +129,31 @@ fn alert(_tg: &Tollgate, ctx: &RequestCtx, c: Crossing) {
             "budget forecast to run out before the period ends"
         ),
     }
+    let (Some(alerter), Some(budget)) = (
+        &tg.alerts,
+        ctx.config.spend.budgets.iter().find(|b| b.name == c.budget),
+    ) else {
+        return;
+    };
+    alerter.fire(Alert {
+        budget: c.budget,
+        kind: match c.kind {
+            CrossingKind::Threshold(percent) => AlertKind::Threshold { percent },
+            CrossingKind::Forecast { projected, on } => AlertKind::Forecast { projected, on },
+        },
+        period: budget.period,
+        period_start: c.start,
+        resets_at: c.end,
+        spend: c.spend,
+        limit: c.limit,
+        scope: budget
+            .scope
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        at: Utc::now(),
+    });
 }
 
 /// The value of [`REMAINING_HEADER`] for this request, when a budget holds it.

@@ -58,6 +58,8 @@ pub struct Tollgate {
     /// The response cache, when `cache.enabled` at start (its bounds apply at restart).
     pub cache: Option<Arc<ResponseCache>>,
     pub budgets: Arc<Budgets>,
+    /// Sends the alerts budgets cross, when webhooks are configured.
+    pub alerts: Option<crate::alerts::Alerter>,
     /// Rate-limit counters: kept across reloads, by limit name.
     pub limits: Arc<RateLimiter>,
     connector: Connector,
@@ -80,11 +82,18 @@ impl Tollgate {
             metrics,
             cache,
             budgets,
+            alerts: None,
             limits,
             connector: Connector::new(None),
             resolver: upstream::Resolver::default(),
             health: health::Health::default(),
         }
+    }
+
+    /// Sends budget alerts through `alerter`.
+    pub fn with_alerts(mut self, alerter: crate::alerts::Alerter) -> Tollgate {
+        self.alerts = Some(alerter);
+        self
     }
 }
 

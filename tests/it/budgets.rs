@@ -349,3 +349,68 @@ async fn a_burst_on_two_replicas_overshoots_by_at_most_one_replicas_room() {
     assert_eq!(full_cost(&a, &body).await, 429);
     assert_eq!(full_cost(&b, &body).await, 429);
 }
+
+#[tokio::test]
+async fn thresholds_send_signed_alerts_once_even_across_a_restart() {
+    use hmac::{Hmac, Mac};
+    let up = start_sim().await;
+    let (hook, seen) = recording_upstream().await;
+    let body = chat("Name a cloud.");
+    // Full-cost calls: two reach 50%, four 100%.
+    let amount = NanoUsd(reservation(&body).0 * 4);
+    let budgets = format!(
+        "  - {{name: search-month, scope: {{team: search}}, period: month, amount_usd: \"{amount}\", alert_at: [50, 100], action: alert}}"
+    );
+    let alerts = format!(
+        "alerts:\n  webhooks:\n    - {{name: finops, format: json, url: \"http://{hook}/hook\", secret_env: TEST_ADMIN_TOKEN}}"
+    );
+    let mut proxy = with_budgets(&up, &budgets, &alerts).await;
+    let thresholds = |seen: &std::sync::Mutex<Vec<Received>>| -> Vec<(u64, Value)> {
+        let seen = seen.lock().unwrap();
+        let mut out: Vec<(u64, Value)> = seen
+            .iter()
+            .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+            .filter(|v| v["kind"] == "threshold")
+            .map(|v| (v["percent"].as_u64().unwrap(), v))
+            .collect();
+        out.sort_by_key(|(p, _)| *p);
+        out
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            full_cost(&proxy, &body).await,
+            200,
+            "an alert budget keeps serving"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while thresholds(&seen).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "alerts never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sent = thresholds(&seen);
+    assert_eq!(
+        sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![50, 100]
+    );
+    let hundred = &sent[1].1;
+    assert_eq!(hundred["budget"], "search-month");
+    assert_eq!(hundred["limit_usd"], amount.to_string());
+    assert!(NanoUsd::parse_usd(hundred["spend_usd"].as_str().unwrap()).unwrap() >= amount);
+    // Each is signed: HMAC-SHA256 of "<timestamp>.<body>" with the configured secret.
+    for r in seen.lock().unwrap().iter() {
+        let ts = r.headers["x-tollgate-timestamp"].to_str().unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(ADMIN_TOKEN.as_bytes()).unwrap();
+        mac.update(format!("{ts}.").as_bytes());
+        mac.update(&r.body);
+        let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(r.headers["x-tollgate-signature"].to_str().unwrap(), want);
+    }
+    // A restart remembers what was sent: more spend past 100% sends nothing new.
+    proxy.restart().await;
+    for _ in 0..2 {
+        assert_eq!(full_cost(&proxy, &body).await, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(thresholds(&seen).len(), 2);
+}
