@@ -16,6 +16,7 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
 scripts/redis-server.sh install # the response cache's shared tier is tested against a real one
+scripts/promtool.sh install     # checks and unit-tests the alerting rules in deploy/prometheus/
 
 if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
     PY=$(scripts/setup-clickhouse.sh)
