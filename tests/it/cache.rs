@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use serde_json::{Value, json};
-use tollgate::record::Record;
 
 const POLICIES: &str = r#"
 rules:
@@ -45,23 +44,6 @@ fn cache_header(resp: &reqwest::Response) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
-/// Records of the proxy, by request id.
-async fn record_of(proxy: &Proxy, n: usize, request_id: &str) -> Record {
-    proxy
-        .records(n)
-        .await
-        .into_iter()
-        .find(|r| r.request_id == request_id)
-        .unwrap_or_else(|| panic!("no record for {request_id}"))
-}
-
-fn request_id(resp: &reqwest::Response) -> String {
-    resp.headers()["x-tollgate-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn a_repeat_is_a_hit_recorded_as_savings_never_as_spend() {
     let (up, proxy) = cached_sim(CACHE_ON).await;
@@ -93,8 +75,8 @@ async fn a_repeat_is_a_hit_recorded_as_savings_never_as_spend() {
         "a hit never reaches the provider"
     );
 
-    let spent = record_of(&proxy, 2, &first_id).await;
-    let hit = record_of(&proxy, 2, &second_id).await;
+    let spent = proxy.record_of(2, &first_id).await;
+    let hit = proxy.record_of(2, &second_id).await;
     assert!(!spent.cache_hit);
     assert!(spent.input_tokens > 0 && spent.output_tokens > 0);
     let cost = spent.cost_usd.unwrap();

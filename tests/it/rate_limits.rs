@@ -9,7 +9,6 @@
 use crate::common::redis::RedisServer;
 use crate::common::*;
 use serde_json::{Value, json};
-use tollgate::record::Record;
 
 fn chat(prompt: &str) -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
@@ -46,22 +45,6 @@ fn retry_after(resp: &reqwest::Response) -> u64 {
 /// The message of an error body, in either wire format.
 fn error_message(v: &Value) -> &str {
     v["error"]["message"].as_str().unwrap()
-}
-
-fn request_id(resp: &reqwest::Response) -> String {
-    resp.headers()["x-tollgate-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn record_of(proxy: &Proxy, n: usize, request_id: &str) -> Record {
-    proxy
-        .records(n)
-        .await
-        .into_iter()
-        .find(|r| r.request_id == request_id)
-        .unwrap_or_else(|| panic!("no record for {request_id}"))
 }
 
 #[tokio::test]
@@ -114,7 +97,7 @@ async fn the_request_past_a_keys_rpm_gets_a_429_in_its_wire_format_and_other_key
     );
 
     // A refusal is recorded like the proxy's other refusals, and counted by limit.
-    let r = record_of(&proxy, 9, &openai_id).await;
+    let r = proxy.record_of(9, &openai_id).await;
     assert_eq!((r.status, r.error.as_deref()), (429, Some("rate_limited")));
     assert_eq!(
         (r.key_name.as_str(), r.team.as_str()),
@@ -143,7 +126,7 @@ async fn tokens_used_after_admission_count_against_the_next_requests() {
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let first = record_of(&proxy, 1, &request_id(&resp)).await;
+    let first = proxy.record_of(1, &request_id(&resp)).await;
     let used = first.input_tokens + first.output_tokens;
     assert!(used > 2000, "{first:?}");
 

@@ -243,13 +243,6 @@ async fn records_of(proxy: &Proxy, request_id: &str) -> (Record, Vec<AttemptReco
     }
 }
 
-fn request_id(resp: &reqwest::Response) -> String {
-    resp.headers()["x-tollgate-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 fn verdicts(attempts: &[AttemptRecord]) -> Vec<(String, String, String)> {
     attempts
         .iter()

@@ -339,6 +339,15 @@ impl Proxy {
         }
     }
 
+    /// The record of `request_id`, once the ledger holds at least `n` records.
+    pub async fn record_of(&self, n: usize, request_id: &str) -> Record {
+        self.records(n)
+            .await
+            .into_iter()
+            .find(|r| r.request_id == request_id)
+            .unwrap_or_else(|| panic!("no record for {request_id}"))
+    }
+
     /// The single record of a test that made one request.
     pub async fn only_record(&self) -> Record {
         let mut all = self.records(1).await;
@@ -404,6 +413,14 @@ impl Drop for Proxy {
             let _ = c.wait();
         }
     }
+}
+
+/// The request id the proxy answered with (`x-tollgate-request-id`).
+pub fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 pub fn client() -> reqwest::Client {
