@@ -24,6 +24,7 @@ pub mod policy;
 pub mod prices;
 pub mod proxy;
 pub mod record;
+pub mod redis_script;
 pub mod reload;
 pub mod report;
 pub mod server;

@@ -11,8 +11,10 @@
 pub mod forecast;
 pub mod metrics;
 pub mod period;
+pub mod redis;
 pub mod shared;
 pub mod startup;
+pub mod view;
 
 use crate::attribution::Attribution;
 use crate::config::{Budget, BudgetAction, Spend};

@@ -4,16 +4,12 @@
 //!
 //! Redis is never a dependency: a call that fails or gets no answer within `timeout` is
 //! counted (`tollgate_rate_limit_redis_errors_total`), logged at most once per
-//! [`LOG_EVERY`], and the request is counted by the local counters instead.
+//! [`crate::cache::redis::LOG_EVERY`], and the request is counted by the local counters instead.
 
 use super::{Charge, Counter, Kind, Refusal, counters, per_str};
-use crate::cache::redis::LOG_EVERY;
 use crate::config::RedisSettings;
+use crate::redis_script::{Script, ScriptError};
 use prometheus::IntCounter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, ServerErrorKind};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 /// KEYS are counters, each a hash `{level, at}`. ARGV[1] is `take` (charge every counter if
 /// each cost fits, else none) or `add` (charge regardless; costs may be negative), then a
@@ -57,42 +53,16 @@ end
 return {0, 0}
 ";
 
-/// The script's SHA-1, as EVALSHA names it.
-fn script_sha() -> String {
-    use pingora::tls::hash::{MessageDigest, hash};
-    let digest = hash(MessageDigest::sha1(), SCRIPT.as_bytes()).expect("SHA-1 is available");
-    hex::encode(digest)
-}
-
-/// Why a Redis call gave no usable answer.
-#[derive(Debug, thiserror::Error)]
-enum SharedError {
-    #[error("{0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("no connection could be set up")]
-    Unusable,
-    #[error("unexpected answer {0:?}")]
-    Reply(Vec<i64>),
-}
-
 /// The shared counters of one Redis.
 pub struct SharedCounters {
-    settings: RedisSettings,
-    client: redis::Client,
-    /// Made on first use, inside the runtime that then drives its reconnections.
-    conn: OnceLock<Option<ConnectionManager>>,
-    /// The script's SHA-1, for EVALSHA.
-    sha: String,
+    script: Script,
     errors: IntCounter,
-    last_log: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for SharedCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedCounters")
-            .field("settings", &self.settings)
+            .field("settings", self.script.settings())
             .finish_non_exhaustive()
     }
 }
@@ -100,19 +70,14 @@ impl std::fmt::Debug for SharedCounters {
 impl SharedCounters {
     /// Counters in the Redis of checked settings (the URL was parsed when checked).
     pub fn new(settings: &RedisSettings, errors: IntCounter) -> SharedCounters {
-        let client = redis::Client::open(settings.url.as_str()).expect("the redis URL was checked");
         SharedCounters {
-            settings: settings.clone(),
-            client,
-            conn: OnceLock::new(),
-            sha: script_sha(),
+            script: Script::new(settings, SCRIPT),
             errors,
-            last_log: Mutex::new(None),
         }
     }
 
     pub fn is_for(&self, settings: &RedisSettings) -> bool {
-        self.settings == *settings
+        self.script.settings() == settings
     }
 
     /// Charges every counter of `charges` if each cost fits, else none. `None` when Redis
@@ -132,7 +97,7 @@ impl SharedCounters {
             [i, wait] if i > 0 && wait > 0 && (i as usize) <= counters.len() => {
                 Ok(Err(Refusal::new(&counters[i as usize - 1], wait as u64)))
             }
-            _ => Err(SharedError::Reply(r)),
+            _ => Err(ScriptError::Reply(r)),
         }) {
             Ok(verdict) => Some(verdict),
             Err(e) => {
@@ -153,39 +118,21 @@ impl SharedCounters {
         }
     }
 
-    /// Runs the script on `(key, limit, cost)` counters: EVALSHA, and EVAL when Redis does
-    /// not have it yet (after a restart, or on first use). Both within one timeout.
+    /// Runs the script on `(key, limit, cost)` counters.
     async fn run(
         &self,
         mode: &str,
         calls: Vec<(String, u64, i64)>,
-    ) -> Result<Vec<i64>, SharedError> {
-        let mut conn = self.conn()?;
-        let call = |cmd: &str, script: &str| {
-            let mut c = redis::cmd(cmd);
-            c.arg(script).arg(calls.len());
-            for (key, _, _) in &calls {
-                c.arg(key);
-            }
-            c.arg(mode);
-            for (_, max, cost) in &calls {
-                c.arg(max).arg(cost);
-            }
-            c
-        };
-        let both = async {
-            match call("EVALSHA", &self.sha).query_async(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    call("EVAL", SCRIPT).query_async(&mut conn).await
+    ) -> Result<Vec<i64>, ScriptError> {
+        let keys: Vec<String> = calls.iter().map(|(key, ..)| key.clone()).collect();
+        self.script
+            .run(&keys, |c| {
+                c.arg(mode);
+                for (_, max, cost) in &calls {
+                    c.arg(max).arg(cost);
                 }
-                reply => reply,
-            }
-        };
-        let timeout = self.settings.timeout;
-        match tokio::time::timeout(timeout, both).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(SharedError::Timeout(timeout)),
-        }
+            })
+            .await
     }
 
     /// A counter's key. The limit's name goes with its length, so no name and value can be
@@ -194,7 +141,7 @@ impl SharedCounters {
         let charge = c.charge;
         format!(
             "{}rl:{}:{}:{}:{}:{}",
-            self.settings.key_prefix,
+            self.script.settings().key_prefix,
             per_str(charge.per),
             c.kind.as_str(),
             charge.limit.len(),
@@ -203,25 +150,9 @@ impl SharedCounters {
         )
     }
 
-    fn conn(&self) -> Result<ConnectionManager, SharedError> {
-        let timeout = self.settings.timeout;
-        let conn = self.conn.get_or_init(|| {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                // A down Redis is retried on the next call, not inside this one.
-                .set_number_of_retries(1)
-                .set_max_delay(timeout);
-            ConnectionManager::new_lazy_with_config(self.client.clone(), config).ok()
-        });
-        conn.clone().ok_or(SharedError::Unusable)
-    }
-
-    fn failed(&self, op: &str, e: &SharedError) {
+    fn failed(&self, op: &str, e: &ScriptError) {
         self.errors.inc();
-        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-            *last = Some(Instant::now());
+        if self.script.log_now() {
             let errors = self.errors.get();
             tracing::warn!(op, error = %e, errors, "redis rate-limit counters unavailable; counting locally");
         }
