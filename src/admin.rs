@@ -1,6 +1,8 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and `POST /reload` for callers
-//! holding the admin token.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and for callers holding the admin
+//! token `POST /reload` and `GET /budgets`.
 
+use crate::budget::Budgets;
+use crate::budget::view;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
@@ -10,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::Utc;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
@@ -20,46 +23,34 @@ struct AdminState {
     metrics: Metrics,
     ledger: Arc<Ledger>,
     reloader: Arc<Reloader>,
+    budgets: Arc<Budgets>,
 }
 
-pub fn router(metrics: Metrics, ledger: Arc<Ledger>, reloader: Arc<Reloader>) -> Router {
+pub fn router(
+    metrics: Metrics,
+    ledger: Arc<Ledger>,
+    reloader: Arc<Reloader>,
+    budgets: Arc<Budgets>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/reload", post(reload))
+        .route("/budgets", get(budgets_handler))
         .with_state(AdminState {
             metrics,
             ledger,
             reloader,
+            budgets,
         })
 }
 
 /// Reloads the config like SIGHUP does: 200 when applied, 422 with every problem when
 /// refused. Needs `Authorization: Bearer TOKEN` with the token `admin.token_env` names.
 async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    let Some(authorized) = s
-        .reloader
-        .current()
-        .admin_token
-        .as_ref()
-        .map(|t| t.matches(bearer(&headers)))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "reload over HTTP is off: set admin.token_env in the config to turn it on",
-        );
-    };
-    if !authorized {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "POST /reload needs Authorization: Bearer with the admin token",
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Bearer".parse().expect("valid header"),
-        );
-        return response;
+    if let Some(refused) = refusal(&s, &headers, "POST /reload", "reload over HTTP") {
+        return refused;
     }
     let reloader = s.reloader.clone();
     match tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await {
@@ -77,6 +68,56 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
             error(StatusCode::INTERNAL_SERVER_ERROR, "config reload failed")
         }
     }
+}
+
+/// Every configured budget's current period, with the requests each refused since start.
+/// Needs the admin token, like `POST /reload`.
+async fn budgets_handler(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&s, &headers, "GET /budgets", "the budgets endpoint") {
+        return refused;
+    }
+    let cfg = s.reloader.current();
+    let now = Utc::now();
+    let rejections = s.budgets.rejections();
+    let mut budgets = view::views(&s.budgets, &cfg.spend, now, |_| true);
+    for b in &mut budgets {
+        b.rejections = Some(rejections.get(b.name).copied().unwrap_or(0));
+    }
+    Json(json!({
+        "as_of": view::rfc3339(now),
+        "time_zone": cfg.spend.time_zone.name(),
+        "budgets": budgets,
+    }))
+    .into_response()
+}
+
+/// The answer to a caller without the admin token: 404 when no token is configured (the
+/// endpoint is off), 401 for a missing or wrong one; `None` lets the caller through.
+fn refusal(s: &AdminState, headers: &HeaderMap, endpoint: &str, what: &str) -> Option<Response> {
+    let Some(authorized) = s
+        .reloader
+        .current()
+        .admin_token
+        .as_ref()
+        .map(|t| t.matches(bearer(headers)))
+    else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            &format!("{what} is off: set admin.token_env in the config to turn it on"),
+        ));
+    };
+    if !authorized {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            &format!("{endpoint} needs Authorization: Bearer with the admin token"),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("valid header"),
+        );
+        return Some(response);
+    }
+    None
 }
 
 /// The token of `Authorization: Bearer TOKEN` (scheme in any case); empty when there is none,

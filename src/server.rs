@@ -140,7 +140,7 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         AxumService::new(
             "admin",
             admin_listener,
-            admin::router(metrics.clone(), ledger.clone(), reloader),
+            admin::router(metrics.clone(), ledger.clone(), reloader, budgets.clone()),
         ),
     ));
     metrics.register(Box::new(BudgetCollector::new(

@@ -33,6 +33,7 @@ mod relay;
 mod request_filter;
 mod rewrite;
 mod upstream;
+mod usage;
 
 pub use ctx::RequestCtx;
 

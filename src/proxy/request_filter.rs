@@ -5,7 +5,9 @@
 use super::caching::CACHE_HEADER;
 use super::outcome::Outcome;
 use super::relay::ROUTE_HEADER;
-use super::{RequestCtx, Tollgate, admit, attempts, budgeting, caching, commit, limiting, plan};
+use super::{
+    RequestCtx, Tollgate, admit, attempts, budgeting, caching, commit, limiting, plan, usage,
+};
 use crate::api::ApiFormat;
 use crate::attribution::REQUEST_ID_HEADER;
 use crate::error::ProxyError;
@@ -59,6 +61,10 @@ fn request_id(session: &Session) -> String {
 /// Admission, planning, the cache, budgets, attempts; delivery and the record happen inside
 /// the attempts, or at once for a cache hit.
 async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Outcome> {
+    if usage::is_usage(session) {
+        // A key's own budgets: no LLM call, so nothing below applies.
+        return usage::answer(tg, session, ctx).await;
+    }
     let req = admit::admit(tg, session, ctx).await?;
     limiting::check(tg, ctx, &req).await?;
     let cfg = ctx.config.clone();
@@ -69,7 +75,7 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
         // A hit spends nothing: it is served whatever the budgets say.
         return caching::serve(tg, session, ctx, hit).await;
     }
-    let plan = budgeting::reserve(tg, ctx, &req, plan)?;
+    let plan = budgeting::reserve(tg, ctx, &req, plan).await?;
     attempts::run(tg, session, ctx, &req, plan).await
 }
 

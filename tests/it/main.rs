@@ -26,3 +26,4 @@ mod reload;
 mod routing;
 mod simulate;
 mod tls;
+mod usage;
