@@ -2,8 +2,12 @@
 //! process on loopback in front of the simulated provider, synthetic traffic from several
 //! teams (part of it through a cheap-first cascade policy, part of it repeated and answered
 //! by the response cache), then a spend report read back from the ledger, savings included.
+//! One team has a daily budget it overruns: its alerts go to a webhook the demo runs.
+
+mod webhook;
 
 use crate::ledger;
+use crate::money::NanoUsd;
 use crate::report::{self, Dim, Format};
 use crate::server::ready::Ready;
 use anyhow::{Context, bail};
@@ -64,8 +68,18 @@ rules:
     cache: { scope: team }
 ";
 
+/// The budget the demo's traffic overruns: growth's spend per day, alerting (and still
+/// serving) at 50, 80 and 100%.
+const BUDGET: &str = "growth-daily";
+
+/// The budget's amount per request sent. Growth sends about a fifth of the requests at
+/// about a tenth of a cent each, so it spends about twice its budget, whatever the count.
+const BUDGET_PER_REQUEST: NanoUsd = NanoUsd(100_000);
+
 /// Both listeners on port 0: the proxy reports the ports it was given on its ready line.
-fn config(data_dir: &Path) -> String {
+/// Budget alerts go to the demo's webhook at `hook`, signed with the secret in
+/// [`webhook::SECRET_ENV`].
+fn config(data_dir: &Path, hook: SocketAddr, budget: NanoUsd) -> String {
     let mut out = format!(
         "listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
@@ -91,6 +105,20 @@ models:
             "  - {{ name: {team}-{env}, key_env: TOLLGATE_DEMO_KEY_{i}, team: {team}, project: {project}, env: {env} }}\n"
         ));
     }
+    out.push_str(&format!(
+        "budgets:
+  - name: {BUDGET}
+    scope: {{ team: growth }}
+    period: day
+    amount_usd: \"{budget}\"
+    alert_at: [50, 80, 100]
+    action: alert
+alerts:
+  webhooks:
+    - {{ name: demo, format: json, url: \"http://{hook}/budget-alerts\", secret_env: {} }}
+",
+        webhook::SECRET_ENV
+    ));
     out
 }
 
@@ -134,8 +162,15 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let kept = data_dir.is_some();
     let dir = data_dir.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let secret = hex::encode(rand::random::<[u8; 16]>());
+    let hook = rt.block_on(webhook::Receiver::start(secret.clone()))?;
+    let budget = NanoUsd(BUDGET_PER_REQUEST.0 * requests.max(1) as i64);
     let config_path = dir.join("tollgate-demo.yaml");
-    std::fs::write(&config_path, config(&dir.join("data")))?;
+    std::fs::write(&config_path, config(&dir.join("data"), hook.addr, budget))?;
     std::fs::create_dir_all(dir.join("policies"))?;
     std::fs::write(dir.join("policies/cheap-first.yaml"), POLICY)?;
 
@@ -144,6 +179,7 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     for (i, (key, ..)) in CALLERS.iter().enumerate() {
         cmd.env(format!("TOLLGATE_DEMO_KEY_{i}"), key);
     }
+    cmd.env(webhook::SECRET_ENV, &secret);
     let log_path = dir.join("tollgate-demo.log");
     let log = std::fs::File::create(&log_path)?;
     let mut proxy = ProxyProcess(cmd.stdout(Stdio::piped()).stderr(log).spawn()?);
@@ -157,20 +193,37 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     };
     println!("tollgate demo: proxy on {proxy_addr}, metrics on {admin}/metrics");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let scrape = || {
+        rt.block_on(async {
+            reqwest::get(format!("http://{admin}/metrics"))
+                .await?
+                .text()
+                .await
+        })
+    };
+    // Spend a kept data dir had already recorded today counts: only thresholds crossed
+    // by this run's traffic send alerts now.
+    let ledger_dir = dir.join("data/ledger");
+    let earlier = recorded(&ledger_dir);
+    let before = budget_spend(&scrape()?);
     let sent = rt.block_on(drive(proxy_addr, requests))?;
-    let metrics = rt.block_on(async {
-        reqwest::get(format!("http://{admin}/metrics"))
-            .await?
-            .text()
-            .await
-    })?;
+    // A client that gave up mid-stream is recorded (and its spend counted) once the proxy
+    // notices: every request's record is in before the budget is read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recorded(&ledger_dir) < earlier + requests && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = scrape()?;
+    let after = budget_spend(&metrics);
+    let crossed: Vec<u32> = [50, 80, 100]
+        .into_iter()
+        .filter(|&pct| !reached(before, budget, pct) && reached(after, budget, pct))
+        .collect();
+    // Alerts are sent in the background; the proxy is stopped once they are in.
+    let alerts_in = rt.block_on(hook.wait_for(BUDGET, &crossed, Duration::from_secs(10)));
     proxy.terminate()?;
 
-    let records = ledger::read_all::<crate::record::Record>(&dir.join("data/ledger"))?;
+    let records = ledger::read_all::<crate::record::Record>(&ledger_dir)?;
     println!(
         "sent {sent} requests; the ledger holds {} records ({} streamed, {} with estimated usage)\n",
         records.len(),
@@ -205,6 +258,29 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
             total.cache_hits, total.requests, total.cache_saved,
         );
     }
+    hook.print();
+    if crossed.is_empty() && reached(before, budget, 50) {
+        println!(
+            "  (earlier runs in this data dir crossed them today; each is sent once per period)"
+        );
+    }
+    if !alerts_in {
+        println!(
+            "  (not every threshold crossed had arrived after 10 s: see {})",
+            log_path.display()
+        );
+    }
+    let growth: Vec<_> = records.iter().filter(|r| r.team == "growth").collect();
+    let refused = growth
+        .iter()
+        .filter(|r| r.error.as_deref() == Some("budget_exceeded"))
+        .count();
+    println!(
+        "Budget {BUDGET} (team growth, daily, action alert): {} USD spent of {budget} ({}%), per tollgate_budget_spend_usd; {refused} of growth's {} requests refused.\n",
+        after,
+        i128::from(after.0) * 100 / i128::from(budget.0),
+        growth.len(),
+    );
     let exported = metrics
         .lines()
         .filter(|l| {
@@ -222,6 +298,27 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Request records in the ledger so far.
+fn recorded(ledger_dir: &Path) -> usize {
+    ledger::read_all::<crate::record::Record>(ledger_dir).map_or(0, |r| r.len())
+}
+
+/// The demo budget's spend in a metrics scrape (0 before its first request).
+fn budget_spend(metrics: &str) -> NanoUsd {
+    let series = format!("tollgate_budget_spend_usd{{budget=\"{BUDGET}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .and_then(NanoUsd::from_f64_usd)
+        .unwrap_or_default()
+}
+
+/// Whether `spend` is at least `pct`% of `amount`, as the proxy decides it.
+fn reached(spend: NanoUsd, amount: NanoUsd, pct: u32) -> bool {
+    i128::from(spend.0) * 100 >= i128::from(amount.0) * i128::from(pct)
 }
 
 /// Sends `n` mixed requests, 16 at a time.

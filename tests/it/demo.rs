@@ -1,7 +1,8 @@
 //! `tollgate demo`: the whole path offline, ending in a spend report from the ledger, with
-//! the savings of routing and of the cache.
+//! the savings of routing and of the cache, and the alerts of a budget the traffic overruns.
 
 use std::process::Command;
+use tollgate::money::NanoUsd;
 
 #[test]
 fn demo_runs_end_to_end_and_reports_spend_per_team() {
@@ -75,11 +76,78 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
     let hits: Vec<_> = records.iter().filter(|r| r.cache_hit).collect();
     assert!(!hits.is_empty());
     for hit in hits {
-        assert_eq!(hit.cost_usd, Some(tollgate::money::NanoUsd::ZERO));
+        assert_eq!(hit.cost_usd, Some(NanoUsd::ZERO));
         assert_eq!(
             (hit.input_tokens, hit.output_tokens, hit.attempts),
             (0, 0, 0)
         );
         assert!(hit.saved_cost_usd.unwrap().0 > 0 && hit.saved_output_tokens > 0);
     }
+    budget_alerts_are_shown(&stdout, &records);
+}
+
+/// Growth overruns its daily budget: the demo's webhook shows each threshold's alert, the
+/// budget's spend is the ledger's for growth, and nothing else alerted.
+fn budget_alerts_are_shown(stdout: &str, records: &[tollgate::record::Record]) {
+    let alerts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  threshold ") || l.starts_with("  forecast "))
+        .collect();
+    for pct in [50, 80, 100] {
+        assert!(
+            alerts
+                .iter()
+                .any(|l| l.contains("budget=growth-daily")
+                    && l.contains(&format!(" percent={pct} "))),
+            "no {pct}% alert:\n{stdout}"
+        );
+    }
+    assert!(
+        alerts.iter().all(|l| l.contains("budget=growth-daily")),
+        "only growth's budget alerts:\n{stdout}"
+    );
+    let field = |line: &str, name: &str| -> NanoUsd {
+        let value = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        NanoUsd::parse_usd(value).unwrap()
+    };
+    let full = alerts.iter().find(|l| l.contains(" percent=100 ")).unwrap();
+    assert!(
+        field(full, "spend_usd") >= field(full, "limit_usd"),
+        "{full}"
+    );
+    // Each alert's text follows it, with the budget's scope: team growth only.
+    assert!(
+        stdout.contains("has reached 100% of its daily limit"),
+        "{stdout}"
+    );
+    let scopes: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("Scope: ").map(|(_, s)| s))
+        .collect();
+    assert_eq!(scopes.len(), alerts.len(), "{stdout}");
+    assert!(scopes.iter().all(|s| *s == "team=growth."), "{scopes:?}");
+
+    // The budget's spend, as the proxy's metrics had it, is what the ledger holds for growth.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Budget growth-daily "))
+        .unwrap_or_else(|| panic!("no budget line:\n{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "spent").unwrap();
+    let spent = NanoUsd::parse_usd(words[at - 2]).unwrap();
+    let limit = NanoUsd::parse_usd(words[at + 2]).unwrap();
+    let growth: Vec<_> = records.iter().filter(|r| r.team == "growth").collect();
+    assert_eq!(
+        spent,
+        growth.iter().filter_map(|r| r.cost_usd).sum::<NanoUsd>()
+    );
+    assert_eq!(limit, field(full, "limit_usd"));
+    assert!(spent >= limit, "{line}");
+    assert!(
+        line.ends_with(&format!("0 of growth's {} requests refused.", growth.len())),
+        "an alerting budget keeps serving: {line}"
+    );
 }
