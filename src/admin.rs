@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use serde::Serialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 
@@ -83,12 +84,21 @@ async fn budgets_handler(State(s): State<AdminState>, headers: HeaderMap) -> Res
     for b in &mut budgets {
         b.rejections = Some(rejections.get(b.name).copied().unwrap_or(0));
     }
-    Json(json!({
-        "as_of": view::rfc3339(now),
-        "time_zone": cfg.spend.time_zone.name(),
-        "budgets": budgets,
-    }))
+    Json(BudgetsAnswer {
+        as_of: view::rfc3339(now),
+        time_zone: cfg.spend.time_zone.name(),
+        budgets,
+    })
     .into_response()
+}
+
+/// The answer of `GET /budgets`; a struct, so fields keep their order.
+#[derive(Serialize)]
+struct BudgetsAnswer<'a> {
+    as_of: String,
+    /// Of the budgets' calendar periods (their bounds are written in UTC).
+    time_zone: &'a str,
+    budgets: Vec<view::BudgetView<'a>>,
 }
 
 /// The answer to a caller without the admin token: 404 when no token is configured (the
