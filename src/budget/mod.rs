@@ -16,8 +16,9 @@ pub mod shared;
 pub mod startup;
 pub mod view;
 
+use self::redis::RedisBudgets;
 use crate::attribution::Attribution;
-use crate::config::{Budget, BudgetAction, Spend};
+use crate::config::{Budget, BudgetAction, Sharing, Spend};
 use crate::money::NanoUsd;
 use chrono::{DateTime, NaiveDate, Utc};
 use forecast::DailySpend;
@@ -73,7 +74,14 @@ pub struct Budgets {
     /// This process's spend not shipped yet, when budgets are shared through ClickHouse.
     /// Locked after `accounts` when both are.
     unshipped: Mutex<Option<shared::Unshipped>>,
+    /// The counters' Redis, when budgets are shared through it.
+    shared_redis: Mutex<Option<Arc<RedisBudgets>>>,
+    /// Spend known at start, by budget: what Redis starts a period from when it has none.
+    seeds: Mutex<HashMap<String, (DateTime<Utc>, NanoUsd)>>,
 }
+
+/// How long a reservation held in Redis outlives a replica that died holding it.
+const RESERVATION_LIFE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// A budget that a request's reservation would take past its amount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +137,13 @@ impl Status {
 impl Budgets {
     /// Accounts starting from spend read at start (see [`startup`]).
     pub fn new(known: HashMap<String, Known>) -> Arc<Budgets> {
+        let seeds = known
+            .iter()
+            .filter_map(|(name, k)| Some((name.clone(), (k.start?, k.total))))
+            .collect();
         Arc::new(Budgets {
+            seeds: Mutex::new(seeds),
+            shared_redis: Mutex::default(),
             accounts: Mutex::default(),
             known: Mutex::new(known),
             rejections: Mutex::default(),
@@ -305,7 +319,115 @@ impl Budgets {
             cost,
             remaining: tightest,
             settled: false,
+            shared: None,
         })
+    }
+
+    /// The Redis of budgets shared through it (`replicas.budgets: redis`), made on first use
+    /// and again when a reload points elsewhere.
+    pub fn redis(&self, spend: &Spend) -> Option<Arc<RedisBudgets>> {
+        let settings = spend
+            .redis
+            .as_ref()
+            .filter(|_| spend.budget_sharing == Sharing::Redis)?;
+        let mut shared = self.shared_redis.lock().unwrap_or_else(|e| e.into_inner());
+        match shared.as_ref() {
+            Some(r) if r.is_for(settings) => Some(r.clone()),
+            _ => {
+                let r = Arc::new(RedisBudgets::new(settings));
+                *shared = Some(r.clone());
+                Some(r)
+            }
+        }
+    }
+
+    /// Reserves `cost` in Redis for every budget in scope, or refuses; `None` when Redis gave
+    /// no answer (the caller reserves locally instead).
+    pub async fn reserve_shared(
+        self: &Arc<Self>,
+        redis: Arc<RedisBudgets>,
+        spend: &Spend,
+        who: &Attribution,
+        cost: NanoUsd,
+        now: DateTime<Utc>,
+    ) -> Option<Result<Reservation, Over>> {
+        let budgets: Vec<&Budget> = Self::in_scope(spend, who).collect();
+        let periods: Vec<redis::Period> = budgets
+            .iter()
+            .map(|b| {
+                let (start, end) = period::bounds(b.period, spend.time_zone, now);
+                redis::Period {
+                    key: redis.key(&b.name, start.timestamp()),
+                    limit: (b.action == BudgetAction::Block).then_some(b.amount.0),
+                    seed: self.seed(&b.name, start).0,
+                    // Kept past the period's end for late settlements and reports.
+                    expire_at_ms: (end + chrono::Duration::days(2)).timestamp_millis(),
+                }
+            })
+            .collect();
+        let id = uuid::Uuid::now_v7().to_string();
+        let answer = redis
+            .reserve(&periods, &id, cost.0, RESERVATION_LIFE)
+            .await?;
+        let mut accounts = self.lock();
+        Some(match answer {
+            redis::Answer::Refused(i, spent, reserved) => {
+                let b = budgets[i];
+                let a = self.account(&mut accounts, spend, b, now);
+                a.base = NanoUsd(spent);
+                a.spent = NanoUsd::ZERO;
+                a.reserved = NanoUsd(reserved);
+                Err(over(b, a))
+            }
+            redis::Answer::Done(states) => {
+                let mut held = Vec::new();
+                let mut tightest: Option<NanoUsd> = None;
+                for (b, (spent, reserved)) in budgets.iter().zip(states) {
+                    let a = self.account(&mut accounts, spend, b, now);
+                    a.base = NanoUsd(spent);
+                    a.spent = NanoUsd::ZERO;
+                    a.reserved = NanoUsd(reserved);
+                    // Left before this request's own reservation.
+                    let left = NanoUsd(b.amount.0 - spent - (reserved - cost.0));
+                    tightest = Some(tightest.map_or(left, |t| t.min(left)));
+                    held.push((b.name.clone(), a.start));
+                }
+                Ok(Reservation {
+                    budgets: self.clone(),
+                    held: held.clone(),
+                    cost,
+                    remaining: tightest,
+                    settled: false,
+                    shared: Some(SharedHold {
+                        redis,
+                        periods,
+                        held,
+                        id,
+                    }),
+                })
+            }
+        })
+    }
+
+    /// Takes Redis's counts after a settlement into the accounts of the same periods.
+    fn take_shared(&self, held: &[(String, DateTime<Utc>)], states: &[(i64, i64)]) {
+        let mut accounts = self.lock();
+        for ((name, start), (spent, reserved)) in held.iter().zip(states) {
+            if let Some(a) = accounts.get_mut(name).filter(|a| a.start == *start) {
+                a.base = NanoUsd(*spent);
+                a.spent = NanoUsd::ZERO;
+                a.reserved = NanoUsd(*reserved);
+            }
+        }
+    }
+
+    /// The spend known at start for a budget's period starting at `start` (Redis's seed).
+    fn seed(&self, name: &str, start: DateTime<Utc>) -> NanoUsd {
+        let seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        seeds
+            .get(name)
+            .filter(|(s, _)| *s == start)
+            .map_or(NanoUsd::ZERO, |(_, total)| *total)
     }
 
     /// Every configured budget's state at `now`.
@@ -416,6 +538,34 @@ pub struct Reservation {
     cost: NanoUsd,
     remaining: Option<NanoUsd>,
     settled: bool,
+    /// Where the reservation is also held when budgets are shared through Redis.
+    shared: Option<SharedHold>,
+}
+
+/// A reservation held in Redis: its periods and id.
+struct SharedHold {
+    redis: Arc<RedisBudgets>,
+    periods: Vec<redis::Period>,
+    /// The budgets and period starts of `periods`, in the same order.
+    held: Vec<(String, DateTime<Utc>)>,
+    id: String,
+}
+
+impl SharedHold {
+    /// Settles in Redis without holding the caller up; the accounts take Redis's answer.
+    fn settle(self, budgets: Arc<Budgets>, actual: NanoUsd) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime (shutdown): the reservation expires in Redis by itself.
+            return;
+        };
+        rt.spawn(async move {
+            if let Some(redis::Answer::Done(states)) =
+                self.redis.settle(&self.periods, &self.id, actual.0).await
+            {
+                budgets.take_shared(&self.held, &states);
+            }
+        });
+    }
 }
 
 impl Reservation {
@@ -434,6 +584,9 @@ impl Reservation {
             return Vec::new();
         }
         self.settled = true;
+        if let Some(hold) = self.shared.take() {
+            hold.settle(self.budgets.clone(), actual);
+        }
         self.budgets
             .settle(spend, &self.held, self.cost, actual, now)
     }
@@ -443,6 +596,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
             self.settled = true;
+            if let Some(hold) = self.shared.take() {
+                hold.settle(self.budgets.clone(), NanoUsd::ZERO);
+            }
             self.budgets.settle(
                 &Spend::default(),
                 &self.held,

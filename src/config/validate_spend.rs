@@ -92,12 +92,6 @@ pub(super) fn spend(
         .as_ref()
         .and_then(|s| redis_settings("replicas.redis", s, &mut |l, m| bad(l, m), env));
     let budget_sharing = sharing(&r.budgets, "replicas.budgets", true, bad);
-    if budget_sharing == Sharing::Redis {
-        bad(
-            &r.budgets.referenced,
-            "replicas.budgets: redis is not supported yet; use clickhouse".into(),
-        );
-    }
     let limit_sharing = sharing(&r.rate_limits, "replicas.rate_limits", false, bad);
     if budget_sharing == Sharing::ClickHouse && !has_clickhouse {
         bad(

@@ -23,7 +23,7 @@ pub const DEFAULT_OUTPUT_RESERVE: u64 = 4096;
 
 /// Reserves the request's cost, or refuses it; returns the plan to carry out (another
 /// rule's when a budget downgrades the request).
-pub fn reserve(
+pub async fn reserve(
     tg: &Tollgate,
     ctx: &mut RequestCtx,
     req: &Admitted,
@@ -47,7 +47,17 @@ pub fn reserve(
         ctx.cache.give_up();
         cost = max_cost(&cfg, req, &plan, now);
     }
-    match tg.budgets.reserve(spend, &ctx.attribution, cost, now) {
+    let shared = match tg.budgets.redis(spend) {
+        Some(redis) => {
+            tg.budgets
+                .reserve_shared(redis, spend, &ctx.attribution, cost, now)
+                .await
+        }
+        None => None,
+    };
+    // Without an answer from Redis, this process's own accounts decide.
+    let reserved = shared.unwrap_or_else(|| tg.budgets.reserve(spend, &ctx.attribution, cost, now));
+    match reserved {
         Ok(reservation) => {
             ctx.budget = Some(reservation);
             Ok(plan)

@@ -75,7 +75,7 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
         // A hit spends nothing: it is served whatever the budgets say.
         return caching::serve(tg, session, ctx, hit).await;
     }
-    let plan = budgeting::reserve(tg, ctx, &req, plan)?;
+    let plan = budgeting::reserve(tg, ctx, &req, plan).await?;
     attempts::run(tg, session, ctx, &req, plan).await
 }
 

@@ -414,3 +414,61 @@ async fn thresholds_send_signed_alerts_once_even_across_a_restart() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(thresholds(&seen).len(), 2);
 }
+
+#[tokio::test]
+async fn replicas_sharing_through_redis_hold_one_budget_exactly() {
+    let mut redis = crate::common::redis::RedisServer::start();
+    let up = start_sim().await;
+    let body = chat("Write a sonnet.");
+    let each = reservation(&body);
+    // Room for 5.
+    let amount = NanoUsd(each.0 * 11 / 2);
+    let extra = format!(
+        "budgets:\n{}\nreplicas: {{budgets: redis, redis: {{url: \"{}\", timeout_ms: 200}}}}\n",
+        block(amount),
+        redis.url()
+    );
+    let config = config_for(up.addr, &extra);
+    let a = Proxy::start(&config).await;
+    let b = Proxy::start(&config).await;
+    let slow = ("x-sim-fault", "delay-ms=300");
+    let calls = (0..20).map(|i| {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        let body = &body;
+        async move {
+            let resp = openai(proxy, "/v1/chat/completions", &[slow], body).await;
+            let status = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            status
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "one budget across both replicas: {statuses:?}"
+    );
+    // What was spent is in Redis, settled to the real costs: the next call on either
+    // replica sees the same remaining amount.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let spent: i64 = a
+        .records(10)
+        .await
+        .iter()
+        .chain(b.records(10).await.iter())
+        .filter_map(|r| r.cost_usd)
+        .map(|c| c.0)
+        .sum();
+    let resp = openai(&b, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(remaining(&resp), Some(NanoUsd(amount.0 - spent)));
+    let _ = resp.bytes().await;
+
+    // Redis down: requests are still decided, by each replica's own accounts.
+    redis.kill();
+    let resp = openai(&a, "/v1/chat/completions", &[], &body).await;
+    assert!(
+        [200, 429].contains(&resp.status().as_u16()),
+        "{}",
+        resp.status()
+    );
+}
