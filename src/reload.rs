@@ -59,7 +59,12 @@ pub struct Reloader {
     last_read: Mutex<[u8; 32]>,
     /// Woken after each applied reload: the files to watch may have changed.
     applied: Notify,
+    /// Told of each config swapped in, with the one it replaced.
+    on_swap: Mutex<Vec<SwapHook>>,
 }
+
+/// Called with the old and the new config after a reload swapped it in.
+pub type SwapHook = Box<dyn Fn(&Validated, &Arc<Validated>) + Send + Sync>;
 
 impl Reloader {
     pub fn new(path: &Path, config: Arc<ArcSwap<Validated>>, reloads: IntCounterVec) -> Reloader {
@@ -70,7 +75,16 @@ impl Reloader {
             reloads,
             last_read,
             applied: Notify::new(),
+            on_swap: Mutex::default(),
         }
+    }
+
+    /// Adds `hook`, run after every reload that swaps a config in.
+    pub fn on_swap(&self, hook: SwapHook) {
+        self.on_swap
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hook);
     }
 
     /// The running config.
@@ -99,7 +113,16 @@ impl Reloader {
                 for field in fixed_fields_changed(&current, &new) {
                     tracing::warn!(field, "changed in the config file; takes effect on restart");
                 }
-                self.config.store(Arc::new(new));
+                let new = Arc::new(new);
+                self.config.store(new.clone());
+                for hook in self
+                    .on_swap
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                {
+                    hook(&current, &new);
+                }
                 self.count("ok", trigger);
                 tracing::info!(config = %self.path.display(), trigger = trigger.as_str(), "config reloaded");
                 self.applied.notify_one();

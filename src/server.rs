@@ -131,6 +131,12 @@ pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()
         shared_config.clone(),
         metrics.config_reloads.clone(),
     ));
+    // A budget a reload adds or changes starts from its recorded spend, not from zero.
+    let reloaded = budgets.clone();
+    reloader.on_swap(Box::new(move |old, new| {
+        let budgets = reloaded.clone();
+        crate::budget::startup::load_for_new(old, new, move |known| budgets.adopt(known));
+    }));
     server.add_service(background_service(
         "config reload",
         ReloadService(reloader.clone()),

@@ -197,6 +197,31 @@ impl Budgets {
         }
     }
 
+    /// Takes spend read for budgets a reload added or changed (see
+    /// [`startup::load_for_new`]): kept for their accounts when these are made, or taken
+    /// into accounts already made since the reload (their requests may then count twice,
+    /// never not at all).
+    pub fn adopt(&self, known: HashMap<String, Known>) {
+        let mut accounts = self.lock();
+        let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, k) in known {
+            if let Some(start) = k.start {
+                seeds.insert(name.clone(), (start, k.total));
+            }
+            match accounts.get_mut(&name) {
+                Some(a) if Some(a.start) == k.start => {
+                    a.base = a.base.max(k.total);
+                    a.daily = forecast::DailySpend::from_days(k.days);
+                }
+                Some(_) => {}
+                None => {
+                    pending.insert(name, k);
+                }
+            }
+        }
+    }
+
     /// Counts a request `budget` refused.
     pub fn rejected(&self, budget: &str) {
         let mut counts = self.rejections.lock().unwrap_or_else(|e| e.into_inner());

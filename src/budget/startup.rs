@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Where the spend comes from.
 pub enum Source<'a> {
@@ -168,7 +169,40 @@ pub(super) async fn clickhouse_days(
 /// unshipped records stay where the sink's cursor says). Bounded in time: a ClickHouse that
 /// does not answer leaves the ledger's records only, with a warning.
 pub fn load(cfg: &crate::config::Validated) -> HashMap<String, Known> {
-    if cfg.spend.budgets.is_empty() {
+    load_spend(cfg, &cfg.spend)
+}
+
+/// After a reload: reads, on a thread of its own, the spend of the budgets `new` adds or
+/// changes (name, scope, period or time zone) over `old`, and hands it to `adopt`.
+pub fn load_for_new(
+    old: &crate::config::Validated,
+    new: &Arc<crate::config::Validated>,
+    adopt: impl FnOnce(HashMap<String, Known>) + Send + 'static,
+) {
+    let unchanged = |b: &Budget| {
+        old.spend.time_zone == new.spend.time_zone
+            && old
+                .spend
+                .budgets
+                .iter()
+                .any(|o| o.name == b.name && o.scope == b.scope && o.period == b.period)
+    };
+    let mut spend = new.spend.clone();
+    spend.budgets.retain(|b| !unchanged(b));
+    if spend.budgets.is_empty() {
+        return;
+    }
+    let cfg = new.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tollgate-budget-load".into())
+        .spawn(move || adopt(load_spend(&cfg, &spend)));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot read the spend of reloaded budgets");
+    }
+}
+
+fn load_spend(cfg: &crate::config::Validated, spend: &Spend) -> HashMap<String, Known> {
+    if spend.budgets.is_empty() {
         return HashMap::new();
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -203,7 +237,7 @@ pub fn load(cfg: &crate::config::Validated) -> HashMap<String, Known> {
             None => Source::Ledger,
         };
         let ledger_dir = cfg.data_dir.join("ledger");
-        let reading = known(&cfg.spend, &ledger_dir, source, Utc::now());
+        let reading = known(spend, &ledger_dir, source, Utc::now());
         match tokio::time::timeout(STARTUP_READ_LIMIT, reading).await {
             Ok((known, None)) => known,
             Ok((known, Some(problem))) => {

@@ -472,3 +472,38 @@ async fn replicas_sharing_through_redis_hold_one_budget_exactly() {
         resp.status()
     );
 }
+
+#[tokio::test]
+async fn a_budget_added_by_a_reload_starts_from_the_recorded_spend() {
+    let up = start_sim().await;
+    let body = chat("Name a moon.");
+    let proxy = Proxy::start(&config_for(up.addr, "")).await;
+    for _ in 0..3 {
+        let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+        assert_eq!(remaining(&resp), None, "no budget yet");
+        let _ = resp.bytes().await;
+    }
+    let spent: i64 = proxy
+        .records(3)
+        .await
+        .iter()
+        .map(|r| r.cost_usd.unwrap().0)
+        .sum();
+    let amount = NanoUsd(reservation(&body).0 * 100);
+    let config = config_for(up.addr, &format!("budgets:\n{}", block(amount)));
+    std::fs::write(
+        proxy.config_path(),
+        format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndata_dir: data\n{config}"),
+    )
+    .unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy
+        .wait_metric(
+            "tollgate_budget_spend_usd",
+            &[("budget", "search-month")],
+            spent as f64 / 1e9,
+        )
+        .await;
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(remaining(&resp), Some(NanoUsd(amount.0 - spent)));
+}
