@@ -201,17 +201,40 @@ pub async fn admit(
     Ok(admitted)
 }
 
+/// Bodies up to this size are counted on the async worker, larger ones on the counting
+/// threads (`tokens::spawn_count`), so a huge prompt holds up no other request.
+const COUNT_INLINE_BYTES: usize = 64 * 1024;
+
+fn count_input(endpoint: Endpoint, body: &[u8], model: Option<&str>) -> u64 {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
+    let enc = Encoding::for_model(model.unwrap_or_default());
+    estimate::input_count(endpoint, &value, enc).tokens
+}
+
 impl Admitted {
     /// The request's input tokens, counted locally (for rules that match on its size).
     /// Counted once per request, however many steps ask.
     pub fn estimated_input_tokens(&self) -> u64 {
-        *self.input_tokens.get_or_init(|| {
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
-                return 0;
-            };
-            let enc = Encoding::for_model(self.model.as_deref().unwrap_or_default());
-            estimate::input_count(self.endpoint, &value, enc).tokens
-        })
+        *self
+            .input_tokens
+            .get_or_init(|| count_input(self.endpoint, &self.body, self.model.as_deref()))
+    }
+
+    /// [`Admitted::estimated_input_tokens`], counted off the async workers when the body is
+    /// large enough for counting to take a while.
+    pub async fn counted_input_tokens(&self) -> u64 {
+        if let Some(n) = self.input_tokens.get() {
+            return *n;
+        }
+        if self.body.len() < COUNT_INLINE_BYTES {
+            return self.estimated_input_tokens();
+        }
+        let (endpoint, body, model) = (self.endpoint, self.body.clone(), self.model.clone());
+        let n = crate::tokens::spawn_count(move || count_input(endpoint, &body, model.as_deref()))
+            .await;
+        *self.input_tokens.get_or_init(|| n)
     }
 
     /// The credential sent to `provider`: its own key for virtual-key clients, the

@@ -35,6 +35,7 @@ pub async fn reserve(
         return Ok(plan);
     }
     let now = Utc::now();
+    req.counted_input_tokens().await;
     let mut plan = plan;
     let mut cost = max_cost(&cfg, req, &plan, now);
     if let Some(over) = tg.budgets.downgrade(spend, &ctx.attribution, cost, now)

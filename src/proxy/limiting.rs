@@ -29,7 +29,7 @@ pub async fn check(tg: &Tollgate, ctx: &mut RequestCtx, req: &Admitted) -> Resul
         return Ok(());
     }
     let tokens = if charges.iter().any(|c| c.tpm.is_some()) {
-        req.estimated_input_tokens()
+        req.counted_input_tokens().await
     } else {
         0
     };
