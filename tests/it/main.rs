@@ -15,6 +15,7 @@ mod counting;
 mod demo;
 mod durability;
 mod errors;
+mod forecast;
 mod hostile;
 mod http;
 mod openai;
