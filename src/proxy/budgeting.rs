@@ -167,6 +167,25 @@ fn alert(tg: &Tollgate, ctx: &RequestCtx, c: Crossing) {
     });
 }
 
+/// [`REMAINING_HEADER`] for a request that reserved nothing (a cache hit): what the tightest
+/// budget in scope has left now.
+pub fn remaining_now(tg: &Tollgate, ctx: &RequestCtx) -> Option<String> {
+    let spend = &ctx.config.spend;
+    let names: Vec<&str> = Budgets::in_scope(spend, &ctx.attribution)
+        .map(|b| b.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    tg.budgets
+        .statuses(spend, Utc::now())
+        .iter()
+        .filter(|s| names.contains(&s.budget.as_str()))
+        .map(|s| s.remaining())
+        .min()
+        .map(|left| left.to_string())
+}
+
 /// The value of [`REMAINING_HEADER`] for this request, when a budget holds it.
 pub fn remaining(ctx: &RequestCtx) -> Option<String> {
     let left = ctx.budget.as_ref()?.remaining()?;

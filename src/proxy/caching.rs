@@ -294,7 +294,8 @@ pub async fn serve(
     ctx.upstream_model = answer.model.clone();
     ctx.served_model = Some(answer.model.clone());
     ctx.usage_source = UsageSource::None;
-    let resp = hit_header(ctx, &answer, content_type, body.len())
+    let left = super::budgeting::remaining_now(tg, ctx);
+    let resp = hit_header(ctx, &answer, content_type, body.len(), left)
         .map_err(|e| ProxyError::Internal(format!("response header: {e}")))?;
     ctx.cache.hit = Some(answer);
     send_whole(tg, session, ctx, resp, body).await
@@ -305,12 +306,16 @@ fn hit_header(
     answer: &CachedResponse,
     content_type: &str,
     len: usize,
+    budget_left: Option<String>,
 ) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(answer.status, Some(4))?;
+    let mut resp = ResponseHeader::build(answer.status, Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
     resp.insert_header(CACHE_HEADER, CacheStatus::Hit.as_str())?;
+    if let Some(left) = budget_left {
+        resp.insert_header(super::budgeting::REMAINING_HEADER, left)?;
+    }
     Ok(resp)
 }
 

@@ -507,3 +507,57 @@ async fn a_budget_added_by_a_reload_starts_from_the_recorded_spend() {
     let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
     assert_eq!(remaining(&resp), Some(NanoUsd(amount.0 - spent)));
 }
+
+#[tokio::test]
+async fn a_cache_hit_spends_nothing_and_is_served_past_a_spent_budget() {
+    let up = start_sim().await;
+    let mut body = chat("Name a comet.");
+    body["temperature"] = json!(0);
+    // Room for exactly one call at its full cost.
+    let amount = reservation(&body);
+    let rules =
+        "rules:\n  - name: cached\n    match: {feature: cached}\n    cache: {scope: team}\n";
+    let config = config_for(
+        up.addr,
+        &format!(
+            "budgets:\n{}\npolicies: policies\ncache: {{enabled: true}}",
+            block(amount)
+        ),
+    );
+    let proxy = Proxy::start_with(&config, &[("policies/cache.yaml", rules.as_bytes())]).await;
+    let cached = ("x-tollgate-feature", "cached");
+    let all = MAX_TOKENS.to_string();
+    let full = ("x-sim-output-tokens", all.as_str());
+    let first = openai(&proxy, "/v1/chat/completions", &[cached, full], &body).await;
+    assert_eq!(first.status(), 200);
+    let _ = first.bytes().await;
+    let spent = proxy.only_record().await.cost_usd.unwrap();
+    // The budget has no room for another call, but a hit costs nothing.
+    let hit = openai(&proxy, "/v1/chat/completions", &[cached, full], &body).await;
+    assert_eq!(hit.status(), 200);
+    assert_eq!(hit.headers()["x-tollgate-cache"], "hit");
+    assert_eq!(remaining(&hit), Some(NanoUsd(amount.0 - spent.0)));
+    let _ = hit.bytes().await;
+    let mut other = body.clone();
+    other["messages"][0]["content"] = json!("Name a star.");
+    let refused = openai(&proxy, "/v1/chat/completions", &[cached, full], &other).await;
+    assert_eq!(refused.status(), 429);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_budget_spend_usd",
+            &[("budget", "search-month")]
+        ),
+        Some(spent.0 as f64 / 1e9),
+        "the hit added nothing"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_budget_reserved_usd",
+            &[("budget", "search-month")]
+        ),
+        Some(0.0)
+    );
+}
