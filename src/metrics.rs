@@ -624,6 +624,21 @@ impl Collector for UsdCollector {
     }
 }
 
+/// One sample of a gauge or a counter, for collectors that read state when scraped.
+pub fn sample(kind: MetricType, value: f64) -> Metric {
+    let mut metric = Metric::default();
+    if kind == MetricType::GAUGE {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        metric.set_gauge(g);
+    } else {
+        let mut c = Counter::default();
+        c.set_value(value);
+        metric.set_counter(c);
+    }
+    metric
+}
+
 /// The cache [`Metrics::watch_cache`] was given, shared by every clone of the metrics.
 #[derive(Clone, Default)]
 struct CacheWatch(Arc<Mutex<Option<Watched>>>);
@@ -733,17 +748,7 @@ impl Collector for CacheCollector {
             .iter()
             .zip(&self.descs)
             .filter_map(|((_, _, kind, read), desc)| {
-                let value = read(w)? as f64;
-                let mut metric = Metric::default();
-                if *kind == MetricType::GAUGE {
-                    let mut g = Gauge::default();
-                    g.set_value(value);
-                    metric.set_gauge(g);
-                } else {
-                    let mut c = Counter::default();
-                    c.set_value(value);
-                    metric.set_counter(c);
-                }
+                let metric = sample(*kind, read(w)? as f64);
                 let mut family = MetricFamily::default();
                 family.set_name(desc.fq_name.clone());
                 family.set_help(desc.help.clone());

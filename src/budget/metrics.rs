@@ -3,11 +3,12 @@
 
 use super::Budgets;
 use crate::config::Validated;
+use crate::metrics::sample;
 use crate::money::NANOS_PER_USD;
 use arc_swap::ArcSwap;
 use chrono::Utc;
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{LabelPair, MetricFamily, MetricType};
 use std::sync::Arc;
 
 const SERIES: [(&str, &str, MetricType); 5] = [
@@ -100,17 +101,8 @@ impl Collector for BudgetCollector {
                     let mut label = LabelPair::default();
                     label.set_name("budget".into());
                     label.set_value(s.budget.clone());
-                    let mut metric = Metric::default();
+                    let mut metric = sample(*kind, value);
                     metric.set_label(vec![label]);
-                    if *kind == MetricType::GAUGE {
-                        let mut g = Gauge::default();
-                        g.set_value(value);
-                        metric.set_gauge(g);
-                    } else {
-                        let mut c = Counter::default();
-                        c.set_value(value);
-                        metric.set_counter(c);
-                    }
                     family.mut_metric().push(metric);
                 }
                 family
