@@ -37,11 +37,12 @@ impl DailySpend {
 
     /// Spend in the window of `days` local days ending with `now`'s day, and the window's
     /// length so far. The window starts no earlier than the first day with any spend, so a
-    /// fresh deployment is not averaged with days it never saw.
+    /// fresh deployment is not averaged with days it never saw. Spend dated after today (a
+    /// record from a clock running ahead) is not in it.
     fn window(&self, now: DateTime<Utc>, tz: Tz, days: u32) -> (NanoUsd, Duration) {
         let today = now.with_timezone(&tz).date_naive();
         let mut first = today - Duration::days(i64::from(days.max(1)) - 1);
-        if let Some((&seen, _)) = self.days.range(first..).next() {
+        if let Some((&seen, _)) = self.days.range(first..=today).next() {
             first = first.max(seen);
         }
         let spent = self.days.range(first..=today).map(|(_, v)| *v).sum();
@@ -91,4 +92,26 @@ pub fn reaches(
     let secs = need * i128::from(window.num_seconds()) / i128::from(recent.0);
     let at = now + Duration::seconds(i64::try_from(secs).ok()?);
     (at < end).then(|| at.with_timezone(&tz).date_naive())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_dated_after_today_is_not_in_the_window() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        let tomorrow = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let daily = DailySpend::from_days(vec![(tomorrow, NanoUsd(5_000_000_000))]);
+        let spend = Spend::default();
+        assert_eq!(
+            project(&daily, NanoUsd::ZERO, end, now, &spend),
+            NanoUsd::ZERO
+        );
+        assert_eq!(
+            reaches(&daily, NanoUsd::ZERO, NanoUsd(1), now, end, &spend),
+            None
+        );
+    }
 }

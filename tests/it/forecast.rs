@@ -74,6 +74,16 @@ fn history(tz: Tz, today: NaiveDate) -> Vec<Record> {
         .collect()
 }
 
+/// A proxy with `config` that finds `records` in its ledger when it starts.
+async fn start_with_ledger(config: &str, records: &[Record]) -> Proxy {
+    let files = ledger_files(records);
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    Proxy::start_with(config, &files).await
+}
+
 /// `records` in ledger files, written by the ledger itself, at their place under a
 /// proxy's directory (`data_dir: data`).
 fn ledger_files(records: &[Record]) -> Vec<(String, Vec<u8>)> {
@@ -161,12 +171,7 @@ async fn a_week_of_spend_forecasts_the_budget_it_will_pass_and_not_the_one_it_wi
         budget("search-tight", tight),
         budget("search-roomy", roomy),
     );
-    let files = ledger_files(&past);
-    let files: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
-    let proxy = Proxy::start_with(&config_for(up.addr, &extra), &files).await;
+    let proxy = start_with_ledger(&config_for(up.addr, &extra), &past).await;
 
     let before = Utc::now();
     let resp = openai(
@@ -259,4 +264,35 @@ async fn a_week_of_spend_forecasts_the_budget_it_will_pass_and_not_the_one_it_wi
         usd(&metrics, "tollgate_budget_spend_usd", "search-roomy"),
         cost
     );
+}
+
+/// A record dated tomorrow (written by a clock running ahead), and no other spend this
+/// week: the budget's forecast is still made, for the metrics and for requests that cost
+/// nothing.
+#[tokio::test]
+async fn spend_dated_in_the_future_breaks_neither_metrics_nor_requests() {
+    let up = start_sim().await;
+    let ahead = spent_at(Utc::now() + Duration::days(1), "clock-ahead".into());
+    let extra = "budgets:\n  - {name: search-month, scope: {team: search}, period: month, amount_usd: \"100\", action: alert}";
+    let proxy = start_with_ledger(&config_for(up.addr, extra), &[ahead]).await;
+    // No spend in the window, so no rate: the projection is the spend so far.
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        usd(&metrics, "tollgate_budget_forecast_usd", "search-month"),
+        usd(&metrics, "tollgate_budget_spend_usd", "search-month")
+    );
+    // A provider error costs nothing, so today still has no spend when it settles.
+    let failed = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[("x-sim-fault", "status=500")],
+        &json!({"model": "gpt-4o-mini", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(failed.status(), 500);
+    let _ = failed.bytes().await;
+    proxy.records(2).await;
+    proxy.metrics().await;
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
