@@ -7,6 +7,9 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::collections::BTreeMap;
 
+/// The shortest time a rate is measured over.
+const MIN_WINDOW: Duration = Duration::days(1);
+
 /// Days of history kept: enough for the longest forecast window of a month's budget.
 const KEEP_DAYS: i64 = 62;
 
@@ -50,7 +53,9 @@ impl DailySpend {
             .from_local_datetime(&first.and_hms_opt(0, 0, 0).expect("midnight"))
             .earliest()
             .map_or(now - Duration::days(1), |d| d.with_timezone(&Utc));
-        (spent, (now - from).max(Duration::minutes(1)))
+        // At least a day: a few minutes of a new period's spend (or of a fresh deployment)
+        // would make one request look like a rate that passes any budget.
+        (spent, (now - from).max(MIN_WINDOW))
     }
 }
 

@@ -72,7 +72,7 @@ pub async fn known(
             let day = r.ts.with_timezone(&spend.time_zone).date_naive();
             let cost = r.cost_usd.unwrap_or_default();
             *days.entry(day).or_default() += cost;
-            if r.ts >= start {
+            if r.ts >= start && r.ts <= now {
                 unshipped += cost;
             }
         }
@@ -87,9 +87,11 @@ pub async fn known(
             }
         }
         let first_day = start.with_timezone(&spend.time_zone).date_naive();
+        // A record dated past the period (a clock ahead) is not this period's spend.
+        let today = now.with_timezone(&spend.time_zone).date_naive();
         let total = days
             .iter()
-            .filter(|(d, _)| **d >= first_day)
+            .filter(|(d, _)| (first_day..=today).contains(*d))
             .map(|(_, v)| *v)
             .sum();
         out.insert(
