@@ -4,9 +4,10 @@
 //! A request reserves its largest possible cost against every budget whose scope holds it
 //! before anything is forwarded; a blocking budget refuses a request whose reservation does
 //! not fit. When the request's record is made the reservation is settled to the real cost
-//! (0 for a cache hit, what was spent for a failure or an abort). All accounts sit behind
-//! one lock, held for a few comparisons, so concurrent requests cannot both take the last
-//! room.
+//! (what a failure or an abort spent, often nothing); a cache hit reserves nothing. All
+//! accounts sit behind one lock, held for a few comparisons, so concurrent requests cannot
+//! both take the last room. Replicas share spend through ClickHouse ([`shared`]) or exactly
+//! through Redis ([`redis`]), where the accounts mirror Redis's counters.
 
 pub mod forecast;
 pub mod metrics;
