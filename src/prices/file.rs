@@ -36,6 +36,9 @@ pub struct ModelEntry {
     /// validation and is reported as such, not as a type error.
     #[serde(default)]
     pub context_window: Option<Spanned<i64>>,
+    /// The most output tokens one call can produce; signed for the same reason.
+    #[serde(default)]
+    pub max_output_tokens: Option<Spanned<i64>>,
     pub prices: Spanned<Vec<PriceEntry>>,
 }
 

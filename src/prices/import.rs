@@ -27,7 +27,17 @@ struct Rates {
 struct Imported<'a> {
     provider: &'a str,
     context_window: Option<u64>,
+    max_output_tokens: Option<u64>,
     rates: Rates,
+}
+
+impl Imported<'_> {
+    /// Whether a lookup resolving to `base` instead would find the same entry data.
+    fn same_as(&self, base: &Imported<'_>) -> bool {
+        self.rates == base.rates
+            && self.context_window == base.context_window
+            && self.max_output_tokens == base.max_output_tokens
+    }
 }
 
 /// Convert LiteLLM's model_prices_and_context_window.json into Tollgate's YAML price file text.
@@ -37,10 +47,11 @@ struct Imported<'a> {
 /// Skips fine-tunes, prefixed keys (regions, image sizes, other hosts), image/audio-only
 /// models and models that bill audio tokens, which Tollgate does not count. A dated or
 /// `-latest` snapshot is left out when the name it resolves to has the same rates and
-/// context window, since lookups resolve it there anyway. Long-context surcharges and
+/// token limits, since lookups resolve it there anyway. Long-context surcharges and
 /// batch/flex/priority tiers are not represented.
 ///
-/// A model's `context_window` is LiteLLM's `max_input_tokens`, when given.
+/// A model's `context_window` is LiteLLM's `max_input_tokens` and its `max_output_tokens`
+/// LiteLLM's field of that name, each when given as a positive integer.
 pub fn import_litellm(
     json: &str,
     effective_from: NaiveDate,
@@ -61,12 +72,12 @@ pub fn import_litellm(
             continue;
         }
         if let Some(rates) = rates(spec) {
-            let context_window = context_window(spec);
             models.insert(
                 name.as_str(),
                 Imported {
                     provider,
-                    context_window,
+                    context_window: tokens(spec, "max_input_tokens"),
+                    max_output_tokens: tokens(spec, "max_output_tokens"),
                     rates,
                 },
             );
@@ -78,9 +89,7 @@ pub fn import_litellm(
         .filter(|(name, model)| {
             std::iter::successors(strip_snapshot(name), |n| strip_snapshot(n))
                 .find_map(|base| models.get(base))
-                .is_some_and(|base| {
-                    base.rates == model.rates && base.context_window == model.context_window
-                })
+                .is_some_and(|base| model.same_as(base))
         })
         .map(|(name, _)| *name)
         .collect();
@@ -116,14 +125,13 @@ fn is_text_model(name: &str, spec: &Map<String, Value>) -> bool {
         && !bills_audio
 }
 
-/// The entry's input window. LiteLLM's `max_input_tokens` is the provider's input limit;
-/// its `max_tokens` is a legacy field that holds the output limit when the provider gives
-/// one and the input limit only otherwise, so it cannot stand in for the input window and
-/// is never read. A value that is not a positive integer leaves the window out.
-fn context_window(spec: &Map<String, Value>) -> Option<u64> {
-    spec.get("max_input_tokens")?
-        .as_u64()
-        .filter(|&tokens| tokens > 0)
+/// A token limit of the entry: `max_input_tokens` (the provider's input window) or
+/// `max_output_tokens`. LiteLLM's `max_tokens` is a legacy field that holds the output
+/// limit when the provider gives one and the input limit only otherwise, so it can stand in
+/// for neither and is never read. A value that is not a positive integer leaves the limit
+/// out.
+fn tokens(spec: &Map<String, Value>, key: &str) -> Option<u64> {
+    spec.get(key)?.as_u64().filter(|&tokens| tokens > 0)
 }
 
 /// The entry's rates, or None when a required one is missing or any is unusable.
@@ -238,8 +246,14 @@ fn render(
             yaml_scalar(name),
             yaml_scalar(model.provider),
         );
-        if let Some(tokens) = model.context_window {
-            let _ = writeln!(out, "    context_window: {tokens}");
+        let limits = [
+            ("context_window", model.context_window),
+            ("max_output_tokens", model.max_output_tokens),
+        ];
+        for (field, tokens) in limits {
+            if let Some(tokens) = tokens {
+                let _ = writeln!(out, "    {field}: {tokens}");
+            }
         }
         let _ = write!(
             out,

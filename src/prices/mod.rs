@@ -102,6 +102,8 @@ struct ModelPrices {
     aliases: Vec<String>,
     /// Max input tokens, when the file gives it.
     context_window: Option<u64>,
+    /// Max output tokens of one call, when the file gives it.
+    max_output_tokens: Option<u64>,
     /// Sorted by `effective_from`, no two on the same day.
     prices: Vec<Price>,
 }
@@ -233,6 +235,15 @@ impl PriceBook {
     /// unknown model too.
     pub fn context_window(&self, model: &str) -> Option<u64> {
         self.models.get(self.resolve_name(model)?)?.context_window
+    }
+
+    /// The most output tokens one call to `model` can produce, from its entry's
+    /// `max_output_tokens`; resolved like [`PriceBook::context_window`]. None when the
+    /// entry gives none or the model is unknown.
+    pub fn max_output_tokens(&self, model: &str) -> Option<u64> {
+        self.models
+            .get(self.resolve_name(model)?)?
+            .max_output_tokens
     }
 
     /// The provider the file names for `model`'s entry (informational).
@@ -368,10 +379,13 @@ fn build(file: &PriceFile, source: &str) -> Result<PriceBook, Vec<PriceError>> {
                 aliases.push(text.clone());
             }
         }
-        let context_window = entry
-            .context_window
-            .as_ref()
-            .and_then(|window| check.context_window(&name.value, window));
+        let mut limit = |field, tokens: &Option<Spanned<i64>>| {
+            tokens
+                .as_ref()
+                .and_then(|tokens| check.tokens(&name.value, field, tokens))
+        };
+        let context_window = limit("context_window", &entry.context_window);
+        let max_output_tokens = limit("max_output_tokens", &entry.max_output_tokens);
         let prices = check.prices(&name.value, &entry.prices);
         book.models.insert(
             name.value.clone(),
@@ -379,6 +393,7 @@ fn build(file: &PriceFile, source: &str) -> Result<PriceBook, Vec<PriceError>> {
                 provider: entry.provider.clone(),
                 aliases,
                 context_window,
+                max_output_tokens,
                 prices,
             },
         );
@@ -438,14 +453,15 @@ impl Checker<'_> {
         prices
     }
 
-    fn context_window(&mut self, model: &str, window: &Spanned<i64>) -> Option<u64> {
-        let tokens = u64::try_from(window.value).ok().filter(|&t| t > 0);
+    /// A token limit (`field`), which must be positive.
+    fn tokens(&mut self, model: &str, field: &str, limit: &Spanned<i64>) -> Option<u64> {
+        let tokens = u64::try_from(limit.value).ok().filter(|&t| t > 0);
         if tokens.is_none() {
             self.error(
-                window.referenced,
+                limit.referenced,
                 format!(
-                    "model {model:?}: context_window {} is not a positive number of tokens",
-                    window.value
+                    "model {model:?}: {field} {} is not a positive number of tokens",
+                    limit.value
                 ),
             );
         }

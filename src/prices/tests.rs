@@ -448,13 +448,14 @@ fn builtin_prices_parse_and_know_major_models() {
 }
 
 #[test]
-fn context_window_resolves_like_lookup() {
+fn token_limits_resolve_like_lookup() {
     let text = "\
 version: 1
 models:
   gpt-4o:
     aliases: [gpt4o]
     context_window: 128000
+    max_output_tokens: 16384
     prices:
       - effective_from: 2024-08-06
         input: 2.5
@@ -470,31 +471,41 @@ models:
       - effective_from: 2024-06-20
         input: 3
         output: 15
+  o1:
+    max_output_tokens: 100000
+    prices:
+      - effective_from: 2024-12-17
+        input: 15
+        output: 60
 ";
-    let book = PriceBook::parse(text, "windows.yaml").unwrap();
+    let book = PriceBook::parse(text, "limits.yaml").unwrap();
+    // (model, context_window, max_output_tokens)
     let cases = [
-        ("gpt-4o", Some(128_000)),
-        ("gpt4o", Some(128_000)),
-        ("openai/gpt-4o-2024-08-06", Some(128_000)),
-        ("gpt-4o-latest", Some(128_000)),
-        ("claude-3-5-sonnet-20241022", Some(200_000)),
-        // Its own entry, which gives no window: not the base model's.
-        ("gpt-4o-2024-05-13", None),
-        ("gpt-4o-mini", None),
-        ("", None),
+        ("gpt-4o", Some(128_000), Some(16_384)),
+        ("gpt4o", Some(128_000), Some(16_384)),
+        ("openai/gpt-4o-2024-08-06", Some(128_000), Some(16_384)),
+        ("gpt-4o-latest", Some(128_000), Some(16_384)),
+        ("claude-3-5-sonnet-20241022", Some(200_000), None),
+        ("o1-2024-12-17", None, Some(100_000)),
+        // Its own entry, which gives no limits: not the base model's.
+        ("gpt-4o-2024-05-13", None, None),
+        ("gpt-4o-mini", None, None),
+        ("", None, None),
     ];
-    for (model, window) in cases {
+    for (model, window, cap) in cases {
         assert_eq!(book.context_window(model), window, "{model:?}");
+        assert_eq!(book.max_output_tokens(model), cap, "{model:?}");
     }
     // Same in the file's JSON form.
-    let json = r#"{"version": 1, "models": {"m": {"context_window": 32768,
+    let json = r#"{"version": 1, "models": {"m": {"context_window": 32768, "max_output_tokens": 4096,
         "prices": [{"effective_from": "2024-01-01", "input": 1, "output": 1}]}}}"#;
     let book = PriceBook::parse(json, "w.json").unwrap();
     assert_eq!(book.context_window("m-20240101"), Some(32_768));
+    assert_eq!(book.max_output_tokens("m-20240101"), Some(4096));
 }
 
 #[test]
-fn context_window_must_be_positive() {
+fn token_limits_must_be_positive() {
     let text = "\
 version: 1
 models:
@@ -510,18 +521,32 @@ models:
       - effective_from: 2024-01-01
         input: 1
         output: 1
+  no-output:
+    context_window: 8192
+    max_output_tokens: 0
+    prices:
+      - {effective_from: 2024-01-01, input: 1, output: 1}
+  negative-output:
+    max_output_tokens: -100
+    prices:
+      - {effective_from: 2024-01-01, input: 1, output: 1}
 ";
     assert_eq!(
         parse_errors(text, "w.yaml"),
         [
             "w.yaml:4:21: model \"zero\": context_window 0 is not a positive number of tokens",
             "w.yaml:10:21: model \"negative\": context_window -4096 is not a positive number of tokens",
+            "w.yaml:17:24: model \"no-output\": max_output_tokens 0 is not a positive number of tokens",
+            "w.yaml:21:24: model \"negative-output\": max_output_tokens -100 is not a positive number of tokens",
         ]
     );
 
     let fraction = text.replace("context_window: 0", "context_window: 1.5");
     let errors = parse_errors(&fraction, "f.yaml");
     assert!(errors[0].starts_with("f.yaml:4:21: "), "{}", errors[0]);
+    let fraction = text.replace("max_output_tokens: 0", "max_output_tokens: 1.5");
+    let errors = parse_errors(&fraction, "f.yaml");
+    assert!(errors[0].starts_with("f.yaml:17:24: "), "{}", errors[0]);
 }
 
 #[test]
@@ -545,7 +570,7 @@ fn merge_replaces_the_context_window_with_the_entry() {
 fn import_takes_the_context_window_from_max_input_tokens() {
     let json = r#"{
   "sample_spec": {"litellm_provider": "one of https://docs.litellm.ai/docs/providers", "mode": "chat", "max_tokens": "LEGACY parameter", "max_input_tokens": "max input tokens"},
-  "gpt-4o": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 16384, "max_input_tokens": 128000, "max_output_tokens": 16384, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "gpt-4o": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 16384, "max_input_tokens": 128000, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
   "gpt-4o-2024-08-06": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 16384, "max_input_tokens": 128000, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
   "gpt-4o-2024-05-13": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 4096, "max_input_tokens": 64000, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
   "legacy-only": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 4096, "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
@@ -580,4 +605,59 @@ fn import_takes_the_context_window_from_max_input_tokens() {
     // `max_tokens` is LiteLLM's output limit here, not an input window.
     assert_eq!(book.context_window("legacy-only"), None);
     assert_eq!(book.context_window("zero-window"), None);
+}
+
+#[test]
+fn import_carries_max_output_tokens() {
+    let json = r#"{
+  "sample_spec": {"litellm_provider": "one of https://docs.litellm.ai/docs/providers", "mode": "chat", "max_output_tokens": "max output tokens, if the provider specifies it"},
+  "gpt-4o": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 16384, "max_input_tokens": 128000, "max_output_tokens": 16384, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "gpt-4o-2024-08-06": {"litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "max_output_tokens": 16384, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "gpt-4o-2024-05-13": {"litellm_provider": "openai", "mode": "chat", "max_input_tokens": 128000, "max_output_tokens": 4096, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+  "claude-sonnet-4-5": {"litellm_provider": "anthropic", "mode": "chat", "max_output_tokens": 64000, "input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05},
+  "zero-cap": {"litellm_provider": "openai", "mode": "chat", "max_output_tokens": 0, "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+  "text-cap": {"litellm_provider": "openai", "mode": "chat", "max_output_tokens": "16k", "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+  "legacy-only": {"litellm_provider": "openai", "mode": "chat", "max_tokens": 4096, "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06}
+}"#;
+    let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let text = import_litellm(json, day, &["openai", "anthropic"]).unwrap();
+    assert!(
+        text.contains(
+            "  gpt-4o:\n    provider: openai\n    context_window: 128000\n    max_output_tokens: 16384\n    prices:\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  claude-sonnet-4-5:\n    provider: anthropic\n    max_output_tokens: 64000\n    prices:\n"),
+        "{text}"
+    );
+
+    let book = PriceBook::parse(&text, "imported.yaml").unwrap();
+    let names: Vec<&str> = book.iter().map(|(name, _)| name).collect();
+    // `gpt-4o-2024-05-13` differs from `gpt-4o` only in its cap: kept, or it would resolve
+    // to the larger one.
+    assert_eq!(
+        names,
+        [
+            "claude-sonnet-4-5",
+            "gpt-4o",
+            "gpt-4o-2024-05-13",
+            "legacy-only",
+            "text-cap",
+            "zero-cap",
+        ]
+    );
+    let caps = [
+        ("gpt-4o", Some(16_384)),
+        ("gpt-4o-2024-08-06", Some(16_384)),
+        ("gpt-4o-2024-05-13", Some(4096)),
+        ("claude-sonnet-4-5-20250929", Some(64_000)),
+        ("zero-cap", None),
+        ("text-cap", None),
+        // `max_tokens` is never read as either limit.
+        ("legacy-only", None),
+    ];
+    for (model, cap) in caps {
+        assert_eq!(book.max_output_tokens(model), cap, "{model}");
+    }
 }
