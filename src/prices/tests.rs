@@ -445,6 +445,15 @@ fn builtin_prices_parse_and_know_major_models() {
     for (model, window) in windows {
         assert_eq!(book.context_window(model), Some(window), "{model}");
     }
+    // Output caps as LiteLLM gives them.
+    let caps = [
+        ("gpt-4o-2024-08-06", 16_384),
+        ("claude-sonnet-4-5-20250929", 64_000),
+        ("claude-opus-4-6", 128_000),
+    ];
+    for (model, cap) in caps {
+        assert_eq!(book.max_output_tokens(model), Some(cap), "{model}");
+    }
 }
 
 #[test]
