@@ -18,7 +18,8 @@ use chrono::{DateTime, Utc};
 /// Names the tightest budget's amount left (USD) when the request was admitted.
 pub const REMAINING_HEADER: &str = "x-tollgate-budget-remaining-usd";
 
-/// Output tokens reserved for a request that sets no limit, where nothing else bounds it.
+/// Output tokens reserved for a request that sets no limit, where nothing else bounds it
+/// (neither its rule nor the price book's `max_output_tokens` for the model).
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 4096;
 
 /// Reserves the request's cost, or refuses it; returns the plan to carry out (another
@@ -77,14 +78,19 @@ pub async fn reserve(
 
 /// The most the plan can cost: every cascade step (and its LLM judge) may be called; a
 /// route ends with one answer, so its dearest target bounds it. Input is the request's
-/// counted tokens; output the request's limit, the rule's cap, or
+/// counted tokens; output the request's limit or the rule's cap (the smaller of the two),
+/// else each target's own `max_output_tokens` from the price book, else
 /// [`DEFAULT_OUTPUT_RESERVE`]. A model without a price adds nothing.
 fn max_cost(cfg: &Validated, req: &Admitted, plan: &Plan, now: DateTime<Utc>) -> NanoUsd {
     let input = req.estimated_input_tokens();
-    let output = match (req.max_output, plan.max_tokens) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => DEFAULT_OUTPUT_RESERVE,
+    let limit = match (req.max_output, plan.max_tokens) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let output = |model: &str| {
+        limit
+            .or_else(|| cfg.prices.max_output_tokens(model))
+            .unwrap_or(DEFAULT_OUTPUT_RESERVE)
     };
     let cost = |model: &str, input_tokens: u64, output_tokens: u64| {
         cfg.prices
@@ -98,22 +104,30 @@ fn max_cost(cfg: &Validated, req: &Admitted, plan: &Plan, now: DateTime<Utc>) ->
             })
             .unwrap_or_default()
     };
-    let calls = plan.targets.iter().map(|t| cost(&t.model, input, output));
+    let calls = plan
+        .targets
+        .iter()
+        .map(|t| cost(&t.model, input, output(&t.model)));
     match plan.mode {
         Mode::Route => calls.max().unwrap_or_default(),
         Mode::Cascade { .. } => {
             let steps: NanoUsd = calls.sum();
-            // The judge reads its prompt, the request and the answer, for every step but
-            // the last.
-            let judge = plan
+            // The judge reads its prompt, the request and the step's answer, for every step
+            // but the last.
+            let judges = plan
                 .judges()
                 .and_then(|j| j.llm.as_ref())
                 .map_or(NanoUsd::ZERO, |llm| {
-                    let read = input + output + llm.prompt.len() as u64;
-                    cost(&llm.target.model, read, JUDGE_MAX_TOKENS)
+                    let judged = &plan.targets[..plan.targets.len().saturating_sub(1)];
+                    judged
+                        .iter()
+                        .map(|t| {
+                            let read = input + output(&t.model) + llm.prompt.len() as u64;
+                            cost(&llm.target.model, read, JUDGE_MAX_TOKENS)
+                        })
+                        .sum()
                 });
-            let judged = plan.targets.len().saturating_sub(1) as i64;
-            steps + NanoUsd(judge.0 * judged)
+            steps + judges
         }
     }
 }

@@ -561,3 +561,70 @@ async fn a_cache_hit_spends_nothing_and_is_served_past_a_spent_budget() {
         Some(0.0)
     );
 }
+
+/// `gpt-4o-mini` at the test rates, with the output cap a price file can give a model.
+const CAPPED_PRICES: &str = r#"
+version: 1
+models:
+  gpt-4o-mini:
+    max_output_tokens: 1000
+    prices:
+      - {effective_from: 2024-01-01, input: 2, output: 8, cached_input: 1}
+"#;
+
+#[tokio::test]
+async fn a_request_without_max_tokens_reserves_the_models_output_cap() {
+    let up = start_sim().await;
+    let body = json!({"model": "gpt-4o-mini",
+                      "messages": [{"role": "user", "content": "Describe a lighthouse."}]});
+    let input = tollgate::usage::estimate::input_count(
+        Endpoint::ChatCompletions,
+        &body,
+        Encoding::for_model("gpt-4o-mini"),
+    )
+    .tokens;
+    let each = NanoUsd(input as i64 * nanos_per_token(2.0) + 1000 * nanos_per_token(8.0));
+    // Room for one and a half reservations of the cap; the 4,096-token default would not
+    // fit even once.
+    let amount = NanoUsd(each.0 * 3 / 2);
+    let prices = "prices: [prices.yaml]";
+    let config = config_for(up.addr, &format!("budgets:\n{}", block(amount)));
+    assert!(config.contains(prices));
+    let config = config.replace(prices, "prices: [prices.yaml, capped-prices.yaml]");
+    let proxy =
+        Proxy::start_with(&config, &[("capped-prices.yaml", CAPPED_PRICES.as_bytes())]).await;
+
+    let path = "/v1/chat/completions";
+    let first = openai(&proxy, path, &[("x-sim-fault", "delay-ms=500")], &body);
+    let second = async {
+        // Sent once the first one's reservation is held.
+        let reserved = [("budget", "search-month")];
+        proxy
+            .wait_metric(
+                "tollgate_budget_reserved_usd",
+                &reserved,
+                each.0 as f64 / 1e9,
+            )
+            .await;
+        openai(&proxy, path, &[], &body).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status(), 200);
+    assert_eq!(remaining(&first), Some(amount), "nothing spent before it");
+    let _ = first.bytes().await;
+    assert_eq!(second.status(), 429);
+    let refusal: Value = second.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "budget_exceeded");
+
+    // Settled to its real cost, the first leaves room for another.
+    let records = proxy.records(2).await;
+    let spent = records
+        .iter()
+        .find(|r| r.error.is_none())
+        .and_then(|r| r.cost_usd)
+        .unwrap();
+    assert!(spent.0 > 0 && spent < each, "{spent}");
+    let third = openai(&proxy, path, &[], &body).await;
+    assert_eq!(third.status(), 200);
+    assert_eq!(remaining(&third), Some(NanoUsd(amount.0 - spent.0)));
+}
