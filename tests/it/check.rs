@@ -265,3 +265,62 @@ fn a_missing_policy_directory_is_located() {
         "tollgate.yaml:7:11: policies: policies is not a directory"
     );
 }
+
+#[test]
+fn spend_control_problems_are_located() {
+    let yaml = r#"providers:
+  sim:
+    kind: simulated
+time_zone: Mars/Olympus
+budgets:
+  - name: b
+    period: fortnight
+    amount_usd: 0
+  - name: b
+    period: month
+    amount_usd: 5
+    action: downgrade
+    downgrade_to: no-such-rule
+  - name: c
+    period: day
+    amount_usd: 1
+    alert_at: [0, 50]
+rate_limits:
+  - name: r
+    per: org
+    rpm: 10
+  - name: s
+    per: key
+alerts:
+  webhooks:
+    - name: w
+      format: json
+      url: ftp://example.com/hook
+    - name: x
+      format: json
+      url: https://example.com/hook
+replicas:
+  budgets: clickhouse
+  rate_limits: redis
+"#;
+    let (ok, out) = check(yaml, &[]);
+    assert!(!ok);
+    for expected in [
+        "tollgate.yaml:4:12: time_zone: \"Mars/Olympus\" is not an IANA time zone name",
+        "tollgate.yaml:7:13: budget \"b\": period \"fortnight\" is not day, week or month",
+        "tollgate.yaml:8:17: budget \"b\": amount_usd must be above 0",
+        "tollgate.yaml:9:11: budget \"b\" is defined twice",
+        "budget \"b\": downgrade_to names rule \"no-such-rule\", which no policy file defines",
+        "tollgate.yaml:17:16: budget \"c\": alert_at 0 is not a percentage from 1 to 1000",
+        "tollgate.yaml:20:10: rate limit \"r\": per \"org\" is not key, team or user",
+        "rate limit \"s\": set rpm, tpm or both",
+        "webhook \"w\": not an http(s) URL (scheme \"ftp\")",
+        "webhook \"x\": format json needs secret_env",
+        "replicas.budgets: clickhouse needs telemetry.clickhouse",
+        "replicas: redis sharing needs replicas.redis",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // The webhook URL is never printed: it may carry a token.
+    assert!(!out.contains("example.com"), "{out}");
+}
