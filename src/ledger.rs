@@ -13,7 +13,7 @@
 
 use crate::config::LedgerConfig;
 use crate::metrics::Metrics;
-use crate::record::{AttemptRecord, Record};
+use crate::record::{AttemptRecord, OutcomeRecord, Record};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{File, OpenOptions};
@@ -76,16 +76,19 @@ pub enum Stream {
     Requests,
     /// One record per upstream call, under `attempts/`.
     Attempts,
+    /// One record per reported outcome, under `outcomes/`.
+    Outcomes,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 2] = [Stream::Requests, Stream::Attempts];
+    pub const ALL: [Stream; 3] = [Stream::Requests, Stream::Attempts, Stream::Outcomes];
 
     /// The ClickHouse table the stream is shipped to.
     pub fn table(self) -> &'static str {
         match self {
             Stream::Requests => "requests",
             Stream::Attempts => "attempts",
+            Stream::Outcomes => "outcomes",
         }
     }
 
@@ -94,6 +97,7 @@ impl Stream {
         match self {
             Stream::Requests => ledger_dir.to_path_buf(),
             Stream::Attempts => ledger_dir.join("attempts"),
+            Stream::Outcomes => ledger_dir.join("outcomes"),
         }
     }
 
@@ -102,6 +106,7 @@ impl Stream {
         match self {
             Stream::Requests => serde_json::from_slice::<Record>(line).is_ok(),
             Stream::Attempts => serde_json::from_slice::<AttemptRecord>(line).is_ok(),
+            Stream::Outcomes => serde_json::from_slice::<OutcomeRecord>(line).is_ok(),
         }
     }
 
@@ -114,6 +119,7 @@ impl Stream {
 pub struct Ledger {
     requests: Journal,
     attempts: Journal,
+    outcomes: Journal,
     dir: PathBuf,
     id: String,
 }
@@ -130,6 +136,7 @@ impl Ledger {
         Ok(Ledger {
             requests: journal(Stream::Requests)?,
             attempts: journal(Stream::Attempts)?,
+            outcomes: journal(Stream::Outcomes)?,
             dir,
             id,
         })
@@ -148,6 +155,7 @@ impl Ledger {
         match stream {
             Stream::Requests => &self.requests,
             Stream::Attempts => &self.attempts,
+            Stream::Outcomes => &self.outcomes,
         }
     }
 
@@ -171,28 +179,35 @@ impl Ledger {
         attempts.and(request)
     }
 
+    /// Writes reported outcomes, all in one write.
+    pub fn append_outcomes(&self, outcomes: &[OutcomeRecord]) -> Result<(), AppendError> {
+        self.outcomes.append(outcomes)
+    }
+
     /// Waits until every record appended so far is fsynced.
     pub fn flush(&self) {
         self.attempts.flush();
         self.requests.flush();
+        self.outcomes.flush();
     }
 
     /// Fsyncs everything and stops the syncers. Later appends are dropped and counted.
     pub fn close(&self) {
         self.attempts.close();
         self.requests.close();
+        self.outcomes.close();
     }
 
     /// Whether records can be appended.
     pub fn is_alive(&self) -> bool {
-        self.requests.is_alive() && self.attempts.is_alive()
+        self.requests.is_alive() && self.attempts.is_alive() && self.outcomes.is_alive()
     }
 }
 
 /// Bytes each stream holds on disk; the disk limit is on their sum.
 #[derive(Default)]
 struct DiskUse {
-    bytes: [AtomicU64; 2],
+    bytes: [AtomicU64; 3],
 }
 
 impl DiskUse {

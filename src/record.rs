@@ -1,6 +1,6 @@
 //! The record types: one [`Record`] per client request and one [`AttemptRecord`] per
-//! upstream call it made, appended to the ledger, shipped to ClickHouse (`requests`,
-//! `attempts`) and read by the dashboards. Field names are the same everywhere.
+//! upstream call it made, and one [`OutcomeRecord`] per reported business result, appended to the ledger, shipped to ClickHouse (`requests`,
+//! `attempts`, `outcomes`) and read by the dashboards. Field names are the same everywhere.
 
 use crate::money::NanoUsd;
 use crate::usage::UsageSource;
@@ -111,6 +111,28 @@ pub struct AttemptRecord {
     pub verdict: Verdict,
     /// The judge that rejected the answer; empty otherwise.
     pub judge: String,
+}
+
+/// A business result reported for a request or a workflow (`POST /tollgate/v1/outcomes`).
+/// Exactly one of `request_id` and `workflow_id` is set; the other is empty. It joins only
+/// requests of `team`, the reporting key's team. A target may be reported more than once:
+/// the latest report (greatest `ts`, then `id`) wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// When the report arrived.
+    #[serde(with = "ts_millis")]
+    pub ts: DateTime<Utc>,
+    /// Unique per report (UUIDv7): orders two reports of the same millisecond.
+    pub id: String,
+    pub team: String,
+    /// Name of the virtual key that reported it.
+    pub key_name: String,
+    pub request_id: String,
+    pub workflow_id: String,
+    /// `success`, `failure`, or a custom label.
+    pub outcome: String,
+    pub value: Option<f64>,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Why a call was made.

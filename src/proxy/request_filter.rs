@@ -6,7 +6,8 @@ use super::caching::CACHE_HEADER;
 use super::outcome::Outcome;
 use super::relay::ROUTE_HEADER;
 use super::{
-    RequestCtx, Tollgate, admit, attempts, budgeting, caching, commit, limiting, plan, usage,
+    RequestCtx, Tollgate, admit, attempts, budgeting, caching, commit, limiting, outcomes, plan,
+    usage,
 };
 use crate::api::ApiFormat;
 use crate::attribution::REQUEST_ID_HEADER;
@@ -64,6 +65,10 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
     if usage::is_usage(session) {
         // A key's own budgets: no LLM call, so nothing below applies.
         return usage::answer(tg, session, ctx).await;
+    }
+    if outcomes::is_outcomes(session) {
+        // Business results reported for earlier requests: not an LLM call either.
+        return outcomes::answer(tg, session, ctx).await;
     }
     let req = admit::admit(tg, session, ctx).await?;
     limiting::check(tg, ctx, &req).await?;

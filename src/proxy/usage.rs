@@ -66,13 +66,7 @@ pub async fn answer(
     ctx: &mut RequestCtx,
 ) -> Result<(), Outcome> {
     if session.req_header().method != http::Method::GET {
-        let body = wire_error(
-            ApiFormat::OpenAi,
-            ("invalid_request_error", "invalid_request_error"),
-            "method_not_allowed",
-            &format!("{PATH} answers GET only"),
-        );
-        return reply(session, ctx, 405, body).await;
+        return refuse_method(session, ctx, PATH, "GET").await;
     }
     let cfg = ctx.config.clone();
     let key = match presented_key(&session.req_header().headers) {
@@ -89,14 +83,33 @@ pub async fn answer(
     };
     let body = serde_json::to_vec(&usage)
         .map_err(|e| ProxyError::Internal(format!("encoding the usage answer: {e}")))?;
-    reply(session, ctx, 200, Bytes::from(body)).await
+    reply(session, ctx, 200, Bytes::from(body), "GET").await
 }
 
-async fn reply(
+/// 405 for a method other than `allow` on Tollgate's own endpoint `path`.
+pub(super) async fn refuse_method(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    path: &str,
+    allow: &'static str,
+) -> Result<(), Outcome> {
+    let body = wire_error(
+        ApiFormat::OpenAi,
+        ("invalid_request_error", "invalid_request_error"),
+        "method_not_allowed",
+        &format!("{path} answers {allow} only"),
+    );
+    reply(session, ctx, 405, body, allow).await
+}
+
+/// Writes an answer of Tollgate's own endpoints (never stored by a cache); `allow` is the
+/// method a 405 names.
+pub(super) async fn reply(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
     body: Bytes,
+    allow: &'static str,
 ) -> Result<(), Outcome> {
     let header = || -> pingora::Result<ResponseHeader> {
         let mut resp = ResponseHeader::build(status, Some(5))?;
@@ -106,7 +119,7 @@ async fn reply(
         // Spend changes with every call: no cache may answer for the proxy.
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         if status == 405 {
-            resp.insert_header(http::header::ALLOW, "GET")?;
+            resp.insert_header(http::header::ALLOW, allow)?;
         }
         Ok(resp)
     };

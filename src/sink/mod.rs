@@ -1,6 +1,6 @@
 //! Delivery of ledger records to ClickHouse, exactly once.
 //!
-//! Each ledger stream (requests, attempts) is shipped to its table by a shipper of its own,
+//! Each ledger stream (requests, attempts, outcomes) is shipped to its table by a shipper of its own,
 //! with its own cursor and deduplication tokens. The sink follows the ledger on disk, not an in-memory queue: a record counts as accepted
 //! once it is in the ledger, and the sink only moves its durable cursor past records that
 //! ClickHouse acknowledged. Each batch is one byte range of one segment; its range is saved

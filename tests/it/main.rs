@@ -19,6 +19,7 @@ mod forecast;
 mod hostile;
 mod http;
 mod openai;
+mod outcomes;
 mod promtool;
 mod rate_limits;
 mod records;

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cache",
         sql: include_str!("migrations/0005_cache.sql"),
     },
+    Migration {
+        version: 6,
+        name: "outcome_reports",
+        sql: include_str!("migrations/0006_outcome_reports.sql"),
+    },
 ];
 
 impl Migration {
