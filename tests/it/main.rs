@@ -12,6 +12,7 @@ mod check;
 mod clickhouse;
 mod clickhouse_harness;
 mod counting;
+mod dashboards;
 mod demo;
 mod durability;
 mod errors;

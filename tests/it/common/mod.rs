@@ -516,4 +516,5 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 pub mod clickhouse;
+pub mod grafana;
 pub mod redis;
