@@ -14,6 +14,7 @@ mod clickhouse_harness;
 mod counting;
 mod dashboards;
 mod demo;
+mod deploy;
 mod durability;
 mod errors;
 mod forecast;
