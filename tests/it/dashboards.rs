@@ -38,6 +38,28 @@ struct Req {
     input_tokens: u64,
     output_tokens: u64,
     status: u16,
+    /// The routing policy that handled it, `""` for none.
+    policy: &'static str,
+    /// What the answer would have cost on the requested model (nano-USD).
+    counterfactual: Option<i64>,
+    /// Answered from the response cache (no upstream call, no cost), saving `saved`.
+    cache_hit: bool,
+    saved: Option<i64>,
+    /// Upstream calls of a routed request, in order.
+    attempts: Vec<Attempt>,
+}
+
+/// One upstream call of a routed request.
+#[derive(Clone, Debug)]
+struct Attempt {
+    role: &'static str,
+    model: &'static str,
+    provider: &'static str,
+    verdict: &'static str,
+    judge: &'static str,
+    cost: i64,
+    input_tokens: u64,
+    output_tokens: u64,
 }
 
 /// Six kinds of request a day: two teams, three models (one without a price), estimated
@@ -111,6 +133,60 @@ fn dataset() -> Vec<Req> {
                 2 => format!("wf-b{}", d % 3),
                 _ => String::new(),
             };
+            let price = (k + 1) * 1_000_000 * (1 + d % 7) + 123 * k;
+            let (input, output) = ((100 * (k + 1) + d) as u64, (10 * (k + 1) + d) as u64);
+            // Billing's chat is answered from the cache every other day.
+            let cache_hit = k == 5 && d % 2 == 0;
+            let call = |role, model, provider, verdict, judge, cost| Attempt {
+                role,
+                model,
+                provider,
+                verdict,
+                judge,
+                cost,
+                input_tokens: input,
+                output_tokens: output,
+            };
+            let attempts = match k {
+                // The cascade tries the cheap model first; judges reject it two days in
+                // three (`length` on even days, `quality` on odd ones), escalating.
+                1 if d % 3 == 0 => vec![call(
+                    "primary",
+                    "gpt-4o-mini",
+                    "openai",
+                    "accepted",
+                    "",
+                    price,
+                )],
+                1 => vec![
+                    call(
+                        "primary",
+                        "gpt-4o-mini",
+                        "openai",
+                        "rejected",
+                        if d % 2 == 0 { "length" } else { "quality" },
+                        price / 4,
+                    ),
+                    call(
+                        "escalation",
+                        "claude-x",
+                        "anthropic",
+                        "served",
+                        "",
+                        price - price / 4,
+                    ),
+                ],
+                // The failing requests made one failed call that spent tokens.
+                4 => vec![call(
+                    "primary",
+                    "claude-x",
+                    "anthropic",
+                    "failed",
+                    "",
+                    price,
+                )],
+                _ => Vec::new(),
+            };
             out.push(Req {
                 ts: START + d * DAY + ((k * 3 + d) % 12) * 3600 + k * 7 * 60,
                 team,
@@ -126,10 +202,21 @@ fn dataset() -> Vec<Req> {
                     3 => "none",
                     _ => "reported",
                 },
-                cost: (k != 3).then_some((k + 1) * 1_000_000 * (1 + d % 7) + 123 * k),
-                input_tokens: (100 * (k + 1) + d) as u64,
-                output_tokens: (10 * (k + 1) + d) as u64,
+                cost: (k != 3).then_some(if cache_hit { 0 } else { price }),
+                input_tokens: if cache_hit { 0 } else { input },
+                output_tokens: if cache_hit { 0 } else { output },
                 status: if k == 4 { 500 } else { 200 },
+                policy: match k {
+                    0 => "cheap-first",
+                    1 => "cascade",
+                    _ => "",
+                },
+                // The cheap-first policy serves at a third of the requested model's price;
+                // every fifth day the requested model has no price.
+                counterfactual: (k == 0 && d % 5 != 0).then_some(price * 3),
+                cache_hit,
+                saved: (cache_hit && d % 4 != 0).then_some(price),
+                attempts,
             });
         }
     }
@@ -186,6 +273,11 @@ async fn database(test: &str, reqs: &[Req]) -> ClickHouse {
                 "cost_usd": r.cost.map(usd),
                 "latency_ms": 100,
                 "error": (r.status >= 400).then_some("upstream 500"),
+                "policy": r.policy,
+                "attempts": r.attempts.len().max(1),
+                "counterfactual_cost_usd": r.counterfactual.map(usd),
+                "cache_hit": r.cache_hit,
+                "saved_cost_usd": r.saved.map(usd),
             })
             .to_string()
         })
@@ -194,6 +286,34 @@ async fn database(test: &str, reqs: &[Req]) -> ClickHouse {
         "INSERT INTO {db}.requests SETTINGS input_format_json_read_numbers_as_strings = 1 \
          FORMAT JSONEachRow\n{}",
         rows.join("\n")
+    ))
+    .await;
+    let attempts: Vec<String> = reqs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.attempts.iter().enumerate().map(move |(n, a)| {
+                serde_json::json!({
+                    "ts": format!("{}.000", datetime(r.ts)),
+                    "request_id": format!("req-{i}"),
+                    "attempt": n + 1,
+                    "role": a.role, "provider": a.provider, "model": a.model,
+                    "status": if a.verdict == "failed" { 500 } else { 200 },
+                    "input_tokens": a.input_tokens, "output_tokens": a.output_tokens,
+                    "cost_usd": usd(a.cost),
+                    "latency_ms": 50,
+                    "policy": r.policy, "verdict": a.verdict, "judge": a.judge,
+                    "team": r.team, "project": r.project, "env": r.env,
+                    "user": r.user, "feature": r.feature,
+                })
+                .to_string()
+            })
+        })
+        .collect();
+    ch.exec(&format!(
+        "INSERT INTO {db}.attempts SETTINGS input_format_json_read_numbers_as_strings = 1 \
+         FORMAT JSONEachRow\n{}",
+        attempts.join("\n")
     ))
     .await;
     ClickHouse::new(format!(
@@ -299,6 +419,18 @@ fn shown<'a>(reqs: &'a [Req], sel: &Selection, since: i64) -> Vec<&'a Req> {
                 && ok("env", r.env)
                 && ok("model", r.model)
         })
+        .collect()
+}
+
+/// The attempts a selection shows: of requests in the time range, matching team, project
+/// and env, on a picked model (the attempt's own).
+fn shown_attempts<'a>(reqs: &'a [Req], sel: &Selection) -> Vec<&'a Attempt> {
+    let ok = |var: &str, v: &str| sel.picked.get(var).is_none_or(|p| p.iter().any(|x| x == v));
+    reqs.iter()
+        .filter(|r| r.ts >= FROM && r.ts <= TO)
+        .filter(|r| ok("team", r.team) && ok("project", r.project) && ok("env", r.env))
+        .flat_map(|r| &r.attempts)
+        .filter(|a| ok("model", a.model))
         .collect()
 }
 
@@ -623,4 +755,131 @@ fn every_dashboard_is_well_formed_for_grafana() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn levers_panels_show_what_routing_judges_and_the_cache_did_in_the_dataset() {
+    prove("levers.json", |title, rows, sel, reqs, inrange| {
+        let routed: Vec<&Req> = inrange
+            .iter()
+            .copied()
+            .filter(|r| !r.policy.is_empty())
+            .collect();
+        let saving = |r: &Req| r.counterfactual.zip(r.cost).map_or(0, |(cf, c)| cf - c);
+        let graded: Vec<&Attempt> = shown_attempts(reqs, sel)
+            .into_iter()
+            .filter(|a| a.verdict == "accepted" || a.verdict == "rejected")
+            .collect();
+        let count = |f: &dyn Fn(&Attempt) -> bool| graded.iter().filter(|a| f(a)).count() as f64;
+        match title {
+            "Routing savings" => {
+                let [row] = rows else {
+                    panic!("{title}: {rows:?}")
+                };
+                assert_eq!(
+                    nano(&row["saved_usd"]),
+                    routed.iter().map(|r| saving(r)).sum::<i64>()
+                );
+                assert_eq!(num(&row["routed_requests"]), routed.len() as f64);
+                let unvalued = routed.iter().filter(|r| r.counterfactual.is_none()).count();
+                assert_eq!(num(&row["routed_without_a_price"]), unvalued as f64);
+                true
+            }
+            "Routing savings by policy" => {
+                let mut want = BTreeMap::<String, (i64, i64, u64)>::new();
+                for r in &routed {
+                    let e = want.entry(r.policy.to_string()).or_default();
+                    e.0 += saving(r);
+                    e.1 += r.cost.unwrap_or(0);
+                    e.2 += 1;
+                }
+                let got: BTreeMap<String, (i64, i64, u64)> = rows
+                    .iter()
+                    .map(|r| {
+                        let policy = r["policy"].as_str().unwrap().to_string();
+                        let v = (
+                            nano(&r["saved_usd"]),
+                            nano(&r["spend_usd"]),
+                            num(&r["routed_requests"]) as u64,
+                        );
+                        (policy, v)
+                    })
+                    .collect();
+                assert_eq!(got, want, "{title}");
+                true
+            }
+            "Escalation rate by model" => {
+                let models: BTreeSet<&str> = graded.iter().map(|a| a.model).collect();
+                assert_eq!(rows.len(), models.len(), "{title}: {rows:?}");
+                for r in rows {
+                    let model = r["model"].as_str().unwrap();
+                    let all = count(&|a| a.model == model);
+                    let rejected = count(&|a| a.model == model && a.verdict == "rejected");
+                    assert_eq!(num(&r["graded_answers"]), all, "{model}");
+                    assert_eq!(num(&r["rejected"]), rejected, "{model}");
+                    close(num(&r["escalation_rate"]), rejected / all, model);
+                }
+                true
+            }
+            "Escalations by judge and model" => {
+                let pairs: BTreeSet<(&str, &str)> = graded
+                    .iter()
+                    .filter(|a| a.verdict == "rejected")
+                    .map(|a| (a.judge, a.model))
+                    .collect();
+                assert_eq!(rows.len(), pairs.len(), "{title}: {rows:?}");
+                for r in rows {
+                    let (judge, model) =
+                        (r["judge"].as_str().unwrap(), r["model"].as_str().unwrap());
+                    let rejected =
+                        count(&|a| a.judge == judge && a.model == model && a.verdict == "rejected");
+                    assert_eq!(num(&r["rejected"]), rejected, "{judge} {model}");
+                    close(
+                        num(&r["escalation_rate"]),
+                        rejected / count(&|a| a.model == model),
+                        judge,
+                    );
+                }
+                true
+            }
+            "Cache hit rate and savings" => {
+                let [row] = rows else {
+                    panic!("{title}: {rows:?}")
+                };
+                let hits = inrange.iter().filter(|r| r.cache_hit).count();
+                assert_eq!(num(&row["hits"]), hits as f64);
+                close(
+                    num(&row["hit_rate"]),
+                    hits as f64 / inrange.len() as f64,
+                    "hit rate",
+                );
+                assert_eq!(
+                    nano(&row["saved_usd"]),
+                    inrange.iter().filter_map(|r| r.saved).sum::<i64>()
+                );
+                true
+            }
+            "Cache savings by team" => {
+                let mut want = BTreeMap::<String, (i64, u64)>::new();
+                for r in inrange {
+                    let e = want.entry(r.team.to_string()).or_default();
+                    e.0 += r.saved.unwrap_or(0);
+                    e.1 += u64::from(r.cache_hit);
+                }
+                let got: BTreeMap<String, (i64, u64)> = rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            r["team"].as_str().unwrap().to_string(),
+                            (nano(&r["saved_usd"]), num(&r["hits"]) as u64),
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, want, "{title}");
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
 }
