@@ -282,12 +282,7 @@ async fn database(test: &str, reqs: &[Req]) -> ClickHouse {
             .to_string()
         })
         .collect();
-    ch.exec(&format!(
-        "INSERT INTO {db}.requests SETTINGS input_format_json_read_numbers_as_strings = 1 \
-         FORMAT JSONEachRow\n{}",
-        rows.join("\n")
-    ))
-    .await;
+    insert(&ch, &format!("{db}.requests"), &rows).await;
     let attempts: Vec<String> = reqs
         .iter()
         .enumerate()
@@ -310,16 +305,21 @@ async fn database(test: &str, reqs: &[Req]) -> ClickHouse {
             })
         })
         .collect();
-    ch.exec(&format!(
-        "INSERT INTO {db}.attempts SETTINGS input_format_json_read_numbers_as_strings = 1 \
-         FORMAT JSONEachRow\n{}",
-        attempts.join("\n")
-    ))
-    .await;
+    insert(&ch, &format!("{db}.attempts"), &attempts).await;
     ClickHouse::new(format!(
         "{}/?database={db}&output_format_json_quote_decimals=1",
         ch.url
     ))
+}
+
+/// Inserts JSON rows (Decimals written as numbers, read exactly) into `table`.
+async fn insert(ch: &ClickHouse, table: &str, rows: &[String]) {
+    ch.exec(&format!(
+        "INSERT INTO {table} SETTINGS input_format_json_read_numbers_as_strings = 1 \
+         FORMAT JSONEachRow\n{}",
+        rows.join("\n")
+    ))
+    .await;
 }
 
 /// A number ClickHouse answered, as a string (Decimal, 64-bit integer) or a JSON number.
