@@ -939,7 +939,44 @@ fn redis_runs_under_its_profile_and_named_volumes_are_declared() {
             }
         }
     }
+
+    // The compose config's commented Redis tier, uncommented, is valid and names the service.
+    let tollgate = compose_service(&compose, "tollgate");
+    let layout = Layout::of_compose_service(tollgate);
+    let (installed, _) = compose_tollgate_config(&compose);
+    let text = std::fs::read_to_string(layout.at(&installed)).unwrap();
+    let commented = Regex::new(r"(?m)^(\s*)# (redis: \{ url: .redis://(\w+):6379/0. \})$").unwrap();
+    let line = commented
+        .captures(&text)
+        .expect("the compose config has a commented Redis tier");
+    assert_eq!(&line[3], "redis", "the Redis tier names the redis service");
+    let uncommented = commented.replace(&text, "$1$2");
+    std::fs::write(layout.at(&installed), uncommented.as_ref()).unwrap();
+    let (ok, out) = layout.check(&installed, &compose_env(tollgate));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_image_is_built_from_repository_files_the_context_sends_and_runs_unprivileged() {
     let dockerfile = read("deploy/compose/Dockerfile");
+    let ignore = read("deploy/compose/Dockerfile.dockerignore");
+    let sent: BTreeSet<&str> = ignore.lines().filter_map(|l| l.strip_prefix('!')).collect();
+    let mut copied = 0;
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ")) {
+        if line.contains("--from=") {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for source in &words[1..words.len() - 1] {
+            assert!(root().join(source).exists(), "COPY {source}: no such file");
+            assert!(
+                sent.contains(source),
+                "COPY {source}: left out of the context"
+            );
+            copied += 1;
+        }
+    }
+    assert!(copied >= 4, "{dockerfile}");
     let runtime = dockerfile.rsplit("FROM ").next().unwrap();
     assert!(runtime.starts_with("debian:") && runtime.contains("-slim"));
     assert!(
