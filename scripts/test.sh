@@ -17,6 +17,10 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 scripts/redis-server.sh install # the response cache's shared tier is tested against a real one
 scripts/promtool.sh install     # checks and unit-tests the alerting rules in deploy/prometheus/
+if ! command -v systemd-analyze >/dev/null; then # verifies deploy/systemd/tollgate.service
+    [ "$(id -u)" = 0 ] || { echo "systemd-analyze is missing: apt-get install systemd" >&2; exit 1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 
 if [ -z "${TOLLGATE_TEST_CLICKHOUSE_URL:-}" ]; then
     PY=$(scripts/setup-clickhouse.sh)
