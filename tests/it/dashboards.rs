@@ -223,6 +223,60 @@ fn dataset() -> Vec<Req> {
     out
 }
 
+/// One outcome report.
+struct Report {
+    ts: i64,
+    id: String,
+    team: &'static str,
+    request_id: String,
+    workflow_id: String,
+    outcome: &'static str,
+}
+
+/// Outcome reports on the dataset: search's workflows (one re-reported from failure to
+/// success, one the other way), every other day's summaries by request, billing's first
+/// workflow, and a report by billing's key on a search request, which labels nothing.
+fn outcomes(reqs: &[Req]) -> Vec<Report> {
+    let report = |ts, team, request_id: String, workflow_id: &str, outcome| Report {
+        ts,
+        id: format!("{ts}-{request_id}-{workflow_id}"),
+        team,
+        request_id,
+        workflow_id: workflow_id.to_string(),
+        outcome,
+    };
+    let mut out = vec![
+        report(FROM + DAY, "search", String::new(), "wf-s0", "success"),
+        report(FROM + DAY, "search", String::new(), "wf-s1", "success"),
+        report(FROM + DAY, "search", String::new(), "wf-s2", "failure"),
+        report(FROM + 2 * DAY, "search", String::new(), "wf-s2", "success"),
+        report(FROM + DAY, "search", String::new(), "wf-s3", "success"),
+        report(FROM + 2 * DAY, "search", String::new(), "wf-s3", "failure"),
+        report(FROM + DAY, "billing", String::new(), "wf-b0", "success"),
+    ];
+    for (i, r) in reqs.iter().enumerate() {
+        if r.feature == "summarize" && (r.ts / DAY) % 2 == 0 {
+            out.push(report(
+                r.ts + 3600,
+                "search",
+                format!("req-{i}"),
+                "",
+                "success",
+            ));
+        }
+        if r.feature == "rank" && r.env == "prod" && (r.ts / DAY) % 3 == 0 {
+            out.push(report(
+                r.ts + 3600,
+                "billing",
+                format!("req-{i}"),
+                "",
+                "success",
+            ));
+        }
+    }
+    out
+}
+
 fn usd(nano: i64) -> String {
     format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000)
 }
@@ -306,6 +360,18 @@ async fn database(test: &str, reqs: &[Req]) -> ClickHouse {
         })
         .collect();
     insert(&ch, &format!("{db}.attempts"), &attempts).await;
+    let outcomes: Vec<String> = outcomes(reqs)
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "ts": format!("{}.000", datetime(o.ts)),
+                "id": o.id, "team": o.team, "request_id": o.request_id,
+                "workflow_id": o.workflow_id, "outcome": o.outcome, "key_name": "reporter",
+            })
+            .to_string()
+        })
+        .collect();
+    insert(&ch, &format!("{db}.outcomes"), &outcomes).await;
     ClickHouse::new(format!(
         "{}/?database={db}&output_format_json_quote_decimals=1",
         ch.url
@@ -379,11 +445,21 @@ async fn selections(ch: &ClickHouse, dashboard: &Value) -> Vec<Selection> {
             .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
             .collect()
     };
-    let picks = [
+    let mut picks = [
         BTreeMap::new(),
         pick(&[("team", &["search"]), ("model", &["claude-x", "local-llm"])]),
         pick(&[("env", &["staging"])]),
     ];
+    // A variable without "All" keeps its saved selection.
+    for (name, var) in grafana::variables(dashboard) {
+        if var["type"] == "query" && var["includeAll"] == false {
+            let current: Vec<String> = serde_json::from_value(var["current"]["value"].clone())
+                .unwrap_or_else(|e| panic!("${name}: current value: {e}"));
+            for p in &mut picks {
+                p.insert(name.clone(), current.clone());
+            }
+        }
+    }
     for picked in &picks {
         for (var, values) in picked {
             for v in values {
@@ -876,6 +952,120 @@ async fn levers_panels_show_what_routing_judges_and_the_cache_did_in_the_dataset
                     })
                     .collect();
                 assert_eq!(got, want, "{title}");
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn outcome_panels_price_each_success_and_count_the_waste_in_the_dataset() {
+    prove("outcomes.json", |title, rows, sel, reqs, inrange| {
+        let wanted = &sel.picked["outcome"];
+        // The latest report per (team, request, workflow), reported in the range.
+        let mut latest = BTreeMap::<(&str, &str, &str), (i64, &str, &str)>::new();
+        let reports = outcomes(reqs);
+        for o in reports.iter().filter(|o| o.ts >= FROM) {
+            let e = latest
+                .entry((o.team, o.request_id.as_str(), o.workflow_id.as_str()))
+                .or_insert((o.ts, o.id.as_str(), o.outcome));
+            if (o.ts, o.id.as_str()) > (e.0, e.1) {
+                *e = (o.ts, o.id.as_str(), o.outcome);
+            }
+        }
+        let succeeded: BTreeSet<(&str, &str, &str)> = latest
+            .iter()
+            .filter(|(_, v)| wanted.iter().any(|w| w == v.2))
+            .map(|(k, _)| *k)
+            .collect();
+        let index: BTreeMap<*const Req, usize> = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r as *const Req, i))
+            .collect();
+        let per_success = |key: fn(&Req) -> &str| {
+            let mut want = BTreeMap::<String, (i64, u64, BTreeSet<String>)>::new();
+            for r in inrange {
+                let e = want.entry(key(r).to_string()).or_default();
+                e.0 += r.cost.unwrap_or(0);
+                e.1 += r.input_tokens + r.output_tokens;
+                let id = format!("req-{}", index[&(*r as *const Req)]);
+                if succeeded.contains(&(r.team, id.as_str(), "")) {
+                    e.2.insert(format!("request:{id}"));
+                }
+                if !r.workflow_id.is_empty()
+                    && succeeded.contains(&(r.team, "", r.workflow_id.as_str()))
+                {
+                    e.2.insert(format!("workflow:{}", r.workflow_id));
+                }
+            }
+            want
+        };
+        type Label = fn(&Req) -> &str;
+        let dim: Option<(&str, Label)> = match title {
+            "Cost per successful outcome by team" => Some(("team", |r| r.team)),
+            "Cost per successful outcome by feature" => Some(("feature", |r| r.feature)),
+            "Cost per successful outcome by model" => Some(("model", |r| r.model)),
+            _ => None,
+        };
+        if let Some((col, key)) = dim {
+            let want = per_success(key);
+            assert_eq!(rows.len(), want.len(), "{title}: {rows:?}");
+            for r in rows {
+                let k = r[col].as_str().unwrap();
+                let (spend, tokens, successes) = &want[k];
+                let n = successes.len() as i64;
+                assert_eq!(nano(&r["spend_usd"]), *spend, "{title}: {k}");
+                assert_eq!(num(&r["tokens"]), *tokens as f64, "{title}: {k}");
+                assert_eq!(num(&r["successes"]), n as f64, "{title}: {k}");
+                if n == 0 {
+                    assert!(r["cost_per_success_usd"].is_null(), "{title}: {k}");
+                } else {
+                    assert_eq!(nano(&r["cost_per_success_usd"]), spend / n, "{title}: {k}");
+                    close(num(&r["tokens_per_success"]), *tokens as f64 / n as f64, k);
+                }
+            }
+            return true;
+        }
+        match title {
+            "Retry waste by team and feature" => {
+                let ok = |var: &str, v: &str| {
+                    sel.picked.get(var).is_none_or(|p| p.iter().any(|x| x == v))
+                };
+                let mut want = BTreeMap::<(String, String), (u64, u64, i64, i64)>::new();
+                for r in reqs.iter().filter(|r| r.ts >= FROM && r.ts <= TO) {
+                    if !(ok("team", r.team) && ok("project", r.project) && ok("env", r.env)) {
+                        continue;
+                    }
+                    for a in r.attempts.iter().filter(|a| ok("model", a.model)) {
+                        let e = want.entry((r.team.into(), r.feature.into())).or_default();
+                        let tokens = a.input_tokens + a.output_tokens;
+                        match a.verdict {
+                            "failed" => (e.0 += tokens, e.2 += a.cost),
+                            "rejected" => (e.1 += tokens, e.2 += a.cost),
+                            _ => ((), ()),
+                        };
+                        e.3 += a.cost;
+                    }
+                }
+                assert_eq!(rows.len(), want.len(), "{title}: {rows:?}");
+                for r in rows {
+                    let k = (
+                        r["team"].as_str().unwrap().to_string(),
+                        r["feature"].as_str().unwrap().to_string(),
+                    );
+                    let (failed, rejected, wasted, total) = want[&k];
+                    assert_eq!(num(&r["failed_tokens"]), failed as f64, "{k:?}");
+                    assert_eq!(num(&r["rejected_tokens"]), rejected as f64, "{k:?}");
+                    assert_eq!(nano(&r["wasted_usd"]), wasted, "{k:?}");
+                    close(
+                        num(&r["wasted_share"]),
+                        wasted as f64 / total as f64,
+                        "wasted share",
+                    );
+                }
                 true
             }
             _ => false,
