@@ -65,9 +65,10 @@ enum Command {
         /// Look back this far: 90m, 24h, 7d, 2w.
         #[arg(long, default_value = "24h")]
         since: String,
-        /// Group by these: team, project, env, model, provider, user, feature, workflow, key.
+        /// Group by these: team, project, env, model, provider, user, feature, workflow, key;
+        /// or `outcome` alone: spend per reported business outcome.
         #[arg(long, value_delimiter = ',', default_value = "team,project,env,model")]
-        by: Vec<tollgate::report::Dim>,
+        by: Vec<tollgate::report::outcomes::By>,
         /// table, json or csv.
         #[arg(long, default_value = "table")]
         format: tollgate::report::Format,
@@ -236,6 +237,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_or_exit(&config)?;
             let since = tollgate::report::parse_since(&since).map_err(anyhow::Error::msg)?;
+            use tollgate::report::outcomes::By;
+            if by.contains(&By::Outcome) {
+                if by.len() > 1 {
+                    anyhow::bail!("--by outcome is a report of its own: name no other dimension");
+                }
+                let report = outcome_report(&cfg, since, ledger)?;
+                print!("{}", tollgate::report::outcomes::render(&report, format));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let by: Vec<tollgate::report::Dim> = by
+                .into_iter()
+                .filter_map(|b| match b {
+                    By::Dim(d) => Some(d),
+                    By::Outcome => None,
+                })
+                .collect();
             let rows = match cfg.clickhouse.as_ref().filter(|_| !ledger) {
                 Some(settings) => {
                     let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
@@ -351,4 +368,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `report --by outcome`: from ClickHouse when configured (and `--ledger` not given), else
+/// from the ledger's requests of the window and all its outcomes.
+fn outcome_report(
+    cfg: &tollgate::config::Validated,
+    since: chrono::Duration,
+    ledger: bool,
+) -> anyhow::Result<tollgate::report::outcomes::OutcomeReport> {
+    use tollgate::ledger::{Stream, read_all};
+    use tollgate::report::outcomes;
+    if let Some(settings) = cfg.clickhouse.as_ref().filter(|_| !ledger) {
+        let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
+        let report = outcomes::from_clickhouse(&ch, since.num_seconds());
+        return Ok(tokio::runtime::Runtime::new()?.block_on(report)?);
+    }
+    let dir = cfg.data_dir.join("ledger");
+    let read = || -> std::io::Result<_> {
+        let requests: Vec<tollgate::record::Record> = read_all(&Stream::Requests.dir(&dir))?;
+        // A ledger no outcome was ever written to has no outcomes directory.
+        let reported = match read_all(&Stream::Outcomes.dir(&dir)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other?,
+        };
+        Ok((requests, reported))
+    };
+    let (requests, reported) =
+        read().with_context(|| format!("reading the ledger under {}", cfg.data_dir.display()))?;
+    let from = chrono::Utc::now() - since;
+    Ok(outcomes::aggregate(
+        requests.iter().filter(|r| r.ts >= from),
+        &reported,
+    ))
 }

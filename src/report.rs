@@ -1,5 +1,7 @@
 //! Spend reports: records grouped by attribution dimensions, rendered as a table, JSON or CSV.
 
+pub mod outcomes;
+
 use crate::money::NanoUsd;
 use crate::record::Record;
 use crate::sink::clickhouse::{ChError, ClickHouse};

@@ -6,6 +6,7 @@ use crate::common::clickhouse::ClickHouse;
 use crate::common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use tollgate::money::NanoUsd;
 use tollgate::record::{OutcomeRecord, Record};
 
 const PATH: &str = "/tollgate/v1/outcomes";
@@ -168,7 +169,8 @@ async fn latest_by_request(ch: &ClickHouse, db: &str) -> BTreeMap<(String, Strin
 }
 
 #[tokio::test]
-async fn outcomes_reach_clickhouse_once_the_latest_wins_and_only_the_own_team_joins() {
+async fn outcomes_reach_clickhouse_once_the_latest_wins_only_the_own_team_joins_and_both_stores_report_the_same()
+ {
     let ch = ClickHouse::shared().await;
     let db = ch.fresh_database("outcomes_end_to_end").await;
     let up = start_sim().await;
@@ -217,14 +219,41 @@ async fn outcomes_reach_clickhouse_once_the_latest_wins_and_only_the_own_team_jo
         1,
     )
     .await;
+    // A workflow of two requests, reported as a whole; and a request with no outcome.
+    let wf_1 = chat(
+        &proxy,
+        KEY,
+        &[
+            ("x-tollgate-workflow", "wf-1"),
+            ("x-sim-output-tokens", "31"),
+        ],
+    )
+    .await;
+    let wf_2 = chat(
+        &proxy,
+        KEY,
+        &[
+            ("x-tollgate-workflow", "wf-1"),
+            ("x-sim-output-tokens", "7"),
+        ],
+    )
+    .await;
+    report(
+        &proxy,
+        KEY,
+        &json!({"workflow_id": "wf-1", "outcome": "failure", "value": 3}),
+        1,
+    )
+    .await;
+    let unlabelled = chat(&proxy, KEY, &[("x-sim-output-tokens", "5")]).await;
     let posted = outcomes_in_ledger(&proxy);
-    assert_eq!(posted.len(), 4);
+    assert_eq!(posted.len(), 5);
 
     proxy
-        .wait_metric("tollgate_sink_shipped_total", &[("table", "outcomes")], 4.0)
+        .wait_metric("tollgate_sink_shipped_total", &[("table", "outcomes")], 5.0)
         .await;
     proxy
-        .wait_metric("tollgate_sink_shipped_total", &[("table", "requests")], 2.0)
+        .wait_metric("tollgate_sink_shipped_total", &[("table", "requests")], 5.0)
         .await;
     let rows = ch
         .rows(&format!(
@@ -254,4 +283,81 @@ async fn outcomes_reach_clickhouse_once_the_latest_wins_and_only_the_own_team_jo
         joined.iter().all(|r| r["outcome"] == "success"),
         "{joined:?}"
     );
+
+    // `report --by outcome`, computed here from the ledger's request records.
+    let records: BTreeMap<String, Record> = proxy
+        .records(5)
+        .await
+        .into_iter()
+        .map(|r| (r.request_id.clone(), r))
+        .collect();
+    let sum = |ids: &[&str]| {
+        let rs: Vec<&Record> = ids.iter().map(|id| &records[*id]).collect();
+        let tokens: u64 = rs.iter().map(|r| r.input_tokens + r.output_tokens).sum();
+        let cost = rs
+            .iter()
+            .map(|r| r.cost_usd.expect("priced"))
+            .fold(NanoUsd::ZERO, |a, b| a + b);
+        (tokens, cost)
+    };
+    let (success_tokens, success_cost) = sum(&["early-1", &late]);
+    let (failure_tokens, failure_cost) = sum(&[&wf_1, &wf_2]);
+    let (none_tokens, none_cost) = sum(&[&unlabelled]);
+    assert!(failure_tokens > 0 && success_tokens > 0);
+    let row = |label: &str, counts: [u64; 4], cost: NanoUsd| {
+        let [outcomes, requests, workflows, tokens] = counts;
+        json!({"outcome": label, "outcomes": outcomes, "requests": requests,
+               "workflows": workflows, "tokens": tokens, "cost_usd": cost.to_string()})
+    };
+    let mut expect_rows = vec![
+        (
+            success_cost,
+            row("success", [2, 2, 0, success_tokens], success_cost),
+        ),
+        (
+            failure_cost,
+            row("failure", [1, 2, 1, failure_tokens], failure_cost),
+        ),
+        (none_cost, row("", [0, 1, 0, none_tokens], none_cost)),
+    ];
+    expect_rows.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1["outcome"].as_str().cmp(&b.1["outcome"].as_str()))
+    });
+    let expect_rows: Vec<Value> = expect_rows.into_iter().map(|(_, r)| r).collect();
+    let outcome_tokens = success_tokens + failure_tokens;
+    let per_10k = (success_tokens * 10_000 + outcome_tokens / 2) / outcome_tokens;
+    let token_yield = format!("{}.{:04}", per_10k / 10_000, per_10k % 10_000);
+    let cost_per_success = NanoUsd((success_cost + failure_cost).0 / 2).to_string();
+    for store in [&[][..], &["--ledger"][..]] {
+        let out = proxy.command(
+            &[
+                &[
+                    "report", "--by", "outcome", "--since", "1h", "--format", "json",
+                ],
+                store,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows: Vec<Value> = got["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                json!({"outcome": r["outcome"], "outcomes": r["outcomes"],
+                       "requests": r["requests"], "workflows": r["workflows"],
+                       "tokens": r["tokens"], "cost_usd": r["cost_usd"]})
+            })
+            .collect();
+        assert_eq!(rows, expect_rows, "{store:?}: {got:#}");
+        assert_eq!(got["successes"], 2, "{store:?}");
+        assert_eq!(got["cost_per_success_usd"], cost_per_success, "{store:?}");
+        assert_eq!(got["token_yield"], token_yield, "{store:?}");
+    }
 }
