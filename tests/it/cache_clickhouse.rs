@@ -330,18 +330,18 @@ async fn cache_hits_reach_clickhouse_the_rollup_reports_and_metrics_as_savings_n
         .wait_metric("tollgate_sink_shipped_total", &shipped, n as f64)
         .await;
     let attempts_shipped = [("table", "attempts")];
-    let metrics = proxy
+    proxy
         .wait_metric(
             "tollgate_sink_shipped_total",
             &attempts_shipped,
             upstream_calls as f64,
         )
         .await;
+    // The lag gauge is updated after the shipped counter: wait for it rather than read it.
     for table in [shipped, attempts_shipped] {
-        assert_eq!(
-            metric(&metrics, "tollgate_sink_lag_records", &table),
-            Some(0.0)
-        );
+        proxy
+            .wait_metric("tollgate_sink_lag_records", &table, 0.0)
+            .await;
     }
     let attempts_dir = tollgate::ledger::Stream::Attempts.dir(&proxy.ledger_dir());
     let ledger_attempts: Vec<AttemptRecord> = tollgate::ledger::read_all(&attempts_dir).unwrap();
