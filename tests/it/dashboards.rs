@@ -1073,3 +1073,73 @@ async fn outcome_panels_price_each_success_and_count_the_waste_in_the_dataset() 
     })
     .await;
 }
+
+/// Every PromQL expression of the Prometheus dashboard parses (promtool checks it as a
+/// recording rule, Grafana's variables replaced by values they can take) and names only
+/// metrics the proxy exports.
+#[test]
+fn operations_queries_are_valid_promql_on_exported_metrics() {
+    let dashboard = grafana::load("operations.json");
+    let vars = grafana::variables(&dashboard);
+    let reference = regex::Regex::new(r"\$(\w+)").unwrap();
+    let mut rules = Vec::new();
+    let mut metrics = BTreeSet::new();
+    let metric = regex::Regex::new(r"\btollgate_\w+").unwrap();
+    for p in grafana::panels(&dashboard) {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            // The values Grafana puts in: range windows, and each variable's "All" (`.*`).
+            let promql = reference.replace_all(expr, |c: &regex::Captures| match &c[1] {
+                "__rate_interval" => "1m".to_string(),
+                "__range" => "6h".to_string(),
+                var => {
+                    let v = vars.get(var).unwrap_or_else(|| panic!("no ${var}"));
+                    v["allValue"].as_str().unwrap().to_string()
+                }
+            });
+            rules.push(serde_json::json!({
+                "record": format!("dashboard:panel{}_{}", p["id"], t["refId"].as_str().unwrap()),
+                "expr": promql,
+            }));
+            metrics.extend(metric.find_iter(expr).map(|m| m.as_str().to_string()));
+        }
+    }
+    let file = tempfile::NamedTempFile::with_suffix(".yml").unwrap();
+    let yaml = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(file.path(), yaml.to_string()).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(file.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool could not run ({e}): install it with `scripts/promtool.sh install`")
+        });
+    assert!(
+        out.status.success(),
+        "promtool check rules failed:\n{}{}\n{yaml:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} rules found", rules.len())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let code = ["src/metrics.rs", "src/budget/metrics.rs"]
+        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+        .concat();
+    assert!(metrics.len() >= 10, "{metrics:?}");
+    for m in &metrics {
+        // A histogram's series carry a suffix its registration does not.
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| m.strip_suffix(s))
+            .filter(|b| code.contains(&format!("\"{b}\"")))
+            .unwrap_or(m);
+        assert!(
+            code.contains(&format!("\"{base}\"")),
+            "{m} is not a metric the proxy exports"
+        );
+    }
+}
