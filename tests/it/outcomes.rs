@@ -361,3 +361,72 @@ async fn outcomes_reach_clickhouse_once_the_latest_wins_only_the_own_team_joins_
         assert_eq!(got["token_yield"], token_yield, "{store:?}");
     }
 }
+
+/// A crash after ClickHouse stored a batch but before the cursor moved past it: the restarted
+/// proxy sends the same bytes with the same deduplication token, and each outcome is still
+/// stored once.
+#[tokio::test]
+async fn a_replayed_outcomes_batch_is_stored_once() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("outcomes_replay").await;
+    let up = start_sim().await;
+    let extra = format!(
+        "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
+        ch.url
+    );
+    let mut proxy = Proxy::start(&config_for(up.addr, &extra)).await;
+    let batch: Vec<Value> = (0..3)
+        .map(|i| json!({"request_id": format!("r-{i}"), "outcome": "success"}))
+        .collect();
+    // One call is one write: the sink ships it as one batch, the whole segment so far.
+    report(&proxy, KEY, &json!({ "outcomes": batch }), 3).await;
+    let shipped = [("table", "outcomes")];
+    proxy
+        .wait_metric("tollgate_sink_shipped_total", &shipped, 3.0)
+        .await;
+    proxy.kill9();
+
+    let segments = tollgate::ledger::list_segments(&proxy.ledger_dir().join("outcomes")).unwrap();
+    let [(seq, path)] = &segments[..] else {
+        panic!("one outcomes segment expected: {segments:?}");
+    };
+    let len = std::fs::metadata(path).unwrap().len();
+    let cursor = json!({"segment": seq, "offset": 0,
+                        "pending": {"segment": seq, "start": 0, "end": len}});
+    write(
+        &proxy
+            .dir
+            .path()
+            .join("data/sink/clickhouse-outcomes.cursor"),
+        &cursor.to_string(),
+    );
+    proxy.restart().await;
+    proxy
+        .wait_metric("tollgate_sink_shipped_total", &shipped, 3.0)
+        .await;
+    report(
+        &proxy,
+        KEY,
+        &json!({"request_id": "r-after", "outcome": "failure"}),
+        1,
+    )
+    .await;
+    proxy
+        .wait_metric("tollgate_sink_shipped_total", &shipped, 4.0)
+        .await;
+    let rows = ch
+        .rows(&format!(
+            "SELECT request_id, count() AS n FROM {db}.outcomes GROUP BY request_id \
+             ORDER BY request_id"
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        [
+            json!({"request_id": "r-0", "n": 1}),
+            json!({"request_id": "r-1", "n": 1}),
+            json!({"request_id": "r-2", "n": 1}),
+            json!({"request_id": "r-after", "n": 1}),
+        ]
+    );
+}
