@@ -168,12 +168,10 @@ async fn latest_by_request(ch: &ClickHouse, db: &str) -> BTreeMap<(String, Strin
     .collect()
 }
 
-#[tokio::test]
-async fn outcomes_reach_clickhouse_once_the_latest_wins_only_the_own_team_joins_and_both_stores_report_the_same()
- {
-    let ch = ClickHouse::shared().await;
-    let db = ch.fresh_database("outcomes_end_to_end").await;
-    let up = start_sim().await;
+/// A proxy shipping to a fresh database (named after `test`, returned) of `ch`; shipped
+/// segments are kept so the ledger can be reported from too.
+async fn shipping_proxy(up: &Upstream, ch: &ClickHouse, test: &str) -> (Proxy, String) {
+    let db = ch.fresh_database(test).await;
     let extra = format!(
         "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
         ch.url
@@ -182,7 +180,14 @@ async fn outcomes_reach_clickhouse_once_the_latest_wins_only_the_own_team_joins_
         "flush_interval_ms: 5",
         "flush_interval_ms: 5\n  shipped_retention_secs: 3600",
     );
-    let proxy = Proxy::start(&cfg).await;
+    (Proxy::start(&cfg).await, db)
+}
+
+#[tokio::test]
+async fn outcomes_ship_once_the_latest_wins_within_a_team_and_both_stores_report_alike() {
+    let ch = ClickHouse::shared().await;
+    let up = start_sim().await;
+    let (proxy, db) = shipping_proxy(&up, &ch, "outcomes_end_to_end").await;
 
     // Reported before its request exists: it joins once the request is recorded.
     report(
@@ -368,13 +373,8 @@ async fn outcomes_reach_clickhouse_once_the_latest_wins_only_the_own_team_joins_
 #[tokio::test]
 async fn a_replayed_outcomes_batch_is_stored_once() {
     let ch = ClickHouse::shared().await;
-    let db = ch.fresh_database("outcomes_replay").await;
     let up = start_sim().await;
-    let extra = format!(
-        "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
-        ch.url
-    );
-    let mut proxy = Proxy::start(&config_for(up.addr, &extra)).await;
+    let (mut proxy, db) = shipping_proxy(&up, &ch, "outcomes_replay").await;
     let batch: Vec<Value> = (0..3)
         .map(|i| json!({"request_id": format!("r-{i}"), "outcome": "success"}))
         .collect();
