@@ -820,6 +820,15 @@ fn every_dashboard_is_well_formed_for_grafana() {
             assert!(!targets.is_empty(), "{file}: {title}: no query");
             for t in targets {
                 check_ds(title, &t["datasource"]);
+                if t["datasource"]["type"] == CLICKHOUSE {
+                    // The plugin's raw SQL editor, as a table or a time series.
+                    assert_eq!(t["editorType"], "sql", "{file}: {title}");
+                    let kind = t["queryType"].as_str().unwrap_or_default();
+                    assert!(
+                        ["table", "timeSeries"].contains(&kind),
+                        "{file}: {title}: {kind}"
+                    );
+                }
                 let query = t["rawSql"].as_str().or(t["expr"].as_str()).unwrap();
                 for c in reference.captures_iter(query) {
                     let name = &c[1];

@@ -75,6 +75,8 @@ impl Selection {
 /// - `$__interval_s` → the interval in seconds
 /// - `$__timeInterval(c)` → `toStartOfInterval(toDateTime(c), INTERVAL N second)`
 /// - `$__conditionalAll(cond, $var)` → `cond`, or `1=1` when `$var` selects all values
+///   (the plugin's `applyConditionalAll` in src/data/CHDatasource.ts: `1=1` when the
+///   variable's current value is `$__all` or empty; it runs before variables are replaced)
 ///
 /// Variables use Grafana's format `${var:singlequote}` (Grafana's "Advanced variable format
 /// options"): each value in single quotes (a quote escaped as `\'`), joined by commas; "All"
