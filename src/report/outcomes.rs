@@ -69,6 +69,8 @@ pub struct OutcomeRow {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OutcomeReport {
     pub rows: Vec<OutcomeRow>,
+    /// Distinct workflow ids among all the requests (one may be in several rows).
+    pub workflows: u64,
     pub successes: u64,
     /// `None` without a success.
     #[serde(rename = "cost_per_success_usd")]
@@ -115,6 +117,7 @@ pub fn aggregate<'a>(
     let mut report = OutcomeReport::default();
     let mut outcome_cost = NanoUsd::ZERO;
     let mut success_targets = BTreeSet::new();
+    let mut workflows = BTreeSet::new();
     for r in requests {
         let by_request = Target::Request(&r.team, &r.request_id);
         let by_workflow = Target::Workflow(&r.team, &r.workflow_id);
@@ -146,6 +149,7 @@ pub fn aggregate<'a>(
         }
         if !r.workflow_id.is_empty() {
             acc.workflows.insert(&r.workflow_id);
+            workflows.insert(&r.workflow_id);
         }
         if let Some((target, o)) = found {
             acc.targets.insert(target);
@@ -169,6 +173,7 @@ pub fn aggregate<'a>(
         .rows
         .sort_by(|a, b| b.cost.cmp(&a.cost).then_with(|| a.outcome.cmp(&b.outcome)));
     report.successes = success_targets.len() as u64;
+    report.workflows = workflows.len() as u64;
     report.cost_per_success =
         (report.successes > 0).then(|| NanoUsd(outcome_cost.0 / report.successes as i64));
     report
@@ -211,12 +216,55 @@ const COLUMNS: [&str; 9] = [
 /// the rows only.
 pub fn render(report: &OutcomeReport, format: super::Format) -> String {
     let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
-    let body: Vec<Vec<String>> = report
+    let none = || "-".to_string();
+    match format {
+        super::Format::Json => {
+            let mut v = serde_json::to_value(report).unwrap_or_default();
+            v["token_yield"] = report.token_yield().into();
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        }
+        super::Format::Csv => super::render_csv(&header, &cells(report, "")),
+        super::Format::Table => {
+            let mut out = super::render_table(&header, 1, &cells(report, "(no outcome)"));
+            out.push_str(&format!(
+                "\nsuccesses: {}\ncost per success (USD): {}\ntoken yield: {}\n",
+                report.successes,
+                report.cost_per_success.map_or_else(none, |c| c.to_string()),
+                report.token_yield().unwrap_or_else(none),
+            ));
+            out
+        }
+    }
+}
+
+/// The rows as text, then their total; requests with no outcome are labelled `unlabelled`.
+fn cells(report: &OutcomeReport, unlabelled: &str) -> Vec<Vec<String>> {
+    let mut total = OutcomeRow {
+        outcome: "TOTAL".into(),
+        workflows: report.workflows,
+        ..OutcomeRow::default()
+    };
+    for r in &report.rows {
+        total.outcomes += r.outcomes;
+        total.requests += r.requests;
+        total.input_tokens += r.input_tokens;
+        total.output_tokens += r.output_tokens;
+        total.tokens += r.tokens;
+        total.cost += r.cost;
+        total.unpriced += r.unpriced;
+    }
+    report
         .rows
         .iter()
+        .chain([&total])
         .map(|r| {
+            let label = if r.outcome.is_empty() {
+                unlabelled
+            } else {
+                &r.outcome
+            };
             vec![
-                r.outcome.clone(),
+                label.to_string(),
                 r.outcomes.to_string(),
                 r.requests.to_string(),
                 r.workflows.to_string(),
@@ -227,27 +275,7 @@ pub fn render(report: &OutcomeReport, format: super::Format) -> String {
                 r.unpriced.to_string(),
             ]
         })
-        .collect();
-    let none = || "-".to_string();
-    match format {
-        super::Format::Csv => super::render_csv(&header, &body),
-        super::Format::Json => {
-            let mut v = serde_json::to_value(report).unwrap_or_default();
-            v["token_yield"] = report.token_yield().into();
-            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
-        }
-        super::Format::Table => {
-            // The header rule only: these rows have no total under them.
-            let mut out = super::render_table(&header, 1, &body);
-            out.push_str(&format!(
-                "\nsuccesses: {}\ncost per success (USD): {}\ntoken yield: {}\n",
-                report.successes,
-                report.cost_per_success.map_or_else(none, |c| c.to_string()),
-                report.token_yield().unwrap_or_else(none),
-            ));
-            out
-        }
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -316,5 +344,14 @@ mod tests {
         assert_eq!(report.successes, 2);
         assert_eq!(report.cost_per_success, Some(NanoUsd(30)));
         assert_eq!(report.token_yield().as_deref(), Some("0.5000"));
+        let table = render(&report, super::super::Format::Table);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("outcome"), "{table}");
+        let total = lines.iter().find(|l| l.starts_with("TOTAL")).unwrap();
+        let cells: Vec<&str> = total.split_whitespace().collect();
+        assert_eq!(cells[2..4], ["4", "1"], "requests, workflows: {table}");
+        assert_eq!(cells[7], NanoUsd(100).to_string(), "{table}");
+        assert!(table.contains("(no outcome)"), "{table}");
+        assert!(table.ends_with("token yield: 0.5000\n"), "{table}");
     }
 }

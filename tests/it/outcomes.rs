@@ -362,6 +362,7 @@ async fn outcomes_ship_once_the_latest_wins_within_a_team_and_both_stores_report
             .collect();
         assert_eq!(rows, expect_rows, "{store:?}: {got:#}");
         assert_eq!(got["successes"], 2, "{store:?}");
+        assert_eq!(got["workflows"], 1, "{store:?}");
         assert_eq!(got["cost_per_success_usd"], cost_per_success, "{store:?}");
         assert_eq!(got["token_yield"], token_yield, "{store:?}");
     }
