@@ -234,8 +234,9 @@ struct Report {
 }
 
 /// Outcome reports on the dataset: search's workflows (one re-reported from failure to
-/// success, one the other way), every other day's summaries by request, billing's first
-/// workflow, and a report by billing's key on a search request, which labels nothing.
+/// success, one the other way), some of their requests failing on their own, every other
+/// day's summaries by request, billing's first workflows (one reported long ago), and
+/// reports by billing's key on search requests, which label nothing.
 fn outcomes(reqs: &[Req]) -> Vec<Report> {
     let report = |ts, team, request_id: String, workflow_id: &str, outcome| Report {
         ts,
@@ -253,6 +254,8 @@ fn outcomes(reqs: &[Req]) -> Vec<Report> {
         report(FROM + DAY, "search", String::new(), "wf-s3", "success"),
         report(FROM + 2 * DAY, "search", String::new(), "wf-s3", "failure"),
         report(FROM + DAY, "billing", String::new(), "wf-b0", "success"),
+        // Reports of any age count, like the report's.
+        report(START, "billing", String::new(), "wf-b1", "success"),
     ];
     for (i, r) in reqs.iter().enumerate() {
         if r.feature == "summarize" && (r.ts / DAY) % 2 == 0 {
@@ -262,6 +265,16 @@ fn outcomes(reqs: &[Req]) -> Vec<Report> {
                 format!("req-{i}"),
                 "",
                 "success",
+            ));
+        }
+        // A request's own outcome overrides its workflow's.
+        if !r.workflow_id.is_empty() && r.team == "search" && (r.ts / DAY) % 6 == 1 {
+            out.push(report(
+                r.ts + 3600,
+                "search",
+                format!("req-{i}"),
+                "",
+                "failure",
             ));
         }
         if r.feature == "rank" && r.env == "prod" && (r.ts / DAY) % 3 == 0 {
@@ -973,10 +986,10 @@ async fn levers_panels_show_what_routing_judges_and_the_cache_did_in_the_dataset
 async fn outcome_panels_price_each_success_and_count_the_waste_in_the_dataset() {
     prove("outcomes.json", |title, rows, sel, reqs, inrange| {
         let wanted = &sel.picked["outcome"];
-        // The latest report per (team, request, workflow), reported in the range.
+        // The latest report per (team, request id, workflow id), of any age.
         let mut latest = BTreeMap::<(&str, &str, &str), (i64, &str, &str)>::new();
         let reports = outcomes(reqs);
-        for o in reports.iter().filter(|o| o.ts >= FROM) {
+        for o in &reports {
             let e = latest
                 .entry((o.team, o.request_id.as_str(), o.workflow_id.as_str()))
                 .or_insert((o.ts, o.id.as_str(), o.outcome));
@@ -984,33 +997,22 @@ async fn outcome_panels_price_each_success_and_count_the_waste_in_the_dataset() 
                 *e = (o.ts, o.id.as_str(), o.outcome);
             }
         }
-        let succeeded: BTreeSet<(&str, &str, &str)> = latest
-            .iter()
-            .filter(|(_, v)| wanted.iter().any(|w| w == v.2))
-            .map(|(k, _)| *k)
-            .collect();
         let index: BTreeMap<*const Req, usize> = reqs
             .iter()
             .enumerate()
             .map(|(i, r)| (r as *const Req, i))
             .collect();
-        let per_success = |key: fn(&Req) -> &str| {
-            let mut want = BTreeMap::<String, (i64, u64, BTreeSet<String>)>::new();
-            for r in inrange {
-                let e = want.entry(key(r).to_string()).or_default();
-                e.0 += r.cost.unwrap_or(0);
-                e.1 += r.input_tokens + r.output_tokens;
-                let id = format!("req-{}", index[&(*r as *const Req)]);
-                if succeeded.contains(&(r.team, id.as_str(), "")) {
-                    e.2.insert(format!("request:{id}"));
-                }
-                if !r.workflow_id.is_empty()
-                    && succeeded.contains(&(r.team, "", r.workflow_id.as_str()))
-                {
-                    e.2.insert(format!("workflow:{}", r.workflow_id));
-                }
+        // A request's outcome: its own latest report, else its workflow's; with the target
+        // (request or workflow) it came from.
+        let outcome_of = |r: &Req| -> Option<(String, &str)> {
+            let id = format!("req-{}", index[&(r as *const Req)]);
+            if let Some(o) = latest.get(&(r.team, id.as_str(), "")) {
+                return Some((format!("request:{id}"), o.2));
             }
-            want
+            (!r.workflow_id.is_empty())
+                .then(|| latest.get(&(r.team, "", r.workflow_id.as_str())))
+                .flatten()
+                .map(|o| (format!("workflow:{}", r.workflow_id), o.2))
         };
         type Label = fn(&Req) -> &str;
         let dim: Option<(&str, Label)> = match title {
@@ -1020,21 +1022,38 @@ async fn outcome_panels_price_each_success_and_count_the_waste_in_the_dataset() 
             _ => None,
         };
         if let Some((col, key)) = dim {
-            let want = per_success(key);
+            // Per key: cost and tokens of labeled requests, tokens of successful ones, and
+            // the successful targets.
+            let mut want = BTreeMap::<String, (i64, u64, u64, BTreeSet<String>)>::new();
+            for r in inrange {
+                let Some((target, outcome)) = outcome_of(r) else {
+                    continue;
+                };
+                let e = want.entry(key(r).to_string()).or_default();
+                let tokens = r.input_tokens + r.output_tokens;
+                e.0 += r.cost.unwrap_or(0);
+                e.1 += tokens;
+                if wanted.iter().any(|w| w == outcome) {
+                    e.2 += tokens;
+                    e.3.insert(target);
+                }
+            }
             assert_eq!(rows.len(), want.len(), "{title}: {rows:?}");
             for r in rows {
                 let k = r[col].as_str().unwrap();
-                let (spend, tokens, successes) = &want[k];
+                let (spend, tokens, success_tokens, successes) = &want[k];
                 let n = successes.len() as i64;
                 assert_eq!(nano(&r["spend_usd"]), *spend, "{title}: {k}");
-                assert_eq!(num(&r["tokens"]), *tokens as f64, "{title}: {k}");
+                assert_eq!(num(&r["labeled_tokens"]), *tokens as f64, "{title}: {k}");
                 assert_eq!(num(&r["successes"]), n as f64, "{title}: {k}");
                 if n == 0 {
                     assert!(r["cost_per_success_usd"].is_null(), "{title}: {k}");
                 } else {
+                    // Whole nano-USD, rounded down, as `tollgate report --by outcome`.
                     assert_eq!(nano(&r["cost_per_success_usd"]), spend / n, "{title}: {k}");
-                    close(num(&r["tokens_per_success"]), *tokens as f64 / n as f64, k);
                 }
+                let yield_ = *success_tokens as f64 / *tokens as f64;
+                close(num(&r["token_yield"]), yield_, k);
             }
             return true;
         }
