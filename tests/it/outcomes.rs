@@ -366,6 +366,13 @@ async fn outcomes_ship_once_the_latest_wins_within_a_team_and_both_stores_report
         assert_eq!(got["cost_per_success_usd"], cost_per_success, "{store:?}");
         assert_eq!(got["token_yield"], token_yield, "{store:?}");
     }
+    let mixed = proxy.command(&["report", "--by", "outcome,team"]);
+    assert!(!mixed.status.success());
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        stderr.contains("--by outcome is a report of its own"),
+        "{stderr}"
+    );
 }
 
 /// A crash after ClickHouse stored a batch but before the cursor moved past it: the restarted
