@@ -6,14 +6,35 @@ use super::ctx::FinishedAttempt;
 use super::{RequestCtx, Tollgate};
 use crate::api::MAX_NAME_LEN;
 use crate::attribution::bounded;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::money::NanoUsd;
 use crate::record::{AttemptRecord, Record, Verdict};
 use crate::usage::{Usage, UsageSource};
+use std::sync::Arc;
 
-/// Appends the request's records once; later calls do nothing.
+/// Where records go: the ledger, and the metrics counted from them.
+pub struct Recorder {
+    pub ledger: Arc<Ledger>,
+    pub metrics: Metrics,
+}
+
+/// Appends the request's records once, then settles its rate limits and budgets; later
+/// calls do nothing.
 pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
+    if let Some((usage, cost)) = write(&tg.recorder, ctx) {
+        super::limiting::settle(tg, ctx, &usage);
+        // After the append: budgets shared through ClickHouse tell shipped spend by ledger
+        // line.
+        super::budgeting::settle(tg, ctx, cost);
+    }
+}
+
+/// Appends the request's records once, returning its usage and cost totals; `None` when
+/// it is not recorded or already was.
+pub fn write(rec: &Recorder, ctx: &mut RequestCtx) -> Option<(Usage, Option<NanoUsd>)> {
     if !ctx.recorded || ctx.committed {
-        return;
+        return None;
     }
     ctx.committed = true;
     ctx.mark_end();
@@ -43,7 +64,6 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         attempts.push(attempt_record(ctx, i, call, call_cost));
     }
     ctx.cache.note_spent(usage, cost);
-    super::limiting::settle(tg, ctx, &usage);
     // A hit spent nothing and saved what the request it replays spent.
     let hit = ctx.cache.hit.as_deref();
     // What the answer would have cost on the model the request would have gone to; a hit
@@ -100,11 +120,10 @@ pub fn commit(tg: &Tollgate, ctx: &mut RequestCtx) {
         saved_output_tokens: hit.map_or(0, |h| h.usage.output_tokens),
         saved_cost_usd: hit.map_or(Some(NanoUsd::ZERO), |h| h.cost),
     };
-    tg.metrics.observe(&record, &attempts);
+    rec.metrics.observe(&record, &attempts);
     // A failed append is counted and logged by the ledger; the client is still answered.
-    let _ = tg.ledger.append(&record, &attempts);
-    // After the append: budgets shared through ClickHouse tell shipped spend by ledger line.
-    super::budgeting::settle(tg, ctx, cost);
+    let _ = rec.ledger.append(&record, &attempts);
+    Some((usage, cost))
 }
 
 /// The call whose answer (or failure) the client got, from the context's fields.

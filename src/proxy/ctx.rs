@@ -1,6 +1,7 @@
 //! What one request carries from hook to hook.
 
 use super::caching::CacheCtx;
+use super::commit::{self, Recorder};
 use crate::api::ApiFormat;
 use crate::attribution::Attribution;
 use crate::config::Validated;
@@ -57,6 +58,8 @@ pub struct RequestCtx {
     pub cache: CacheCtx,
     /// The request's budget reservation, when a budget holds it.
     pub budget: Option<crate::budget::Reservation>,
+    /// Writes the record if the request is dropped unrecorded (see `Drop`).
+    recorder: Option<Arc<Recorder>>,
     /// What rate limits charged the request, settled when it is recorded.
     pub limits: Option<crate::limits::Grant>,
 }
@@ -93,8 +96,14 @@ impl RequestCtx {
             committed: false,
             cache: CacheCtx::default(),
             budget: None,
+            recorder: None,
             limits: None,
         }
+    }
+
+    pub fn recorded_by(mut self, recorder: Arc<Recorder>) -> RequestCtx {
+        self.recorder = Some(recorder);
+        self
     }
 
     pub fn elapsed_ms(&self) -> u64 {
@@ -113,6 +122,26 @@ impl RequestCtx {
         if self.error.is_none() {
             self.error = Some(code.into());
         }
+    }
+}
+
+/// Every request path ends in `commit` or the `logging` hook, which record the request. A
+/// request whose task is dropped instead (the shutdown's grace period ended while it ran)
+/// is recorded here, with what is known: its usage so far is not (the meter went with the
+/// task), and its error says `shutdown`.
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if !self.recorded || self.committed {
+            return;
+        }
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        self.fail("shutdown");
+        if self.status == 0 {
+            self.status = 503;
+        }
+        commit::write(&recorder, self);
     }
 }
 

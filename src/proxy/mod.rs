@@ -57,6 +57,9 @@ pub struct Tollgate {
     pub config: Arc<ArcSwap<Validated>>,
     pub ledger: Arc<Ledger>,
     pub metrics: Metrics,
+    /// What writes a request's records, shared with every request context so a request the
+    /// shutdown cuts off is still recorded when its context is dropped.
+    recorder: Arc<commit::Recorder>,
     /// The response cache, when `cache.enabled` at start (its bounds apply at restart).
     pub cache: Option<Arc<ResponseCache>>,
     pub budgets: Arc<Budgets>,
@@ -80,6 +83,10 @@ impl Tollgate {
     ) -> Tollgate {
         Tollgate {
             config,
+            recorder: Arc::new(commit::Recorder {
+                ledger: ledger.clone(),
+                metrics: metrics.clone(),
+            }),
             ledger,
             metrics,
             cache,
@@ -104,7 +111,7 @@ impl ProxyHttp for Tollgate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.config.load_full())
+        RequestCtx::new(self.config.load_full()).recorded_by(self.recorder.clone())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -341,3 +341,44 @@ async fn counting_a_huge_prompt_holds_up_neither_its_client_nor_the_next_request
         first_took
     );
 }
+
+#[tokio::test]
+async fn a_stream_the_shutdown_cuts_off_is_still_recorded() {
+    let up = start_sim().await;
+    let mut proxy = Proxy::start(&config_for(up.addr, "")).await;
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+                      "messages": [{"role": "user", "content": "Tell a long story."}]});
+    // 300 tokens, 100 ms apart: still streaming when the grace period (0 s) ends.
+    let mut resp = openai(
+        &proxy,
+        "/v1/chat/completions",
+        &[
+            ("x-sim-output-tokens", "300"),
+            ("x-sim-token-interval-ms", "100"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(resp.chunk().await.unwrap().is_some());
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = proxy.stop();
+        (proxy, status)
+    });
+    // The client sees the stream end early.
+    while let Ok(Some(_)) = resp.chunk().await {}
+    let (proxy, status) = stopping.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let records: Vec<tollgate::record::Record> =
+        tollgate::ledger::read_all(&proxy.ledger_dir()).unwrap();
+    let record = records
+        .iter()
+        .find(|r| r.request_id == request_id)
+        .unwrap_or_else(|| panic!("no record for the cut stream in {records:?}"));
+    assert_eq!(record.error.as_deref(), Some("shutdown"));
+    assert_eq!(record.status, 200, "the client had its response header");
+}
