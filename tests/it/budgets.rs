@@ -242,19 +242,24 @@ async fn spend_survives_a_restart() {
     let body = chat("Name a river.");
     let amount = NanoUsd(reservation(&body).0 * 100);
     let mut proxy = with_budgets(&up, &block(amount), "").await;
+    let spent = three_calls(&proxy, &body).await;
+    proxy.restart().await;
+    let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(remaining(&resp), Some(NanoUsd(amount.0 - spent)));
+}
+
+/// Three calls of `body`, one after another; what they cost in all (nano-USD).
+async fn three_calls(proxy: &Proxy, body: &Value) -> i64 {
     for _ in 0..3 {
-        let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
+        let resp = openai(proxy, "/v1/chat/completions", &[], body).await;
         let _ = resp.bytes().await;
     }
-    let spent: i64 = proxy
+    proxy
         .records(3)
         .await
         .iter()
         .map(|r| r.cost_usd.unwrap().0)
-        .sum();
-    proxy.restart().await;
-    let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
-    assert_eq!(remaining(&resp), Some(NanoUsd(amount.0 - spent)));
+        .sum()
 }
 
 /// Two proxies sharing budgets through one ClickHouse database.
@@ -270,6 +275,18 @@ async fn replicas(up: &Upstream, budgets: &str, test: &str) -> (Proxy, Proxy) {
     let a = Proxy::start(&config).await;
     let b = Proxy::start(&config).await;
     (a, b)
+}
+
+/// `n` requests at once, spread over `proxies` in turn; their statuses.
+async fn burst(proxies: &[&Proxy], n: usize, headers: &[(&str, &str)], body: &Value) -> Vec<u16> {
+    let calls = (0..n).map(|i| async move {
+        let proxy = proxies[i % proxies.len()];
+        let resp = openai(proxy, "/v1/chat/completions", headers, body).await;
+        let status = resp.status().as_u16();
+        let _ = resp.bytes().await;
+        status
+    });
+    futures::future::join_all(calls).await
 }
 
 /// A request whose real cost is its reservation: the provider writes all `MAX_TOKENS`.
@@ -331,17 +348,7 @@ async fn a_burst_on_two_replicas_overshoots_by_at_most_one_replicas_room() {
     let full = ("x-sim-output-tokens", all.as_str());
     // Both replicas get 10 at once: neither sees the other's in time. Each holds its own
     // reservations, so together they serve at most twice the room (the documented bound).
-    let calls = (0..20).map(|i| {
-        let proxy = if i % 2 == 0 { &a } else { &b };
-        let body = &body;
-        async move {
-            let resp = openai(proxy, "/v1/chat/completions", &[slow, full], body).await;
-            let status = resp.status().as_u16();
-            let _ = resp.bytes().await;
-            status
-        }
-    });
-    let statuses = futures::future::join_all(calls).await;
+    let statuses = burst(&[&a, &b], 20, &[slow, full], &body).await;
     let served = statuses.iter().filter(|s| **s == 200).count();
     assert!((5..=10).contains(&served), "{served} served");
     // Once both have read each other's spend back, neither serves more.
@@ -432,17 +439,7 @@ async fn replicas_sharing_through_redis_hold_one_budget_exactly() {
     let a = Proxy::start(&config).await;
     let b = Proxy::start(&config).await;
     let slow = ("x-sim-fault", "delay-ms=300");
-    let calls = (0..20).map(|i| {
-        let proxy = if i % 2 == 0 { &a } else { &b };
-        let body = &body;
-        async move {
-            let resp = openai(proxy, "/v1/chat/completions", &[slow], body).await;
-            let status = resp.status().as_u16();
-            let _ = resp.bytes().await;
-            status
-        }
-    });
-    let statuses = futures::future::join_all(calls).await;
+    let statuses = burst(&[&a, &b], 20, &[slow], &body).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         5,
@@ -478,17 +475,7 @@ async fn a_budget_added_by_a_reload_starts_from_the_recorded_spend() {
     let up = start_sim().await;
     let body = chat("Name a moon.");
     let proxy = Proxy::start(&config_for(up.addr, "")).await;
-    for _ in 0..3 {
-        let resp = openai(&proxy, "/v1/chat/completions", &[], &body).await;
-        assert_eq!(remaining(&resp), None, "no budget yet");
-        let _ = resp.bytes().await;
-    }
-    let spent: i64 = proxy
-        .records(3)
-        .await
-        .iter()
-        .map(|r| r.cost_usd.unwrap().0)
-        .sum();
+    let spent = three_calls(&proxy, &body).await;
     let amount = NanoUsd(reservation(&body).0 * 100);
     let config = config_for(up.addr, &format!("budgets:\n{}", block(amount)));
     std::fs::write(
