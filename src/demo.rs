@@ -79,7 +79,12 @@ const BUDGET_PER_REQUEST: NanoUsd = NanoUsd(100_000);
 /// Both listeners on port 0: the proxy reports the ports it was given on its ready line.
 /// Budget alerts go to the demo's webhook at `hook`, signed with the secret in
 /// [`webhook::SECRET_ENV`].
-fn config(data_dir: &Path, hook: SocketAddr, budget: NanoUsd) -> String {
+fn config(
+    data_dir: &Path,
+    hook: SocketAddr,
+    budget: NanoUsd,
+    shipping: Option<&Shipping>,
+) -> String {
     let mut out = format!(
         "listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
@@ -119,7 +124,58 @@ alerts:
 ",
         webhook::SECRET_ENV
     ));
+    if let Some(s) = shipping {
+        // Shipped segments are kept: the report at the end reads the ledger.
+        out = out.replace(
+            "ledger: { flush_interval_ms: 20 }",
+            "ledger: { flush_interval_ms: 20, shipped_retention_secs: 86400 }",
+        );
+        out.push_str(&format!(
+            "telemetry:\n  clickhouse:\n    url: \"{}\"\n    database: {}\n    batch_period_ms: 100\n    migrate_on_start: true\n",
+            s.url, s.database
+        ));
+    }
     out
+}
+
+/// Where `--clickhouse` ships the demo's records.
+pub struct Shipping {
+    pub url: String,
+    pub database: String,
+}
+
+/// How long the demo waits for its records to reach ClickHouse.
+const SHIP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until the sink has shipped every record of every table (its lag metrics are all
+/// 0 and it has shipped some), or the deadline passes; the number of request rows shipped.
+fn wait_shipped(scrape: impl Fn() -> anyhow::Result<String>) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + SHIP_DEADLINE;
+    loop {
+        let text = scrape()?;
+        let samples = |name: &str| -> Vec<(String, f64)> {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit_once(' '))
+                .filter_map(|(series, v)| Some((series.to_string(), v.parse().ok()?)))
+                .collect()
+        };
+        let lag = samples("tollgate_sink_lag_records");
+        let shipped = samples("tollgate_sink_shipped_total")
+            .into_iter()
+            .find(|(series, _)| series.contains("table=\"requests\""))
+            .map_or(0.0, |(_, v)| v);
+        if !lag.is_empty() && lag.iter().all(|(_, v)| *v == 0.0) && shipped > 0.0 {
+            return Ok(shipped as u64);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "records did not reach ClickHouse within {} s",
+                SHIP_DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Stops the child proxy even when the demo fails half-way.
@@ -156,7 +212,11 @@ impl Drop for ProxyProcess {
     }
 }
 
-pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(
+    requests: usize,
+    data_dir: Option<PathBuf>,
+    shipping: Option<Shipping>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let tmp = tempfile::tempdir()?;
     let kept = data_dir.is_some();
@@ -170,7 +230,10 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let hook = rt.block_on(webhook::Receiver::start(secret.clone()))?;
     let budget = NanoUsd(BUDGET_PER_REQUEST.0 * requests.max(1) as i64);
     let config_path = dir.join("tollgate-demo.yaml");
-    std::fs::write(&config_path, config(&dir.join("data"), hook.addr, budget))?;
+    std::fs::write(
+        &config_path,
+        config(&dir.join("data"), hook.addr, budget, shipping.as_ref()),
+    )?;
     std::fs::create_dir_all(dir.join("policies"))?;
     std::fs::write(dir.join("policies/cheap-first.yaml"), POLICY)?;
 
@@ -221,6 +284,10 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .collect();
     // Alerts are sent in the background; the proxy is stopped once they are in.
     let alerts_in = rt.block_on(hook.wait_for(BUDGET, &crossed, Duration::from_secs(10)));
+    let shipped = match &shipping {
+        Some(_) => Some(wait_shipped(|| Ok(scrape()?))?),
+        None => None,
+    };
     proxy.terminate()?;
 
     let records = ledger::read_all::<crate::record::Record>(&ledger_dir)?;
@@ -288,6 +355,12 @@ pub fn run(requests: usize, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
         })
         .count();
     println!("Prometheus exposed {exported} request/cost series at the admin port.");
+    if let (Some(s), Some(rows)) = (&shipping, shipped) {
+        println!(
+            "ClickHouse: {rows} request records shipped to database {} (with their attempts and the hourly rollup); the dashboards in dashboards/ read them.",
+            s.database
+        );
+    }
     let ledger_note = if kept {
         format!("ledger kept in {}", dir.join("data/ledger").display())
     } else {

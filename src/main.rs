@@ -34,6 +34,12 @@ enum Command {
         /// Where the demo's ledger is kept (a temporary directory by default).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Also ship the records to this ClickHouse (its HTTP URL), for the dashboards.
+        #[arg(long)]
+        clickhouse: Option<String>,
+        /// The ClickHouse database the records go to (made, with its tables, if missing).
+        #[arg(long, default_value = "tollgate")]
+        clickhouse_database: String,
     },
     /// Run only the simulated provider (an OpenAI/Anthropic wire-format upstream), for
     /// benchmarks and trying clients. Prints `tollgate ready sim=ADDR` once listening.
@@ -318,9 +324,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { requests, data_dir } => {
+        Command::Demo {
+            requests,
+            data_dir,
+            clickhouse,
+            clickhouse_database,
+        } => {
             init_logging(LogFormat::Text, Some("warn"));
-            tollgate::demo::run(requests, data_dir)?;
+            let clickhouse = clickhouse.map(|url| tollgate::demo::Shipping {
+                url,
+                database: clickhouse_database,
+            });
+            tollgate::demo::run(requests, data_dir, clickhouse)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SimProvider {

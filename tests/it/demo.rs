@@ -151,3 +151,52 @@ fn budget_alerts_are_shown(stdout: &str, records: &[tollgate::record::Record]) {
         "an alerting budget keeps serving: {line}"
     );
 }
+
+#[tokio::test]
+async fn the_demo_loads_its_records_into_clickhouse_for_the_dashboards() {
+    let ch = crate::common::clickhouse::ClickHouse::shared().await;
+    let db = ch.fresh_database("demo::clickhouse").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, data_dir) = (ch.url.clone(), dir.path().to_path_buf());
+    let database = db.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["demo", "--requests", "40", "--clickhouse", &url])
+            .args(["--clickhouse-database", &database, "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("40 request records shipped to database {db}")),
+        "{stdout}"
+    );
+    // Every record is there once, with the same total cost as the ledger's.
+    let ledger: Vec<tollgate::record::Record> =
+        tollgate::ledger::read_all(&dir.path().join("data/ledger")).unwrap();
+    let rows = ch
+        .rows(&format!(
+            "SELECT count() AS n, uniqExact(request_id) AS ids, toString(sum(ifNull(cost_usd, 0))) AS cost FROM {db}.requests"
+        ))
+        .await;
+    assert_eq!(rows[0]["n"], 40, "{rows:?}");
+    assert_eq!(rows[0]["ids"], 40);
+    let cost: i64 = ledger.iter().filter_map(|r| r.cost_usd).map(|c| c.0).sum();
+    let shipped = tollgate::money::NanoUsd::parse_usd(rows[0]["cost"].as_str().unwrap()).unwrap();
+    assert_eq!(shipped.0, cost);
+    // The rollup the dashboards read for long ranges has them too.
+    let hourly = ch
+        .rows(&format!(
+            "SELECT sum(requests) AS n FROM {db}.requests_hourly"
+        ))
+        .await;
+    assert_eq!(hourly[0]["n"], 40, "{hourly:?}");
+}
