@@ -10,6 +10,8 @@
 # routes to the same upstream, so the run shows what matching and planning add.
 # CACHED=1 makes that rule cache answers: every request but the first is a cache hit, so the
 # run shows what a hit costs next to a proxied call.
+# LIMITED=1 puts every request under a blocking budget and a per-key rate limit, both too
+# large to refuse anything, so the run shows what reserving and counting cost.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${1:-15}
@@ -53,6 +55,14 @@ rules:
     match: { model: gpt-4o-mini, endpoint: /v1/chat/completions }
     route:
       targets: [{ provider: upstream, model: gpt-4o-mini }]
+YAML
+fi
+if [ "${LIMITED:-0}" = 1 ]; then
+    cat >> "$OUT/bench.yaml" <<YAML
+budgets:
+  - { name: bench-month, scope: { team: bench }, period: month, amount_usd: 1000000, action: block }
+rate_limits:
+  - { name: bench-key, per: key, rpm: 100000000, tpm: 100000000000 }
 YAML
 fi
 if [ "${CACHED:-0}" = 1 ]; then
