@@ -201,7 +201,6 @@ impl Inner {
 #[derive(Serialize, Deserialize)]
 struct Header {
     status: u16,
-    headers: Vec<(String, String)>,
     anthropic: bool,
     endpoint: String,
     model: String,
@@ -224,7 +223,6 @@ fn endpoint_path(e: Endpoint) -> &'static str {
 fn encode(r: &CachedResponse) -> Vec<u8> {
     let header = Header {
         status: r.status,
-        headers: r.headers.clone(),
         anthropic: r.format == ApiFormat::Anthropic,
         endpoint: endpoint_path(r.endpoint).to_string(),
         model: r.model.clone(),
@@ -250,7 +248,6 @@ fn decode(v: &[u8]) -> Result<CachedResponse, TierError> {
     let endpoint = Endpoint::from_path(&h.endpoint).ok_or_else(|| bad("unknown endpoint"))?;
     Ok(CachedResponse {
         status: h.status,
-        headers: h.headers,
         body: Bytes::copy_from_slice(body),
         format: if h.anthropic {
             ApiFormat::Anthropic
@@ -271,7 +268,6 @@ mod tests {
     pub(crate) fn sample() -> CachedResponse {
         CachedResponse {
             status: 200,
-            headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from_static(br#"{"type":"message","content":[]}"#),
             format: ApiFormat::Anthropic,
             endpoint: Endpoint::Messages,

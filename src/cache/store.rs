@@ -28,10 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Response headers a replay repeats; the rest describe the original exchange (dates,
-/// request ids, rate limits) and are not the answer's.
-pub const KEPT_HEADERS: &[&str] = &["content-type"];
-
 /// Bytes an entry costs beyond its body and strings: the struct, the key, moka's node.
 const ENTRY_OVERHEAD: u64 = 256;
 
@@ -39,10 +35,10 @@ const ENTRY_OVERHEAD: u64 = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedResponse {
     pub status: u16,
-    /// [`KEPT_HEADERS`] of the original response, names in lower case.
-    pub headers: Vec<(String, String)>,
-    /// The whole (non-streamed) response body: a streamed answer is stored in the form it
-    /// would have had unstreamed, and streamed again on replay when the client asks.
+    /// The whole (non-streamed) response body, JSON: a streamed answer is stored in the form
+    /// it would have had unstreamed, and streamed again on replay when the client asks. The
+    /// original response's headers describe that exchange (dates, request ids, rate limits)
+    /// and are not kept.
     pub body: Bytes,
     pub format: ApiFormat,
     pub endpoint: Endpoint,
@@ -57,19 +53,7 @@ pub struct CachedResponse {
 impl CachedResponse {
     /// Bytes the entry holds in memory, as the byte bound counts them.
     pub fn size(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.body.len() + self.model.len() + headers) as u64 + ENTRY_OVERHEAD
-    }
-
-    /// The [`KEPT_HEADERS`] of a response.
-    pub fn kept_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-        KEPT_HEADERS
-            .iter()
-            .filter_map(|name| {
-                let v = headers.get(*name)?.to_str().ok()?;
-                Some(((*name).to_string(), v.to_string()))
-            })
-            .collect()
+        (self.body.len() + self.model.len()) as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -419,7 +403,6 @@ mod tests {
     fn answer(body_len: usize, marker: u8) -> CachedResponse {
         CachedResponse {
             status: 200,
-            headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from(vec![marker; body_len]),
             format: ApiFormat::OpenAi,
             endpoint: Endpoint::ChatCompletions,

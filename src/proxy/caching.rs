@@ -364,7 +364,6 @@ fn answer_to_store(ctx: &RequestCtx, lead: &mut Lead) -> Result<CachedResponse, 
     let (usage, cost) = ctx.cache.spent.unwrap_or((ctx.usage, None));
     Ok(CachedResponse {
         status: ctx.status,
-        headers: vec![("content-type".into(), "application/json".into())],
         body: body.into(),
         format: ctx.format,
         endpoint: lead.endpoint,

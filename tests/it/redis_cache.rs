@@ -36,7 +36,6 @@ fn key(i: u32) -> CacheKey {
 fn answer(text: &str) -> CachedResponse {
     CachedResponse {
         status: 200,
-        headers: vec![("content-type".into(), "application/json".into())],
         body: Bytes::from(format!(
             r#"{{"choices":[{{"message":{{"content":"{text}"}}}}]}}"#
         )),
