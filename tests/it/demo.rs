@@ -1,23 +1,33 @@
 //! `tollgate demo`: the whole path offline, ending in a spend report from the ledger, with
 //! the savings of routing and of the cache, and the alerts of a budget the traffic overruns.
 
+use std::path::Path;
 use std::process::Command;
 use tollgate::money::NanoUsd;
 
-#[test]
-fn demo_runs_end_to_end_and_reports_spend_per_team() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `tollgate demo` with `args` and its ledger in `data_dir`; its output, once it
+/// succeeded.
+fn demo(args: &[&str], data_dir: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["demo", "--requests", "60", "--data-dir"])
-        .arg(dir.path())
+        .arg("demo")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn demo_runs_end_to_end_and_reports_spend_per_team() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = demo(&["--requests", "60"], dir.path());
     assert!(stdout.contains("the ledger holds 60 records"), "{stdout}");
     for team in ["search", "support", "growth"] {
         assert!(
@@ -159,22 +169,15 @@ async fn the_demo_loads_its_records_into_clickhouse_for_the_dashboards() {
     let dir = tempfile::tempdir().unwrap();
     let (url, data_dir) = (ch.url.clone(), dir.path().to_path_buf());
     let database = db.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["demo", "--requests", "40", "--clickhouse", &url])
-            .args(["--clickhouse-database", &database, "--data-dir"])
-            .arg(&data_dir)
-            .output()
-            .unwrap()
+    let stdout = tokio::task::spawn_blocking(move || {
+        let args = ["--requests", "40", "--clickhouse", &url];
+        demo(
+            &[&args[..], &["--clickhouse-database", &database]].concat(),
+            &data_dir,
+        )
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains(&format!("40 request records shipped to database {db}")),
         "{stdout}"
