@@ -147,9 +147,10 @@ pub struct Shipping {
 /// How long the demo waits for its records to reach ClickHouse.
 const SHIP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Waits until the sink has shipped every record of every table (its lag metrics are all
-/// 0 and it has shipped some), or the deadline passes; the number of request rows shipped.
-fn wait_shipped(scrape: impl Fn() -> anyhow::Result<String>) -> anyhow::Result<u64> {
+/// Waits until the sink has shipped `want` request records and its lag metrics are all 0
+/// (the lag gauge alone can lag behind a record just written), or the deadline passes; the
+/// number of request rows shipped.
+fn wait_shipped(scrape: impl Fn() -> anyhow::Result<String>, want: u64) -> anyhow::Result<u64> {
     let deadline = Instant::now() + SHIP_DEADLINE;
     loop {
         let text = scrape()?;
@@ -165,7 +166,7 @@ fn wait_shipped(scrape: impl Fn() -> anyhow::Result<String>) -> anyhow::Result<u
             .into_iter()
             .find(|(series, _)| series.contains("table=\"requests\""))
             .map_or(0.0, |(_, v)| v);
-        if !lag.is_empty() && lag.iter().all(|(_, v)| *v == 0.0) && shipped > 0.0 {
+        if shipped >= want as f64 && lag.iter().all(|(_, v)| *v == 0.0) {
             return Ok(shipped as u64);
         }
         if Instant::now() > deadline {
@@ -285,7 +286,10 @@ pub fn run(
     // Alerts are sent in the background; the proxy is stopped once they are in.
     let alerts_in = rt.block_on(hook.wait_for(BUDGET, &crossed, Duration::from_secs(10)));
     let shipped = match &shipping {
-        Some(_) => Some(wait_shipped(|| Ok(scrape()?))?),
+        Some(_) => Some(wait_shipped(
+            || Ok(scrape()?),
+            recorded(&ledger_dir).saturating_sub(earlier) as u64,
+        )?),
         None => None,
     };
     proxy.terminate()?;
