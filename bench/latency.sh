@@ -19,44 +19,22 @@ CONNS=${2:-16}
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # TOLLGATE_BIN runs another build (e.g. a debug one, to check the script, not to measure).
 [ -n "${TOLLGATE_BIN:-}" ] || cargo build --release --locked --quiet
 BIN=${TOLLGATE_BIN:-target/release/tollgate}
 OUT=$PWD/bench/out
 rm -rf "$OUT" && mkdir -p "$OUT/nginx"
 source bench/ready.sh
+source bench/nginx.sh
+source bench/tollgate.sh
 trap 'kill ${SIM_PID:-} ${PROXY_PID:-} ${NGINX_PID:-} 2>/dev/null; wait 2>/dev/null' EXIT
 
 "$BIN" sim-provider --listen 127.0.0.1:0 >"$OUT/sim.out" 2>"$OUT/sim.log" & SIM_PID=$!
 SIM=$(ready_addr "$OUT/sim.out" sim $SIM_PID)
 
-cat > "$OUT/bench.yaml" <<YAML
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-data_dir: $OUT/data
-log: { level: warn }
-server: { threads: 1, grace_period_secs: 0 }
-providers:
-  upstream: { kind: openai_compatible, base_url: "http://$SIM", api_key_env: BENCH_UPSTREAM_KEY }
-models:
-  gpt-4o-mini: { provider: upstream }
-keys:
-  - { name: bench, key_env: BENCH_KEY, team: bench }
-YAML
-if [ "${ROUTED:-0}" = 1 ] || [ "${CACHED:-0}" = 1 ]; then
-    mkdir -p "$OUT/policies"
-    echo "policies: $OUT/policies" >> "$OUT/bench.yaml"
-    cat > "$OUT/policies/route.yaml" <<YAML
-rules:
-  - name: bench-route
-    match: { model: gpt-4o-mini, endpoint: /v1/chat/completions }
-    route:
-      targets: [{ provider: upstream, model: gpt-4o-mini }]
-YAML
-fi
+tollgate_config "$OUT" "$SIM" 1
+if [ "${ROUTED:-0}" = 1 ] || [ "${CACHED:-0}" = 1 ]; then route_rule "$OUT"; fi
 if [ "${LIMITED:-0}" = 1 ]; then
     cat >> "$OUT/bench.yaml" <<YAML
 budgets:
@@ -96,27 +74,7 @@ http {
     }
 }
 NGINX
-# nginx cannot report a port it was given, but it serves on listening sockets it inherits
-# (named in $NGINX, as in its binary upgrades) when they match a `listen`: bind one here,
-# once, write it into the config, and become nginx with it. The master stays in the
-# foreground, so NGINX_PID is nginx's.
-python3 - "$NGINX" "$OUT/nginx" <<'PY' & NGINX_PID=$!
-import os, socket, sys
-nginx, out = sys.argv[1:]
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(511)
-addr = "%s:%d" % s.getsockname()
-with open(f"{out}/nginx.conf.in") as f:
-    conf = f.read().replace("@ADDR@", addr)
-with open(f"{out}/nginx.conf", "w") as f:
-    f.write(conf)
-os.set_inheritable(s.fileno(), True)
-os.environ["NGINX"] = f"{s.fileno()};"
-with open(f"{out}/nginx.out", "w") as f:
-    f.write(f"tollgate ready nginx={addr}\n")
-os.execv(nginx, [nginx, "-c", f"{out}/nginx.conf", "-p", out, "-e", f"{out}/error.log"])
-PY
+start_nginx "$OUT/nginx"
 NGX=$(ready_addr "$OUT/nginx/nginx.out" nginx $NGINX_PID)
 for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 
