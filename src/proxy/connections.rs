@@ -116,8 +116,9 @@ where
         let mut wait = self.limits.header_timeout;
         loop {
             // Bytes of a pipelined request pingora kept from the last one: it reads those
-            // itself, and its own refusal of them goes uncounted.
-            let head = if settings.as_ref().is_some_and(holds_pipelined_bytes) {
+            // itself, and answers a header it refuses with its own empty 400.
+            let pipelined = settings.as_ref().is_some_and(holds_pipelined_bytes);
+            let head = if pipelined {
                 None
             } else {
                 let Some(head) = self.read_head(&mut stream, wait, shutdown).await else {
@@ -148,6 +149,15 @@ where
                 }
             };
             let Some(reused) = reused else {
+                // Pingora ended a connection whose next request had started arriving without
+                // reading that request's header: it refused it (or the client stopped
+                // mid-header). Counted, as the refusals answered here are.
+                if pipelined && !clock.read.load(Ordering::Acquire) && !*shutdown.borrow() {
+                    self.metrics
+                        .framing_errors
+                        .with_label_values(&[framing::PIPELINED])
+                        .inc();
+                }
                 return;
             };
             (stream, settings) = reused.consume();

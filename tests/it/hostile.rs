@@ -172,6 +172,8 @@ async fn pipelined_requests_are_all_answered_in_order() {
     }
     let records = proxy.records(2 + 3 + 10 + 50).await;
     assert_eq!(records.len(), 65);
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "tollgate_framing_errors_total", &[]), None);
 }
 
 /// A config whose connection limits are small enough to test.
@@ -437,6 +439,27 @@ async fn an_unreadable_header_on_a_kept_alive_connection_is_answered_and_counted
     proxy
         .wait_metric("tollgate_framing_errors_total", &[("kind", "header")], 1.0)
         .await;
+}
+
+#[tokio::test]
+async fn an_unreadable_header_pipelined_behind_a_request_is_counted() {
+    let upstream = start_sim().await;
+    let proxy = Proxy::start(&config_for(upstream.addr, "")).await;
+    // Both in one write: the second header arrives with the first request's body, so
+    // pingora holds it and answers it itself.
+    let wire = format!(
+        "{}POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n",
+        chat_request("/v1/chat/completions", "")
+    );
+    let (answer, closed) = exchange(&proxy, wire.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert!(closed, "the connection stayed open");
+    proxy
+        .wait_metric("tollgate_framing_errors_total", &[("kind", "pipelined")], 1.0)
+        .await;
+    let records = proxy.records(1).await;
+    assert_eq!(records.len(), 1, "only the readable request is recorded");
 }
 
 #[tokio::test]

@@ -22,6 +22,9 @@ const MAX_HEADER_FIELDS: usize = 256;
 /// Longest explanation from pingora quoted back to the client.
 const MAX_DETAIL: usize = 200;
 
+/// The metric's `kind` for a pipelined request header pingora refused itself.
+pub const PIPELINED: &str = "pipelined";
+
 /// Why a request header was refused; `label` is the metric's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
