@@ -456,7 +456,11 @@ async fn an_unreadable_header_pipelined_behind_a_request_is_counted() {
     assert!(answer.contains("HTTP/1.1 400"), "{answer}");
     assert!(closed, "the connection stayed open");
     proxy
-        .wait_metric("tollgate_framing_errors_total", &[("kind", "pipelined")], 1.0)
+        .wait_metric(
+            "tollgate_framing_errors_total",
+            &[("kind", "pipelined")],
+            1.0,
+        )
         .await;
     let records = proxy.records(1).await;
     assert_eq!(records.len(), 1, "only the readable request is recorded");
