@@ -2,6 +2,7 @@
 //! process on loopback in front of the simulated provider, synthetic traffic from several
 //! teams (part of it through a cheap-first cascade policy, part of it repeated and answered
 //! by the response cache), then a spend report read back from the ledger, savings included.
+//! Requests belong to workflows whose outcomes each team reports: cost per success.
 //! One team has a daily budget it overruns: its alerts go to a webhook the demo runs.
 
 mod webhook;
@@ -41,6 +42,13 @@ const MODELS: [&str; 6] = [
 ];
 
 const FEATURES: &[&str] = &["summarize", "classify", "answer", "extract"];
+
+/// Workflows per team and feature: each request belongs to one (`x-tollgate-workflow`),
+/// and each workflow gets an outcome once the traffic is in.
+const WORKFLOWS: u32 = 4;
+
+/// The share of workflows reported `success` (the rest `failure`).
+const SUCCESS_RATE: f64 = 0.75;
 
 /// The model alias chat clients ask for to go cheap-first.
 const CHEAP_FIRST: &str = "tollgate/cheap-first";
@@ -134,9 +142,16 @@ alerts:
             "telemetry:\n  clickhouse:\n    url: \"{}\"\n    database: {}\n    batch_period_ms: 100\n    migrate_on_start: true\n",
             s.url, s.database
         ));
+        // A server with a password (the compose stack's) takes it from the environment.
+        if std::env::var_os(CLICKHOUSE_PASSWORD_ENV).is_some() {
+            out.push_str(&format!("    password_env: {CLICKHOUSE_PASSWORD_ENV}\n"));
+        }
     }
     out
 }
+
+/// The variable holding the password of `--clickhouse`'s `default` user, if it has one.
+pub const CLICKHOUSE_PASSWORD_ENV: &str = "CLICKHOUSE_PASSWORD";
 
 /// Where `--clickhouse` ships the demo's records.
 pub struct Shipping {
@@ -147,10 +162,13 @@ pub struct Shipping {
 /// How long the demo waits for its records to reach ClickHouse.
 const SHIP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Waits until the sink has shipped `want` request records and its lag metrics are all 0
-/// (the lag gauge alone can lag behind a record just written), or the deadline passes; the
-/// number of request rows shipped.
-fn wait_shipped(scrape: impl Fn() -> anyhow::Result<String>, want: u64) -> anyhow::Result<u64> {
+/// Waits until the sink has shipped `want` records of each table and its lag metrics are
+/// all 0 (the lag gauge alone can lag behind a record just written), or the deadline passes;
+/// the number of rows shipped to each table named in `want`.
+fn wait_shipped(
+    scrape: impl Fn() -> anyhow::Result<String>,
+    want: &[(&str, u64)],
+) -> anyhow::Result<Vec<u64>> {
     let deadline = Instant::now() + SHIP_DEADLINE;
     loop {
         let text = scrape()?;
@@ -162,12 +180,20 @@ fn wait_shipped(scrape: impl Fn() -> anyhow::Result<String>, want: u64) -> anyho
                 .collect()
         };
         let lag = samples("tollgate_sink_lag_records");
-        let shipped = samples("tollgate_sink_shipped_total")
-            .into_iter()
-            .find(|(series, _)| series.contains("table=\"requests\""))
-            .map_or(0.0, |(_, v)| v);
-        if shipped >= want as f64 && lag.iter().all(|(_, v)| *v == 0.0) {
-            return Ok(shipped as u64);
+        let shipped_total = samples("tollgate_sink_shipped_total");
+        let shipped: Vec<u64> = want
+            .iter()
+            .map(|(table, _)| {
+                let series = format!("table=\"{table}\"");
+                shipped_total
+                    .iter()
+                    .find(|(s, _)| s.contains(&series))
+                    .map_or(0, |(_, v)| *v as u64)
+            })
+            .collect();
+        let all_in = want.iter().zip(&shipped).all(|((_, w), s)| s >= w);
+        if all_in && lag.iter().all(|(_, v)| *v == 0.0) {
+            return Ok(shipped);
         }
         if Instant::now() > deadline {
             bail!(
@@ -277,6 +303,7 @@ pub fn run(
     while recorded(&ledger_dir) < earlier + requests && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let outcomes_reported = rt.block_on(report_outcomes(proxy_addr))?;
     let metrics = scrape()?;
     let after = budget_spend(&metrics);
     let crossed: Vec<u32> = [50, 80, 100]
@@ -288,7 +315,13 @@ pub fn run(
     let shipped = match &shipping {
         Some(_) => Some(wait_shipped(
             || Ok(scrape()?),
-            recorded(&ledger_dir).saturating_sub(earlier) as u64,
+            &[
+                (
+                    "requests",
+                    recorded(&ledger_dir).saturating_sub(earlier) as u64,
+                ),
+                ("outcomes", outcomes_reported as u64),
+            ],
         )?),
         None => None,
     };
@@ -329,6 +362,17 @@ pub fn run(
             total.cache_hits, total.requests, total.cache_saved,
         );
     }
+    let outcomes = ledger::read_all::<crate::record::OutcomeRecord>(
+        &ledger::Stream::Outcomes.dir(&ledger_dir),
+    )?;
+    println!(
+        "Outcomes: {outcomes_reported} reported, one per workflow of each team ({} success); per label, over the requests they cover:\n{}",
+        outcomes.iter().filter(|o| o.outcome == "success").count(),
+        report::outcomes::render(
+            &report::outcomes::aggregate(&records, &outcomes),
+            Format::Table
+        ),
+    );
     hook.print();
     if crossed.is_empty() && reached(before, budget, 50) {
         println!(
@@ -361,8 +405,8 @@ pub fn run(
     println!("Prometheus exposed {exported} request/cost series at the admin port.");
     if let (Some(s), Some(rows)) = (&shipping, shipped) {
         println!(
-            "ClickHouse: {rows} request records shipped to database {} (with their attempts and the hourly rollup); the dashboards in dashboards/ read them.",
-            s.database
+            "ClickHouse: {} request records and {} outcomes shipped to database {} (with the attempts and the hourly rollup); the dashboards in dashboards/ read them.",
+            rows[0], rows[1], s.database
         );
     }
     let ledger_note = if kept {
@@ -449,7 +493,8 @@ async fn one_request(
     // Classification repeats a handful of tickets, with sampling pinned so the answers
     // may be reused.
     let repeated = feature == REPEATED_FEATURE;
-    let (topic, sentences) = (rng.random_range(0..1000), rng.random_range(5..120));
+    let (topic, sentences): (u32, usize) = (rng.random_range(0..1000), rng.random_range(5..120));
+    let workflow = workflow_id(feature, topic % WORKFLOWS);
     let prompt = if repeated {
         format!("Classify support ticket {}.", topic % 3)
     } else {
@@ -494,7 +539,8 @@ async fn one_request(
     } else {
         // Some clients give up mid-stream; their calls are still metered.
         let resp = client.post(format!("{base}/v1/chat/completions")).bearer_auth(key)
-            .header("x-tollgate-feature", feature).header("x-sim-output-tokens", "300")
+            .header("x-tollgate-feature", feature).header("x-tollgate-workflow", &workflow)
+            .header("x-sim-output-tokens", "300")
             .json(&json!({"model": OPENAI_MODELS[1], "stream": true, "messages": [{"role": "user", "content": prompt}]}))
             .send().await?;
         let mut resp = resp;
@@ -503,12 +549,55 @@ async fn one_request(
     };
     let resp = req
         .header("x-tollgate-feature", feature)
+        .header("x-tollgate-workflow", workflow)
         .header("x-tollgate-user", user)
         .header("x-sim-output-tokens", output)
         .send()
         .await?;
     resp.bytes().await?;
     Ok(())
+}
+
+fn workflow_id(feature: &str, n: u32) -> String {
+    format!("{feature}-{n}")
+}
+
+/// Reports an outcome for every workflow of every team, in one batch per team (with a key
+/// of that team: outcomes join only their own team's requests); the number reported.
+async fn report_outcomes(proxy: SocketAddr) -> anyhow::Result<usize> {
+    let client = reqwest::Client::new();
+    let mut rng = StdRng::seed_from_u64(u64::from(WORKFLOWS));
+    let mut teams_done = Vec::new();
+    let mut reported = 0;
+    for &(key, team, ..) in CALLERS {
+        if teams_done.contains(&team) {
+            continue;
+        }
+        teams_done.push(team);
+        let outcomes: Vec<_> = FEATURES
+            .iter()
+            .flat_map(|feature| (0..WORKFLOWS).map(move |n| workflow_id(feature, n)))
+            .map(|workflow| {
+                if rng.random_bool(SUCCESS_RATE) {
+                    let value = rng.random_range(5..200);
+                    json!({"workflow_id": workflow, "outcome": "success", "value": value})
+                } else {
+                    json!({"workflow_id": workflow, "outcome": "failure"})
+                }
+            })
+            .collect();
+        let n = outcomes.len();
+        client
+            .post(format!("http://{proxy}{}", crate::proxy::outcomes::PATH))
+            .bearer_auth(key)
+            .json(&json!({ "outcomes": outcomes }))
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("reporting {team}'s outcomes"))?;
+        reported += n;
+    }
+    Ok(reported)
 }
 
 /// `body` with sampling pinned (`temperature: 0`) when `pin`: only such requests are cached.

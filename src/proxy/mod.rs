@@ -28,7 +28,7 @@ mod judging;
 mod limiting;
 mod logging;
 mod outcome;
-mod outcomes;
+pub(crate) mod outcomes;
 mod plan;
 mod relay;
 mod request_filter;

@@ -94,6 +94,40 @@ fn demo_runs_end_to_end_and_reports_spend_per_team() {
         assert!(hit.saved_cost_usd.unwrap().0 > 0 && hit.saved_output_tokens > 0);
     }
     budget_alerts_are_shown(&stdout, &records);
+    outcomes_are_reported(&stdout, dir.path(), &records);
+}
+
+/// Teams (keys of one team report together) x features x workflows per feature.
+const DEMO_WORKFLOWS: usize = 3 * 4 * 4;
+
+/// Each team reported an outcome for each of its workflows, and the outcome report joins
+/// them to the requests that carried the workflow.
+fn outcomes_are_reported(stdout: &str, dir: &Path, records: &[tollgate::record::Record]) {
+    let outcomes: Vec<tollgate::record::OutcomeRecord> =
+        tollgate::ledger::read_all(&dir.join("data/ledger/outcomes")).unwrap();
+    assert_eq!(outcomes.len(), DEMO_WORKFLOWS);
+    assert!(outcomes.iter().all(|o| !o.workflow_id.is_empty()));
+    let successes = outcomes.iter().filter(|o| o.outcome == "success").count();
+    assert!(successes > 0 && successes < DEMO_WORKFLOWS, "{successes}");
+    assert!(
+        stdout.contains(&format!(
+            "Outcomes: {DEMO_WORKFLOWS} reported, one per workflow of each team ({successes} success)"
+        )),
+        "{stdout}"
+    );
+    assert!(records.iter().all(|r| !r.workflow_id.is_empty()));
+    let report = tollgate::report::outcomes::aggregate(records, &outcomes);
+    let joined: u64 = report
+        .rows
+        .iter()
+        .filter(|r| !r.outcome.is_empty())
+        .map(|r| r.requests)
+        .sum();
+    assert_eq!(
+        joined as usize,
+        records.len(),
+        "every request has its workflow's outcome"
+    );
 }
 
 /// Growth overruns its daily budget: the demo's webhook shows each threshold's alert, the
@@ -179,7 +213,9 @@ async fn the_demo_loads_its_records_into_clickhouse_for_the_dashboards() {
     .await
     .unwrap();
     assert!(
-        stdout.contains(&format!("40 request records shipped to database {db}")),
+        stdout.contains(&format!(
+            "40 request records and {DEMO_WORKFLOWS} outcomes shipped to database {db}"
+        )),
         "{stdout}"
     );
     // Every record is there once, with the same total cost as the ledger's.
@@ -202,4 +238,9 @@ async fn the_demo_loads_its_records_into_clickhouse_for_the_dashboards() {
         ))
         .await;
     assert_eq!(hourly[0]["n"], 40, "{hourly:?}");
+    // The outcomes the dashboards join to them.
+    let outcomes = ch
+        .rows(&format!("SELECT count() AS n FROM {db}.outcomes"))
+        .await;
+    assert_eq!(outcomes[0]["n"], DEMO_WORKFLOWS, "{outcomes:?}");
 }
