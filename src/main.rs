@@ -68,16 +68,20 @@ enum Command {
     Report {
         #[arg(long, short, default_value = "tollgate.yaml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
-        /// Look back this far: 90m, 24h, 7d, 2w.
-        #[arg(long, default_value = "24h")]
-        since: String,
+        /// Look back this far: 90m, 24h, 7d, 2w [default: 24h; 30d for --format html].
+        #[arg(long)]
+        since: Option<String>,
         /// Group by these: team, project, env, model, provider, user, feature, workflow, key;
         /// or `outcome` alone: spend per reported business outcome.
         #[arg(long, value_delimiter = ',', default_value = "team,project,env,model")]
         by: Vec<tollgate::report::outcomes::By>,
-        /// table, json or csv.
+        /// table, json or csv; or html: the spend page (every breakdown, charts, levers and
+        /// cost per outcome) as one self-contained file.
         #[arg(long, default_value = "table")]
-        format: tollgate::report::Format,
+        format: tollgate::report::ReportFormat,
+        /// Write the report to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
         /// Read the local ledger even when ClickHouse is configured.
         #[arg(long)]
         ledger: bool,
@@ -239,17 +243,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             by,
             format,
+            output,
             ledger,
         } => {
+            use tollgate::report::ReportFormat;
             let cfg = load_or_exit(&config)?;
-            let since = tollgate::report::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let default_since = if format == ReportFormat::Html {
+                "30d"
+            } else {
+                "24h"
+            };
+            let since = tollgate::report::parse_since(since.as_deref().unwrap_or(default_since))
+                .map_err(anyhow::Error::msg)?;
+            let format = match format {
+                ReportFormat::Html => {
+                    write_out(output.as_deref(), &spend_page(&cfg, since, ledger)?)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                ReportFormat::Rows(format) => format,
+            };
             use tollgate::report::outcomes::By;
             if by.contains(&By::Outcome) {
                 if by.len() > 1 {
                     anyhow::bail!("--by outcome is a report of its own: name no other dimension");
                 }
                 let report = outcome_report(&cfg, since, ledger)?;
-                print!("{}", tollgate::report::outcomes::render(&report, format));
+                write_out(
+                    output.as_deref(),
+                    &tollgate::report::outcomes::render(&report, format),
+                )?;
                 return Ok(ExitCode::SUCCESS);
             }
             let by: Vec<tollgate::report::Dim> = by
@@ -276,7 +298,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tollgate::report::aggregate(records.iter().filter(|r| r.ts >= from), &by)
                 }
             };
-            print!("{}", tollgate::report::render(&rows, &by, format));
+            write_out(
+                output.as_deref(),
+                &tollgate::report::render(&rows, &by, format),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {
@@ -392,28 +417,59 @@ fn outcome_report(
     since: chrono::Duration,
     ledger: bool,
 ) -> anyhow::Result<tollgate::report::outcomes::OutcomeReport> {
-    use tollgate::ledger::{Stream, read_all};
     use tollgate::report::outcomes;
     if let Some(settings) = cfg.clickhouse.as_ref().filter(|_| !ledger) {
         let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
         let report = outcomes::from_clickhouse(&ch, since.num_seconds());
         return Ok(tokio::runtime::Runtime::new()?.block_on(report)?);
     }
-    let dir = cfg.data_dir.join("ledger");
-    let read = || -> std::io::Result<_> {
-        let requests: Vec<tollgate::record::Record> = read_all(&Stream::Requests.dir(&dir))?;
-        // A ledger no outcome was ever written to has no outcomes directory.
-        let reported = match read_all(&Stream::Outcomes.dir(&dir)) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other?,
-        };
-        Ok((requests, reported))
+    let read = read_ledger(cfg, chrono::Utc::now() - since, false)?;
+    Ok(outcomes::aggregate(&read.requests, &read.outcomes))
+}
+
+/// `report --format html`: the spend page, from ClickHouse when configured (and `--ledger`
+/// not given), else from the ledger.
+fn spend_page(
+    cfg: &tollgate::config::Validated,
+    since: chrono::Duration,
+    ledger: bool,
+) -> anyhow::Result<String> {
+    use tollgate::report::{html, page::SpendPage, source::Records};
+    let now = chrono::Utc::now();
+    let (records, source) = match cfg.clickhouse.as_ref().filter(|_| !ledger) {
+        Some(settings) => {
+            let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
+            let read = Records::from_clickhouse(&ch, since.num_seconds(), true);
+            (
+                tokio::runtime::Runtime::new()?.block_on(read)?,
+                "ClickHouse",
+            )
+        }
+        None => (read_ledger(cfg, now - since, true)?, "ledger"),
     };
-    let (requests, reported) =
-        read().with_context(|| format!("reading the ledger under {}", cfg.data_dir.display()))?;
-    let from = chrono::Utc::now() - since;
-    Ok(outcomes::aggregate(
-        requests.iter().filter(|r| r.ts >= from),
-        &reported,
-    ))
+    let page = SpendPage::build(&records, now - since, now, &cfg.spend, source);
+    Ok(html::render(&page))
+}
+
+/// The window's records from the ledger under the config's data dir.
+fn read_ledger(
+    cfg: &tollgate::config::Validated,
+    from: chrono::DateTime<chrono::Utc>,
+    attempts: bool,
+) -> anyhow::Result<tollgate::report::source::Records> {
+    tollgate::report::source::Records::from_ledger(&cfg.data_dir.join("ledger"), from, attempts)
+        .with_context(|| format!("reading the ledger under {}", cfg.data_dir.display()))
+}
+
+/// Writes a report to `path`, or to standard output without one.
+fn write_out(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    match path {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
 }

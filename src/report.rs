@@ -1,6 +1,9 @@
 //! Spend reports: records grouped by attribution dimensions, rendered as a table, JSON or CSV.
 
+pub mod html;
 pub mod outcomes;
+pub mod page;
+pub mod source;
 
 use crate::money::NanoUsd;
 use crate::record::Record;
@@ -269,6 +272,26 @@ impl FromStr for Format {
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
             other => Err(format!("unknown format {other:?} (table, json or csv)")),
+        }
+    }
+}
+
+/// What `report --format` names: a format of the grouped rows, or the HTML spend page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Rows(Format),
+    Html,
+}
+
+impl FromStr for ReportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ReportFormat, String> {
+        match s {
+            "html" => Ok(ReportFormat::Html),
+            other => other
+                .parse()
+                .map(ReportFormat::Rows)
+                .map_err(|_| format!("unknown format {other:?} (table, json, csv or html)")),
         }
     }
 }

@@ -182,22 +182,8 @@ pub fn aggregate<'a>(
 /// The report from ClickHouse: requests of the last `since_secs` seconds, and the latest
 /// report per (team, target) as ClickHouse picks it.
 pub async fn from_clickhouse(ch: &ClickHouse, since_secs: i64) -> Result<OutcomeReport, ChError> {
-    let requests: Vec<Record> = ch
-        .fetch_records(
-            ch.query(
-                "SELECT * FROM requests WHERE ts >= now64(3) - toIntervalSecond({since_secs:Int64})",
-            )
-            .param("since_secs", since_secs),
-        )
-        .await?;
-    let latest: Vec<OutcomeRecord> = ch
-        .fetch_records(ch.query(
-            "SELECT ts, id, team, key_name, request_id, workflow_id, outcome, value, tags \
-             FROM outcomes ORDER BY team, request_id, workflow_id, ts DESC, id DESC \
-             LIMIT 1 BY team, request_id, workflow_id",
-        ))
-        .await?;
-    Ok(aggregate(&requests, &latest))
+    let read = super::source::Records::from_clickhouse(ch, since_secs, false).await?;
+    Ok(aggregate(&read.requests, &read.outcomes))
 }
 
 const COLUMNS: [&str; 9] = [
