@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Tollgate against a bare nginx hop, as a platform owner would measure it: the same static
+# upstream (nginx answering a fixed chat completion, or a fixed event stream), reached
+# directly, through an nginx `proxy_pass` hop and through Tollgate (metering, pricing, ledger,
+# metrics, and one routing rule that matches every call), with the same number of worker
+# threads for both proxies. Load from `oha` at fixed rates with latency correction, plus a
+# run at full speed; streamed calls from bench/compare.py at a fixed rate, timed to the first
+# event. Runs are interleaved (direct, nginx, Tollgate, direct, ...) for ROUNDS rounds, and
+# the report gives medians across rounds. Writes bench/out/compare/compare.md and the
+# section of BENCHMARKS.md between its markers.
+#
+#   bench/compare.sh [SECONDS_PER_RUN] [ROUNDS]     (default 10 s, 3 rounds: about 8 minutes)
+#
+# THREADS: worker threads of both proxies (default 2); RATES: fixed request rates (default
+# "200 1000 5000"); STREAM_RATE (default 20); MOCK_WORKERS: nginx workers of the upstream
+# (default 1); TOLLGATE_BIN: a prebuilt binary instead of the release build; UPDATE_DOC=0
+# leaves BENCHMARKS.md alone (e.g. for short trial runs); BENCH_OUT: working directory.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUN_SECONDS=${1:-10}
+ROUNDS=${2:-3}
+THREADS=${THREADS:-2}
+RATES=${RATES:-200 1000 5000}
+STREAM_RATE=${STREAM_RATE:-20}
+CONNS=64       # connections of the fixed-rate runs
+MAX_CONNS=32   # connections of the full-speed run
+began=$(date +%s)
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+export PATH=$HOME/.cargo/bin:$PATH
+command -v oha >/dev/null || cargo install oha --locked
+source bench/ready.sh
+source bench/nginx.sh
+source bench/tollgate.sh
+tollgate_bin
+OUT=${BENCH_OUT:-$PWD/bench/out/compare}   # working files; wiped at start
+rm -rf "$OUT" && mkdir -p "$OUT/mock" "$OUT/nginx" "$OUT/runs"
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+export BENCH_KEY=tg-bench-key BENCH_UPSTREAM_KEY=sk-bench
+
+# The static upstream.
+python3 bench/compare.py bodies --dir "$OUT"
+python3 bench/compare.py mock --dir "$OUT/mock" --workers "${MOCK_WORKERS:-1}"
+start_nginx "$OUT/mock"; MOCK_PID=$NGINX_PID; PIDS+=("$MOCK_PID")
+MOCK=$(ready_addr "$OUT/mock/nginx.out" nginx "$MOCK_PID")
+
+# The nginx hop: keep-alive pool to the upstream, unbuffered (as a streaming proxy must be).
+cat > "$OUT/nginx/nginx.conf.in" <<NGINX
+worker_processes $THREADS;
+daemon off;
+error_log $OUT/nginx/error.log warn;
+pid $OUT/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $OUT/nginx/body;
+    proxy_temp_path $OUT/nginx/proxy;
+    upstream mock { server $MOCK; keepalive 64; keepalive_requests 10000000; }
+    server {
+        listen @ADDR@;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGINX
+start_nginx "$OUT/nginx"; HOP_PID=$NGINX_PID; PIDS+=("$HOP_PID")
+HOP=$(ready_addr "$OUT/nginx/nginx.out" nginx "$HOP_PID")
+
+# Tollgate: its defaults (metering, pricing, ledger, metrics) and one matching route rule.
+tollgate_config "$OUT" "$MOCK" "$THREADS"
+route_rule "$OUT"
+"$BIN" serve --config "$OUT/bench.yaml" >"$OUT/tollgate.out" 2>"$OUT/tollgate.log" & TG_PID=$!
+PIDS+=("$TG_PID")
+TG=$(ready_addr "$OUT/tollgate.out" proxy "$TG_PID")
+ADMIN=$(ready_addr "$OUT/tollgate.out" admin "$TG_PID")
+for _ in $(seq 200); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.05; done
+
+declare -A ADDR=([direct]=$MOCK [nginx]=$HOP [tollgate]=$TG)
+for t in direct nginx tollgate; do
+    curl -sf --retry 20 --retry-connrefused --retry-delay 0 -o /dev/null -X POST \
+        -H "authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' --data-binary @"$OUT/chat.json" "http://${ADDR[$t]}/v1/chat/completions" ||
+        { echo "$t does not answer; see $OUT" >&2; exit 1; }
+done
+# The processes whose CPU a target's run is charged: the upstream's workers for direct
+# calls (for reference), the hop's workers, Tollgate's process (all its threads).
+declare -A CPU_PIDS=([direct]="$(nginx_workers "$MOCK_PID")" [nginx]="$(nginx_workers "$HOP_PID")" [tollgate]=$TG_PID)
+# Memory is the whole of each proxy: nginx's master and workers, Tollgate's process.
+declare -A MEM_PIDS=([nginx]="$HOP_PID ${CPU_PIDS[nginx]}" [tollgate]=$TG_PID)
+
+cpu_seconds() { # PIDS...: user+system seconds of the processes, all threads
+    local ticks=0 p
+    for p in "$@"; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    python3 -c "print($ticks / $(getconf CLK_TCK))"
+}
+status_kib() { # FIELD PIDS...: sum of a /proc/PID/status field (kB)
+    local field=$1 sum=0 p; shift
+    for p in "$@"; do sum=$((sum + $(awk -v f="$field:" '$1==f {print $2}' "/proc/$p/status"))); done
+    echo $sum
+}
+declare -A IDLE_START
+for t in nginx tollgate; do IDLE_START[$t]=$(status_kib VmRSS ${MEM_PIDS[$t]}); done
+
+oha_run() { # FILE CONNECTIONS [oha options]: POSTs of the chat body to TARGET_ADDR
+    local file=$1 conns=$2; shift 2
+    oha --no-tui --output-format json -w -z "${RUN_SECONDS}s" -c "$conns" "$@" -m POST \
+        -H "authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' \
+        -D "$OUT/chat.json" "http://$TARGET_ADDR/v1/chat/completions" > "$file"
+}
+run() { # ROUND LOAD TARGET: one run, recorded in results.jsonl
+    local round=$1 load=$2 t=$3 file="$OUT/runs/$1-$2-$3.json" before after
+    TARGET_ADDR=${ADDR[$t]}
+    before=$(cpu_seconds ${CPU_PIDS[$t]})
+    case $load in
+        max) oha_run "$file" $MAX_CONNS ;;
+        stream) python3 bench/compare.py ttfb --addr "$TARGET_ADDR" --body "$OUT/stream.json" \
+                    --key "$BENCH_KEY" --rate "$STREAM_RATE" --seconds "$RUN_SECONDS" --out "$file" ;;
+        *) oha_run "$file" $CONNS -q "$load" --latency-correction ;;
+    esac
+    after=$(cpu_seconds ${CPU_PIDS[$t]})
+    local label=$load src=(--oha "$file")
+    case $load in
+        max) label="max (c=$MAX_CONNS)" ;;
+        stream) label="stream $STREAM_RATE rps (TTFB)"; src=(--ttfb "$file") ;;
+        *) label="$load rps" ;;
+    esac
+    python3 bench/compare.py record --round "$round" --load "$label" --target "$t" "${src[@]}" \
+        --cpu "$(python3 -c "print($after - $before)")" --out "$OUT/results.jsonl"
+}
+
+if [ -n "${TOLLGATE_BIN:-}" ]; then
+    BUILD="binary $TOLLGATE_BIN"
+else
+    BUILD="release build of $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' with uncommitted changes')"
+fi
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "warming up (2 s per target)"
+for t in direct nginx tollgate; do
+    TARGET_ADDR=${ADDR[$t]}
+    oha --no-tui -w -z 2s -c 8 -m POST -H "authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' \
+        -D "$OUT/chat.json" "http://$TARGET_ADDR/v1/chat/completions" >/dev/null
+done
+for round in $(seq "$ROUNDS"); do
+    for load in $RATES max stream; do
+        for t in direct nginx tollgate; do run "$round" "$load" "$t"; done
+    done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+declare -A PEAK IDLE_END
+for t in nginx tollgate; do PEAK[$t]=$(status_kib VmHWM ${MEM_PIDS[$t]}); done
+# Tollgate hands freed memory back to the system every 10 s.
+sleep 12
+for t in nginx tollgate; do IDLE_END[$t]=$(status_kib VmRSS ${MEM_PIDS[$t]}); done
+cat > "$OUT/memory.json" <<JSON
+{"nginx": {"idle_start": ${IDLE_START[nginx]}, "peak": ${PEAK[nginx]}, "idle_end": ${IDLE_END[nginx]}},
+ "tollgate": {"idle_start": ${IDLE_START[tollgate]}, "peak": ${PEAK[tollgate]}, "idle_end": ${IDLE_END[tollgate]}}}
+JSON
+python3 - "$OUT/machine.json" <<PY
+import json, sys
+cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+elapsed = $(date +%s) - $began
+json.dump({
+    "nproc": "$(nproc)", "cpu": cpu, "kernel": "$(uname -r)",
+    "nginx": "$("$(nginx_binary)" -v 2>&1 | sed 's/^nginx version: //')",
+    "oha": "$(oha --version)", "rustc": "$(rustc --version | cut -d' ' -f1-2)",
+    "commit": "$BUILD",
+    "threads": $THREADS, "mock_workers": ${MOCK_WORKERS:-1}, "seconds": $RUN_SECONDS,
+    "load_before": "$LOAD_BEFORE", "load_after": "$LOAD_AFTER",
+    "elapsed": f"{elapsed // 60} min {elapsed % 60} s",
+}, open(sys.argv[1], "w"))
+PY
+if [ "${UPDATE_DOC:-1}" = 1 ]; then DOC=BENCHMARKS.md; else DOC=-; fi
+python3 bench/compare.py report --dir "$OUT" --doc "$DOC"
+echo "details: $OUT/compare.md"
