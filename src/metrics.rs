@@ -29,6 +29,9 @@ pub const MAX_ATTRIBUTION_SERIES: usize = 10_000;
 /// huge names cannot bloat `/metrics` where many short ones would not.
 pub const MAX_ATTRIBUTION_BYTES: usize = 2 * 1024 * 1024;
 
+/// Distinct outcome labels exported before new ones are pooled under [`OVERFLOW`].
+pub const MAX_OUTCOME_LABELS: usize = 100;
+
 /// Remembers which attribution label sets have series, up to a count and a byte cap.
 struct SeriesCap {
     seen: Mutex<Admitted>,
@@ -83,8 +86,12 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub client_timeouts: IntCounterVec,
     /// Requests whose header could not be read (`kind`: request_line, header, too_large,
-    /// ambiguous), answered before any route runs; see `proxy::framing`.
+    /// ambiguous, pipelined), answered before any route runs; see `proxy::framing`.
     pub framing_errors: IntCounterVec,
+    /// Outcomes reported (`POST /tollgate/v1/outcomes`), by the key's team and label.
+    outcomes: IntCounterVec,
+    /// Outcome labels with a series of their own: clients choose them, so they are capped.
+    outcome_labels: Arc<Mutex<HashSet<String>>>,
     pub estimated: IntCounterVec,
     /// Local counts that were extrapolated or guessed in part (huge or odd inputs, images
     /// of unknown size).
@@ -294,6 +301,14 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_outcomes_total",
+                "Outcomes reported for requests or workflows, by the reporting key's team",
+            ),
+            &["team", "outcome"],
+        )
+        .expect("valid metric");
         let client_aborts = IntCounter::new(
             "tollgate_client_aborts_total",
             "Requests whose client disconnected before the end of the response",
@@ -426,6 +441,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(framing_errors.clone()),
+            Box::new(outcomes.clone()),
             Box::new(estimated.clone()),
             Box::new(usage_approximate.clone()),
         ] {
@@ -450,6 +466,8 @@ impl Metrics {
             connections_refused,
             client_timeouts,
             framing_errors,
+            outcomes,
+            outcome_labels: Arc::default(),
             estimated,
             usage_approximate,
             ledger_disk_bytes,
@@ -492,6 +510,17 @@ impl Metrics {
         if let Err(e) = self.registry.register(collector) {
             tracing::warn!(error = %e, "metrics collector not registered");
         }
+    }
+
+    /// Counts one reported outcome. `team` is the key's (from the config); labels past
+    /// [`MAX_OUTCOME_LABELS`] share one series.
+    pub fn observe_outcome(&self, team: &str, outcome: &str) {
+        let admitted = self.outcome_labels.lock().is_ok_and(|mut labels| {
+            labels.contains(outcome)
+                || (labels.len() < MAX_OUTCOME_LABELS && labels.insert(outcome.to_string()))
+        });
+        let outcome = if admitted { outcome } else { OVERFLOW };
+        self.outcomes.with_label_values(&[team, outcome]).inc();
     }
 
     /// Counts one finished request and its upstream calls.
@@ -902,6 +931,29 @@ mod tests {
         );
         assert_eq!(sample(&text, "tollgate_cache_redis_hits_total"), Some("4"));
         assert_eq!(sample(&text, "tollgate_cache_redis_sets_total"), Some("0"));
+    }
+
+    #[test]
+    fn outcome_labels_past_the_cap_share_one_series() {
+        let m = Metrics::new();
+        for i in 0..MAX_OUTCOME_LABELS + 5 {
+            m.observe_outcome("search", &format!("label-{i}"));
+        }
+        m.observe_outcome("search", "label-0");
+        let text = m.render();
+        let series = |outcome: &str| {
+            sample(
+                &text,
+                &format!("tollgate_outcomes_total{{outcome=\"{outcome}\",team=\"search\"}}"),
+            )
+        };
+        assert_eq!(series("label-0"), Some("2"));
+        assert_eq!(
+            series(&format!("label-{}", MAX_OUTCOME_LABELS - 1)),
+            Some("1")
+        );
+        assert_eq!(series(&format!("label-{MAX_OUTCOME_LABELS}")), None);
+        assert_eq!(series(OVERFLOW), Some("5"));
     }
 
     #[test]

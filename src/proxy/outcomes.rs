@@ -61,6 +61,9 @@ pub async fn answer(
     tg.ledger
         .append_outcomes(&records)
         .map_err(|e| ProxyError::Internal(format!("outcomes not recorded: {e}")))?;
+    for r in &records {
+        tg.metrics.observe_outcome(&r.team, &r.outcome);
+    }
     let body = serde_json::json!({ "accepted": records.len() }).to_string();
     usage::reply(session, ctx, 202, Bytes::from(body), "POST").await
 }

@@ -95,6 +95,19 @@ async fn single_and_batch_reports_are_recorded_with_the_keys_team() {
             .is_empty()
     );
     assert_eq!(up.sim.stats().requests, 0);
+    // Counted by team and label for Prometheus.
+    let metrics = proxy.metrics().await;
+    for (label, n) in [("success", 1.0), ("failure", 1.0), ("refund_issued", 1.0)] {
+        assert_eq!(
+            metric(
+                &metrics,
+                "tollgate_outcomes_total",
+                &[("team", "search"), ("outcome", label)]
+            ),
+            Some(n),
+            "{label}"
+        );
+    }
 }
 
 #[tokio::test]
