@@ -230,7 +230,8 @@ fn content_block(answer: &Answer, tool_id: &str) -> Value {
 fn stop_reason(answer: &Answer) -> &'static str {
     match (answer.stop, &answer.content) {
         (Stop::Length, _) => "max_tokens",
-        (Stop::Refusal, _) => "refusal",
+        // Anthropic has no content-filter reason: its safety stops are refusals.
+        (Stop::Refusal | Stop::ContentFilter, _) => "refusal",
         (Stop::Done, Content::Tool(_)) => "tool_use",
         (Stop::Done, Content::Text(_)) => "end_turn",
     }

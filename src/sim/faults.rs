@@ -21,8 +21,13 @@
 //!     in `message.refusal` (streamed as `delta.refusal`) with `content: null`, and the
 //!     Responses API in a `refusal` content part (`response.refusal.delta`), as OpenAI does
 //!     for structured outputs; elsewhere it is the answer's text.
+//!   - `content-filter`: the answer is withheld by a content filter: OpenAI `finish_reason:
+//!     "content_filter"`, Responses `status: "incomplete"` for reason `content_filter`;
+//!     Anthropic, which has no such reason, says `stop_reason: "refusal"`.
 //!   - `invalid-json`: when JSON was asked for (`response_format` / Responses `text.format`
-//!     of type `json_object` or `json_schema`), the text is JSON with its last character cut.
+//!     of type `json_object` or `json_schema`), the text is JSON with its last character cut;
+//!     with `invalid-json=schema` it parses but breaks the requested schema (as
+//!     `bad-tool-args` does to arguments).
 //!   - `bad-tool-args`: a forced tool call's arguments parse but break the tool's schema (the
 //!     first required property is left out, or else a property gets the wrong type); when the
 //!     schema cannot be broken that way, or with `bad-tool-args=syntax`, they do not parse
@@ -121,7 +126,10 @@ pub(crate) struct Directives {
     pub hang: bool,
     pub truncate: bool,
     pub refuse: bool,
+    pub content_filter: bool,
     pub invalid_json: bool,
+    /// JSON that parses but does not fit the requested schema.
+    pub off_schema: bool,
     pub bad_tool_args: Option<BadArgs>,
     pub logprob: Option<f64>,
     pub output_tokens: Option<u64>,
@@ -155,7 +163,9 @@ impl Directives {
             ("hang", None) => self.hang = true,
             ("truncate", None) => self.truncate = true,
             ("refuse", None) => self.refuse = true,
+            ("content-filter", None) => self.content_filter = true,
             ("invalid-json", None) => self.invalid_json = true,
+            ("invalid-json", Some("schema")) => self.off_schema = true,
             ("bad-tool-args", None) => self.bad_tool_args = Some(BadArgs::Schema),
             ("bad-tool-args", Some("syntax")) => self.bad_tool_args = Some(BadArgs::Syntax),
             ("logprob", Some(v)) => {
@@ -246,9 +256,9 @@ mod tests {
     fn new_directives_parse() {
         let d = parse(&[(
             FAULT,
-            "hang, invalid-json, bad-tool-args=syntax, logprob=0.5",
+            "hang, invalid-json, bad-tool-args=syntax, logprob=0.5, content-filter",
         )]);
-        assert!(d.hang && d.invalid_json);
+        assert!(d.hang && d.invalid_json && d.content_filter && !d.off_schema);
         assert_eq!(d.bad_tool_args, Some(BadArgs::Syntax));
         // Logprobs are never positive.
         assert_eq!(d.logprob, None);
@@ -257,5 +267,7 @@ mod tests {
             Some(BadArgs::Schema)
         );
         assert_eq!(parse(&[(FAULT, "bad-tool-args=nope")]).bad_tool_args, None);
+        let d = parse(&[(FAULT, "invalid-json=schema")]);
+        assert!(d.off_schema && !d.invalid_json);
     }
 }

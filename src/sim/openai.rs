@@ -264,10 +264,10 @@ fn build_completion(call: &Call, req: &Value) -> Result<Reply, SimError> {
         "model": model,
         "system_fingerprint": ids::fingerprint(model),
     });
-    let finish = if answer.stop == Stop::Length {
-        "length"
-    } else {
-        "stop"
+    let finish = match answer.stop {
+        Stop::Length => "length",
+        Stop::ContentFilter => "content_filter",
+        Stop::Done | Stop::Refusal => "stop",
     };
     let choice = |text: &str, finish: Option<&str>| {
         json!({
@@ -328,6 +328,7 @@ fn chunk_stream(
 fn finish_reason(answer: &Answer) -> &'static str {
     match (answer.stop, &answer.content) {
         (Stop::Length, _) => "length",
+        (Stop::ContentFilter, _) => "content_filter",
         (_, Content::Tool(_)) => "tool_calls",
         (Stop::Done | Stop::Refusal, Content::Text(_)) => "stop",
     }

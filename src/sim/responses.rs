@@ -77,12 +77,15 @@ fn build(call: &Call, req: &Value) -> Result<Reply, SimError> {
     // Structured outputs report a refusal as a content part of its own.
     let refusal = answer.stop == Stop::Refusal && matches!(ask.format, Format::JsonSchema(_));
     let items = Items::new(&answer, reasoning > 0, refusal);
-    let status = if answer.stop == Stop::Length {
+    let status = if answer.stop.incomplete_reason().is_some() {
         "incomplete"
     } else {
         "completed"
     };
-    let finished = shell.object(status, items.finished(), usage);
+    let mut finished = shell.object(status, items.finished(), usage);
+    if let Some(reason) = answer.stop.incomplete_reason() {
+        finished["incomplete_details"] = json!({ "reason": reason });
+    }
     if streamed(req) {
         Ok(Reply::Stream(stream_events(&shell, &items, finished)))
     } else {
@@ -112,7 +115,6 @@ impl Shell<'_> {
     /// The response object; request parameters are echoed back as OpenAI does.
     fn object(&self, status: &str, output: Vec<Value>, usage: Option<Value>) -> Value {
         let echo = |field: &str, default: Value| self.req.get(field).cloned().unwrap_or(default);
-        let incomplete = (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
         let mut object = json!({
             "id": self.id,
             "object": "response",
@@ -120,7 +122,7 @@ impl Shell<'_> {
             "status": status,
             "background": false,
             "error": null,
-            "incomplete_details": incomplete,
+            "incomplete_details": null,
             "instructions": echo("instructions", Value::Null),
             "max_output_tokens": echo("max_output_tokens", Value::Null),
             "max_tool_calls": null,
@@ -232,11 +234,11 @@ impl<'a> Items<'a> {
 
     fn finished(&self) -> Vec<Value> {
         let (status, full) = match &self.answer.content {
-            Content::Text(pieces) if self.answer.stop == Stop::Length => {
+            Content::Text(pieces) if self.answer.stop.incomplete_reason().is_some() => {
                 ("incomplete", pieces.concat())
             }
             Content::Text(pieces) => ("completed", pieces.concat()),
-            Content::Tool(tool) if self.answer.stop == Stop::Length => {
+            Content::Tool(tool) if self.answer.stop.incomplete_reason().is_some() => {
                 ("incomplete", tool.arguments.clone())
             }
             Content::Tool(tool) => ("completed", tool.arguments.clone()),
@@ -339,7 +341,7 @@ fn stream_events(shell: &Shell<'_>, items: &Items<'_>, finished: Value) -> Vec<E
         json!({"output_index": index, "item": final_item}),
         false,
     );
-    let last = if items.answer.stop == Stop::Length {
+    let last = if items.answer.stop.incomplete_reason().is_some() {
         "response.incomplete"
     } else {
         "response.completed"

@@ -47,6 +47,19 @@ pub(crate) enum Stop {
     Length,
     /// The model declined; the text is [`REFUSAL`].
     Refusal,
+    /// A content filter withheld the rest of the answer (`content-filter`).
+    ContentFilter,
+}
+
+impl Stop {
+    /// Why a Responses API answer is incomplete, when it is.
+    pub fn incomplete_reason(self) -> Option<&'static str> {
+        match self {
+            Stop::Length => Some("max_output_tokens"),
+            Stop::ContentFilter => Some("content_filter"),
+            Stop::Done | Stop::Refusal => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -154,6 +167,14 @@ pub(crate) fn forced_tool<'a>(
 
 /// Decides the reply. `seed` is a hash of the prompt, so the same prompt gets the same reply.
 pub(crate) fn answer(enc: Encoding, ask: &Ask<'_>, directives: &Directives, seed: u64) -> Answer {
+    let mut answer = compose(enc, ask, directives, seed);
+    if directives.content_filter && answer.stop != Stop::Refusal {
+        answer.stop = Stop::ContentFilter;
+    }
+    answer
+}
+
+fn compose(enc: Encoding, ask: &Ask<'_>, directives: &Directives, seed: u64) -> Answer {
     if directives.refuse {
         return text_answer(enc, REFUSAL, Stop::Refusal);
     }
@@ -193,7 +214,13 @@ fn json_answer(
     seed: u64,
 ) -> Answer {
     let value = match schema {
-        Some(schema) => schema::instance(schema, seed),
+        Some(schema) => {
+            let mut value = schema::instance(schema, seed);
+            if directives.off_schema {
+                schema::violate(schema, &mut value);
+            }
+            value
+        }
         None => {
             let plain = Directives::default();
             let (pieces, _) = prose(None, &plain, seed);
