@@ -43,6 +43,8 @@ pub async fn run(
         Mode::Route => None,
     };
     let max_calls = plan.retries.max_attempts.max(1);
+    // A judged answer may cost a grading call too: a further call is left only if both fit.
+    let grading = u32::from(plan.judges().is_some_and(|j| j.llm.is_some()));
     let mut ask: Option<Ask> = None;
     let mut made = 0u32;
     for (i, target) in plan.targets.iter().enumerate() {
@@ -57,8 +59,9 @@ pub async fn run(
             made += 1;
             tries += 1;
             let in_time = deadline.is_none_or(|d| Instant::now() < d);
-            let retry_left = tries <= plan.retries.per_target && made < max_calls && in_time;
-            let next_left = i + 1 < plan.targets.len() && made < max_calls && in_time;
+            let calls_left = made + grading < max_calls;
+            let retry_left = tries <= plan.retries.per_target && calls_left && in_time;
+            let next_left = i + 1 < plan.targets.len() && calls_left && in_time;
             let last_call = !retry_left && !next_left;
 
             ctx.provider = target.provider.name.clone();

@@ -8,7 +8,11 @@ fn check(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
 
 /// Runs `tollgate check` on `yaml` with `files` (paths relative to the config, directories
 /// made as needed) beside it; paths in the output are shown relative to the config.
-fn check_with(yaml: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> (bool, String) {
+pub(crate) fn check_with(
+    yaml: &str,
+    files: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.yaml");
     std::fs::write(&path, yaml).unwrap();

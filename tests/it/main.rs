@@ -28,6 +28,8 @@ mod records;
 mod redis_cache;
 mod reload;
 mod routing;
+mod routing_gaps;
 mod simulate;
+mod spend_page;
 mod tls;
 mod usage;

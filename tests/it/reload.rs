@@ -128,7 +128,7 @@ fn zero_cap_problem(policy: &Path) -> String {
 }
 
 /// Saves `text` the way editors and deploys do: a temporary file renamed over `path`.
-fn save_by_rename(path: &Path, text: &str) {
+pub(crate) fn save_by_rename(path: &Path, text: &str) {
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();

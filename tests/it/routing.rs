@@ -160,6 +160,11 @@ rules:
 /// A proxy whose `openai` and `anthropic` providers are `upstream`, with a `down` provider
 /// nothing listens on, and the policies above.
 async fn routed_proxy(upstream: SocketAddr) -> Proxy {
+    routed_proxy_with(upstream, &[]).await
+}
+
+/// [`routed_proxy`] with more files (policies of a test's own) beside its config.
+pub(crate) async fn routed_proxy_with(upstream: SocketAddr, extra: &[(&str, &[u8])]) -> Proxy {
     let down = free_port();
     let config = format!(
         r#"
@@ -196,14 +201,12 @@ keys:
     env: prod
 "#
     );
-    Proxy::start_with(
-        &config,
-        &[
-            ("routing-prices.yaml", ROUTING_PRICES.as_bytes()),
-            ("policies/routing.yaml", POLICIES.as_bytes()),
-        ],
-    )
-    .await
+    let mut files = vec![
+        ("routing-prices.yaml", ROUTING_PRICES.as_bytes()),
+        ("policies/routing.yaml", POLICIES.as_bytes()),
+    ];
+    files.extend_from_slice(extra);
+    Proxy::start_with(&config, &files).await
 }
 
 /// The simulated provider and a routed proxy in front of it.
@@ -213,11 +216,11 @@ async fn routed_sim() -> (Upstream, Proxy) {
     (up, proxy)
 }
 
-fn chat(model: &str) -> Value {
+pub(crate) fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Say something useful."}]})
 }
 
-fn route_of(resp: &reqwest::Response) -> String {
+pub(crate) fn route_of(resp: &reqwest::Response) -> String {
     resp.headers()
         .get("x-tollgate-route")
         .map(|v| v.to_str().unwrap().to_string())
@@ -225,7 +228,7 @@ fn route_of(resp: &reqwest::Response) -> String {
 }
 
 /// The request's record and its attempts, once both are in the ledger.
-async fn records_of(proxy: &Proxy, request_id: &str) -> (Record, Vec<AttemptRecord>) {
+pub(crate) async fn records_of(proxy: &Proxy, request_id: &str) -> (Record, Vec<AttemptRecord>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let requests = tollgate::ledger::read_all::<Record>(&proxy.ledger_dir()).unwrap();
@@ -243,7 +246,7 @@ async fn records_of(proxy: &Proxy, request_id: &str) -> (Record, Vec<AttemptReco
     }
 }
 
-fn verdicts(attempts: &[AttemptRecord]) -> Vec<(String, String, String)> {
+pub(crate) fn verdicts(attempts: &[AttemptRecord]) -> Vec<(String, String, String)> {
     attempts
         .iter()
         .map(|a| {
@@ -257,7 +260,7 @@ fn verdicts(attempts: &[AttemptRecord]) -> Vec<(String, String, String)> {
 }
 
 /// The request's totals are the sums of its attempts.
-fn assert_totals(r: &Record, attempts: &[AttemptRecord]) {
+pub(crate) fn assert_totals(r: &Record, attempts: &[AttemptRecord]) {
     assert_eq!(r.attempts as usize, attempts.len());
     assert_eq!(
         r.input_tokens,
