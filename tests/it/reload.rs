@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const RELOADS: &str = "tollgate_config_reloads_total";
 
 /// Sends SIGHUP and waits for the reload's first `result` (`ok` or `refused`).
-async fn reload(proxy: &Proxy, result: &str) {
+pub(crate) async fn reload(proxy: &Proxy, result: &str) {
     proxy.signal(libc::SIGHUP);
     proxy
         .wait_metric(RELOADS, &[("result", result), ("trigger", "signal")], 1.0)
@@ -113,7 +113,7 @@ async fn a_reload_with_a_broken_policy_file_is_refused_whole() {
 }
 
 /// A policy file routing `tollgate/alias` to `model`, with `max_tokens` as its cap.
-fn alias_policy(model: &str, max_tokens: u32) -> String {
+pub(crate) fn alias_policy(model: &str, max_tokens: u32) -> String {
     format!(
         "rules:\n  - name: alias\n    match: {{ model: tollgate/alias, endpoint: /v1/chat/completions }}\n    route:\n      targets:\n        - {{ provider: openai, model: {model} }}\n    rewrite: {{ max_tokens: {max_tokens} }}\n"
     )
@@ -136,7 +136,7 @@ pub(crate) fn save_by_rename(path: &Path, text: &str) {
 
 /// A proxy whose `policies` directory holds `alias.yaml` routing `tollgate/alias` to
 /// gpt-4o-mini; `extra` is added to its config.
-async fn aliased_proxy(up: &Upstream, extra: &str) -> Proxy {
+pub(crate) async fn aliased_proxy(up: &Upstream, extra: &str) -> Proxy {
     let config = config_for(up.addr, &format!("policies: policies\n{extra}"));
     let policy = alias_policy("gpt-4o-mini", 100);
     Proxy::start_with(&config, &[("policies/alias.yaml", policy.as_bytes())]).await
@@ -153,7 +153,7 @@ async fn chat(proxy: &Proxy, model: &str, request_id: &str) -> reqwest::Response
     .await
 }
 
-async fn post_reload(proxy: &Proxy, token: Option<&str>) -> (u16, Value) {
+pub(crate) async fn post_reload(proxy: &Proxy, token: Option<&str>) -> (u16, Value) {
     let mut request = client().post(proxy.admin_url("/reload"));
     if let Some(token) = token {
         request = request.bearer_auth(token);

@@ -6,7 +6,7 @@
 
 use crate::check::check_with;
 use crate::common::*;
-use crate::reload::save_by_rename;
+use crate::reload::{alias_policy, aliased_proxy, post_reload, reload, save_by_rename};
 use crate::routing::{assert_totals, chat, records_of, route_of, routed_proxy_with, verdicts};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -89,6 +89,23 @@ rules:
       targets:
         - {provider: openai, model: o3-mini}
         - {provider: down, model: o3-mini}
+
+  - name: gaps-claude-failover
+    priority: 45
+    match: {model: tollgate/gaps-claude-failover, endpoint: /v1/messages}
+    route:
+      targets:
+        - {provider: anthropic, model: claude-haiku-4-5}
+        - {provider: anthropic, model: claude-sonnet-4-5}
+
+  - name: gaps-responses
+    priority: 45
+    match: {model: tollgate/gaps-responses, endpoint: /v1/responses}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {finish: true}
 
   - name: gaps-prod-allow-list
     priority: 35
@@ -834,4 +851,178 @@ async fn each_request_fact_a_rule_matches_on_picks_its_rule() {
     let both = [("x-tollgate-user", "zoe"), ("x-tollgate-project", "atlas")];
     assert_eq!(denied_by(OPEN_KEY, &both, &json!({})).await, "by-project");
     assert_eq!(up.sim.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn an_anthropic_route_falls_back_before_bytes_and_ends_cleanly_after() {
+    let (_up, proxy) = gaps_sim().await;
+    let body = |stream: bool| {
+        json!({"model": "tollgate/gaps-claude-failover", "max_tokens": 200, "stream": stream,
+            "messages": [{"role": "user", "content": "Say something useful."}]})
+    };
+    // Anthropic's overloaded status, before any byte: the next target answers.
+    for stream in [false, true] {
+        let faults = [("x-sim-fault", "status=529@claude-haiku-4-5")];
+        let resp = anthropic(&proxy, "/v1/messages", &faults, &body(stream)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            route_of(&resp),
+            "anthropic/claude-haiku-4-5=failed, anthropic/claude-sonnet-4-5=served"
+        );
+        let text = resp.text().await.unwrap();
+        assert_well_formed(&text, "anthropic", stream, "claude-sonnet-4-5");
+    }
+    // Cut after the first events reached the client: no fallback, an Anthropic error event.
+    let faults = [("x-sim-fault", "reset-after=2@claude-haiku-4-5")];
+    let resp = anthropic(&proxy, "/v1/messages", &faults, &body(true)).await;
+    assert_eq!(resp.status(), 200);
+    let id = request_id(&resp);
+    let mut resp = resp;
+    let mut received = Vec::new();
+    while let Ok(Some(c)) = resp.chunk().await {
+        received.extend_from_slice(&c);
+    }
+    let text = String::from_utf8_lossy(&received);
+    let events = sse_json(&text);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "error", "{text}");
+    assert!(last["error"]["message"].is_string(), "{text}");
+    assert!(text.contains("event: error"), "{text}");
+    let (r, attempts) = records_of(&proxy, &id).await;
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.error.as_deref(), Some("upstream_failed"));
+    assert_eq!(attempts[0].model, "claude-haiku-4-5");
+}
+
+#[tokio::test]
+async fn a_responses_api_cascade_replays_and_escalates_streamed_and_not() {
+    let (_up, proxy) = gaps_sim().await;
+    for (fault, want) in [
+        ("", "openai/gpt-4o-mini=accepted"),
+        (
+            "truncate@gpt-4o-mini",
+            "openai/gpt-4o-mini=rejected:finish, openai/gpt-4o=served",
+        ),
+        (
+            "content-filter@gpt-4o-mini",
+            "openai/gpt-4o-mini=rejected:finish, openai/gpt-4o=served",
+        ),
+    ] {
+        for stream in [false, true] {
+            let body = json!({"model": "tollgate/gaps-responses", "input": "Say something useful.",
+                "stream": stream});
+            let headers = [("x-sim-fault", fault)];
+            let resp = openai(&proxy, "/v1/responses", &headers, &body).await;
+            assert_eq!(resp.status(), 200, "{fault}");
+            assert_eq!(route_of(&resp), want, "{fault} stream={stream}");
+            let id = request_id(&resp);
+            let text = resp.text().await.unwrap();
+            let served = if want.ends_with("accepted") {
+                "gpt-4o-mini"
+            } else {
+                "gpt-4o"
+            };
+            let done = if stream {
+                let events = sse_json(&text);
+                let last = events.last().unwrap().clone();
+                assert_eq!(last["type"], "response.completed", "{text}");
+                last["response"].clone()
+            } else {
+                serde_json::from_str(&text).unwrap()
+            };
+            assert_eq!(
+                (done["status"].as_str(), done["model"].as_str()),
+                (Some("completed"), Some(served)),
+                "{fault} stream={stream}"
+            );
+            let (r, attempts) = records_of(&proxy, &id).await;
+            assert_eq!(r.model, served);
+            assert_totals(&r, &attempts);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_probe_that_fails_takes_the_target_out_again_at_once() {
+    let (_up, proxy) = gaps_sim().await;
+    let failing = "status=503@gpt-4o-mini";
+    for _ in 0..2 {
+        faulted(&proxy, &chat("tollgate/guarded"), failing).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The cooldown is over: this request probes gpt-4o-mini, which fails once more...
+    let probe = faulted(&proxy, &chat("tollgate/guarded"), failing).await;
+    assert_eq!(
+        route_of(&probe),
+        "openai/gpt-4o-mini=failed, openai/gpt-4o=served"
+    );
+    // ...and that one failure is enough to take it out again.
+    let next = faulted(&proxy, &chat("tollgate/guarded"), "").await;
+    assert_eq!(route_of(&next), "openai/gpt-4o=served");
+    let m = proxy.metrics().await;
+    let cooldowns = [("model", "gpt-4o-mini")];
+    assert_eq!(
+        metric(&m, "tollgate_target_cooldowns_total", &cooldowns),
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn sighup_and_the_admin_call_apply_an_edited_policy() {
+    let up = start_sim().await;
+    let extra = "reload: { watch: false }\nadmin: { token_env: TEST_ADMIN_TOKEN }\n";
+    let proxy = aliased_proxy(&up, extra).await;
+    let policy = proxy.dir.path().join("policies/alias.yaml");
+    let answered_by = async || {
+        let resp = faulted(&proxy, &chat("tollgate/alias"), "").await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        v["model"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(answered_by().await, "gpt-4o-mini");
+
+    save_by_rename(&policy, &alias_policy("o3-mini", 100));
+    assert_eq!(
+        answered_by().await,
+        "gpt-4o-mini",
+        "not watched: no reload yet"
+    );
+    reload(&proxy, "ok").await;
+    assert_eq!(answered_by().await, "o3-mini", "SIGHUP applied the edit");
+
+    save_by_rename(&policy, &alias_policy("gpt-4o-mini", 100));
+    let (status, body) = post_reload(&proxy, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, &body), (200, &json!({"result": "ok"})));
+    assert_eq!(
+        answered_by().await,
+        "gpt-4o-mini",
+        "the admin call applied the edit"
+    );
+}
+
+#[tokio::test]
+async fn an_llm_judge_grades_a_streamed_answer_too() {
+    let (_up, proxy) = gaps_sim().await;
+    for (alias, route, served) in [
+        (
+            "tollgate/graded",
+            "openai/gpt-4o-mini=accepted, anthropic/claude-haiku-4-5=graded",
+            "gpt-4o-mini",
+        ),
+        (
+            "tollgate/graded-strictly",
+            "openai/gpt-4o-mini=rejected:llm, openai/gpt-4o-mini=graded, openai/gpt-4o=served",
+            "gpt-4o",
+        ),
+    ] {
+        let mut body = chat(alias);
+        body["stream"] = json!(true);
+        let resp = faulted(&proxy, &body, "").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(route_of(&resp), route);
+        let id = request_id(&resp);
+        assert_well_formed(&resp.text().await.unwrap(), "openai", true, served);
+        let (r, attempts) = records_of(&proxy, &id).await;
+        assert_totals(&r, &attempts);
+    }
 }
