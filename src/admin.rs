@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and for callers holding the admin
-//! token `POST /reload` and `GET /budgets`.
+//! token `POST /reload`, `GET /budgets` and the spend page at `GET /`.
 
 use crate::budget::Budgets;
 use crate::budget::view;
@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
 use async_trait::async_trait;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,6 +34,7 @@ pub fn router(
     budgets: Arc<Budgets>,
 ) -> Router {
     Router::new()
+        .route("/", get(spend_page))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -50,7 +51,7 @@ pub fn router(
 /// Reloads the config like SIGHUP does: 200 when applied, 422 with every problem when
 /// refused. Needs `Authorization: Bearer TOKEN` with the token `admin.token_env` names.
 async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&s, &headers, "POST /reload", "reload over HTTP") {
+    if let Some(refused) = refusal(&s, bearer(&headers), "POST /reload", "reload over HTTP") {
         return refused;
     }
     let reloader = s.reloader.clone();
@@ -74,7 +75,7 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
 /// Every configured budget's current period, with the requests each refused since start.
 /// Needs the admin token, like `POST /reload`.
 async fn budgets_handler(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&s, &headers, "GET /budgets", "the budgets endpoint") {
+    if let Some(refused) = refusal(&s, bearer(&headers), "GET /budgets", "the budgets endpoint") {
         return refused;
     }
     let cfg = s.reloader.current();
@@ -101,15 +102,108 @@ struct BudgetsAnswer<'a> {
     budgets: Vec<view::BudgetView<'a>>,
 }
 
-/// The answer to a caller without the admin token: 404 when no token is configured (the
-/// endpoint is off), 401 for a missing or wrong one; `None` lets the caller through.
-fn refusal(s: &AdminState, headers: &HeaderMap, endpoint: &str, what: &str) -> Option<Response> {
+/// The spend page (`tollgate report --format html`) of the last `?since=` (30d when not
+/// given), from the ledger. Needs the admin token like `/budgets`; a browser, which cannot
+/// send the header, may give it as `?token=` instead.
+async fn spend_page(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -> Response {
+    let query = |name: &str| {
+        uri.query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| percent_decode(value))
+    };
+    let from_query = query("token").flatten();
+    let token = match bearer(&headers) {
+        "" => from_query.as_deref().unwrap_or(""),
+        header => header,
+    };
+    if let Some(refused) = refusal(&s, token, "GET / (or GET /?token=TOKEN)", "the spend page") {
+        return refused;
+    }
+    let since = query("since").flatten().unwrap_or_else(|| "30d".into());
+    let since = match crate::report::parse_since(&since) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
+    };
+    let cfg = s.reloader.current();
+    let built = tokio::task::spawn_blocking(move || {
+        use crate::report::{html, page::SpendPage, source::Records};
+        let now = Utc::now();
+        let records = Records::from_ledger(&cfg.data_dir.join("ledger"), now - since, true)?;
+        let page = SpendPage::build(&records, now - since, now, &cfg.spend, "ledger");
+        Ok::<_, std::io::Error>(html::render(&page))
+    })
+    .await;
+    match built {
+        Ok(Ok(page)) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                ),
+            ],
+            page,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the ledger for the spend page");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the ledger; see the log",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "spend page failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "spend page failed")
+        }
+    }
+}
+
+/// A query value with `+` and `%XX` decoded; `None` when that is not UTF-8 (a token it
+/// would have to be cannot match).
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The answer to a caller presenting `token` (empty for none) instead of the admin token:
+/// 404 when no token is configured (the endpoint is off), 401 for a missing or wrong one;
+/// `None` lets the caller through.
+fn refusal(s: &AdminState, token: &str, endpoint: &str, what: &str) -> Option<Response> {
     let Some(authorized) = s
         .reloader
         .current()
         .admin_token
         .as_ref()
-        .map(|t| t.matches(bearer(headers)))
+        .map(|t| t.matches(token))
     else {
         return Some(error(
             StatusCode::NOT_FOUND,

@@ -17,7 +17,7 @@ use svg::Column;
 const STYLE: &str = r#"
 :root { color-scheme: light; --ink: #1d2330; --muted: #667085; --rule: #e4e7ec; --fill: #3565d8; --save: #1f9d6b; --warn: #d9822b; }
 * { box-sizing: border-box; }
-body { margin: 0 auto; max-width: 1100px; padding: 24px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); background: #fff; }
+body { margin: 0 auto; max-width: 1240px; padding: 24px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); background: #fff; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 h2 { font-size: 17px; margin: 32px 0 8px; border-bottom: 1px solid var(--rule); padding-bottom: 4px; }
 h3 { font-size: 14px; margin: 18px 0 6px; }
@@ -26,13 +26,13 @@ dl.figures { display: flex; flex-wrap: wrap; gap: 12px 32px; margin: 8px 0 12px;
 dl.figures div { min-width: 150px; }
 dl.figures dt { color: var(--muted); font-size: 12px; }
 dl.figures dd { margin: 0; font-size: 20px; font-variant-numeric: tabular-nums; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 0 28px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 0 28px; }
 .grid > div { min-width: 0; overflow-x: auto; }
-table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-th, td { padding: 3px 8px; border-bottom: 1px solid var(--rule); text-align: left; white-space: nowrap; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { padding: 3px 6px; border-bottom: 1px solid var(--rule); text-align: left; white-space: nowrap; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; }
 td.num, th.num { text-align: right; }
-td.key { max-width: 240px; overflow: hidden; text-overflow: ellipsis; }
+td.key span { display: inline-block; max-width: 190px; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
 tr.total td { font-weight: 600; border-top: 2px solid var(--ink); }
 tr.others td { color: var(--muted); }
 svg.chart { display: block; max-width: 960px; margin: 6px 0 14px; }
@@ -218,9 +218,9 @@ fn spend_table(
     rows: &[Row],
     others: Option<&(usize, Row)>,
     total: Option<&Row>,
+    whole: NanoUsd,
 ) {
     let max = rows.iter().map(|r| r.cost).max().unwrap_or_default();
-    let whole = total.map_or(max, |t| t.cost);
     let _ = write!(
         out,
         "<table id=\"{id}\" data-dim=\"{key}\"><thead><tr><th>{key}</th><th class=\"num\">requests</th>\
@@ -230,7 +230,7 @@ fn spend_table(
         let tokens = r.input_tokens + r.output_tokens;
         let _ = write!(
             out,
-            "{tr}<td class=\"key\">{name}</td><td class=\"num\" data-requests=\"{req}\">{req_text}</td>\
+            "{tr}<td class=\"key\"><span title=\"{name}\">{name}</span></td><td class=\"num\" data-requests=\"{req}\">{req_text}</td>\
              <td class=\"num\" data-tokens=\"{tokens}\">{tok_text}</td>\
              <td class=\"num\" {usd_attr}=\"{cost}\">{cost_text}</td><td class=\"num\">{share}</td><td>{bar}</td></tr>",
             req = r.requests,
@@ -277,6 +277,7 @@ fn breakdowns(out: &mut String, page: &SpendPage) {
             &b.rows,
             b.others.as_ref(),
             Some(&b.total),
+            page.total.cost,
         );
         out.push_str("</div>");
     }
@@ -287,7 +288,7 @@ fn workflows(out: &mut String, page: &SpendPage) {
     let _ = write!(
         out,
         "<section id=\"workflows\"><h2>Top workflows</h2><p class=\"note\">The {} most expensive \
-         workflows (requests sent with a workflow id).</p>",
+         workflows (requests sent with a workflow id); share is of all spend.</p>",
         super::page::TOP_WORKFLOWS
     );
     if page.workflows.is_empty() {
@@ -300,6 +301,7 @@ fn workflows(out: &mut String, page: &SpendPage) {
             &page.workflows,
             None,
             None,
+            page.total.cost,
         );
     }
     out.push_str("</section>\n");
@@ -440,7 +442,7 @@ fn outcomes(out: &mut String, page: &SpendPage) {
             );
             let _ = write!(
                 out,
-                "<tr data-key=\"{k}\"><td class=\"key\">{name}</td><td class=\"num\">{req}</td>\
+                "<tr data-key=\"{k}\"><td class=\"key\"><span title=\"{name}\">{name}</span></td><td class=\"num\">{req}</td>\
                  <td class=\"num\" data-successes=\"{s}\">{s_text}</td><td class=\"num\"{cps_attr}>{cps}</td>\
                  <td class=\"num\">{y}</td><td>{bar}</td></tr>",
                 k = esc(key),
@@ -496,7 +498,7 @@ fn waste(out: &mut String, rows: &[Waste], spent: NanoUsd) {
         };
         let _ = write!(
             out,
-            "{tr}<td class=\"key\">{name}</td><td class=\"num\">{a}</td><td class=\"num\" data-tokens=\"{t}\">{t_text}</td>\
+            "{tr}<td class=\"key\"><span title=\"{name}\">{name}</span></td><td class=\"num\">{a}</td><td class=\"num\" data-tokens=\"{t}\">{t_text}</td>\
              <td class=\"num\" {attr}=\"{c}\">{c_text}</td><td class=\"num\">{share}</td><td>{bar}</td></tr>",
             a = count(w.attempts),
             t = w.tokens,

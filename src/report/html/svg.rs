@@ -70,7 +70,7 @@ pub fn columns(id: &str, caption: &str, max: &str, cols: &[Column]) -> String {
 pub fn bar(share: f64) -> String {
     let w = share.clamp(0.0, 1.0) * 100.0;
     format!(
-        r#"<svg class="bar" viewBox="0 0 100 10" width="90" height="12" preserveAspectRatio="none"><rect class="track" width="100" height="10"/><rect class="fill" width="{w:.2}" height="10"/></svg>"#
+        r#"<svg class="bar" viewBox="0 0 100 10" width="64" height="12" preserveAspectRatio="none"><rect class="track" width="100" height="10"/><rect class="fill" width="{w:.2}" height="10"/></svg>"#
     )
 }
 

@@ -515,6 +515,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|(_, v)| v.parse().ok())
 }
+pub mod chromium;
 pub mod clickhouse;
 pub mod grafana;
 pub mod redis;
