@@ -17,6 +17,7 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 scripts/redis-server.sh install # the response cache's shared tier is tested against a real one
 scripts/promtool.sh install     # checks and unit-tests the alerting rules in deploy/prometheus/
+scripts/chromium.sh install     # loads the spend page in a real browser (tests/it/spend_page.rs)
 if ! command -v systemd-analyze >/dev/null; then # verifies deploy/systemd/tollgate.service
     [ "$(id -u)" = 0 ] || { echo "systemd-analyze is missing: apt-get install systemd" >&2; exit 1; }
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
