@@ -15,6 +15,8 @@
 # "200 1000 5000"); STREAM_RATE (default 20); MOCK_WORKERS: nginx workers of the upstream
 # (default 1); TOLLGATE_BIN: a prebuilt binary instead of the release build; UPDATE_DOC=0
 # leaves BENCHMARKS.md alone (e.g. for short trial runs); BENCH_OUT: working directory.
+# PROFILE=1 measures nothing but records Tollgate with `perf` for SECONDS_PER_RUN during a
+# full-speed run, and writes its top functions, self and inclusive, to BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUN_SECONDS=${1:-10}
@@ -139,6 +141,23 @@ run() { # ROUND LOAD TARGET: one run, recorded in results.jsonl
         --cpu "$(python3 -c "print($after - $before)")" --out "$OUT/results.jsonl"
 }
 
+if [ "${PROFILE:-0}" = 1 ]; then
+    # Where Tollgate's time goes at full speed: perf samples of its process (DWARF call
+    # graphs, as the release build keeps no frame pointers) while oha runs as in `max`.
+    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
+    TARGET_ADDR=$TG
+    RUN_SECONDS=$((RUN_SECONDS + 4)) oha_run "$OUT/profile-oha.json" $MAX_CONNS & OHA_PID=$!
+    sleep 2
+    perf record -q -F 499 --call-graph dwarf,32768 -p "$TG_PID" -o "$OUT/perf.data" -- sleep "$RUN_SECONDS"
+    wait $OHA_PID
+    for mode in no-children children; do
+        perf report -i "$OUT/perf.data" --$mode --stdio --no-demangle -g none --percent-limit 0.5 \
+            2>/dev/null | grep -v '^$' > "$OUT/perf-$mode.txt"
+    done
+    echo "under perf: $(python3 -c "import json; print(round(json.load(open('$OUT/profile-oha.json'))['summary']['requestsPerSec']))") req/s"
+    echo "profile: $OUT/perf-no-children.txt (self), $OUT/perf-children.txt (inclusive)"
+    exit 0
+fi
 if [ -n "${TOLLGATE_BIN:-}" ]; then
     BUILD="binary $TOLLGATE_BIN"
 else
