@@ -336,6 +336,13 @@ def report(args):
     out.append("")
     out.append(ledger_line(d / "data" / "ledger", sum(
         r["requests"] + r["errors"] for r in rows if r["target"] == "tollgate")))
+    # Warnings and errors only (Tollgate logs at warn; nginx notes the inherited socket).
+    logs = {name: sum("[notice]" not in line for line in path.read_text().splitlines())
+            if path.exists() else 0
+            for name, path in (("Tollgate's log", d / "tollgate.log"),
+                               ("the hop's error log", d / "nginx" / "error.log"),
+                               ("the upstream's error log", d / "mock" / "error.log"))}
+    out.append("Warnings and errors logged: " + ", ".join(f"{k} {v}" for k, v in logs.items()) + ".")
     section = "\n".join(out) + "\n"
 
     detail = ["", "Every run:", "", "| round | load | target | p50 | p99 | req/s | errors | CPU s |",
