@@ -3,6 +3,7 @@
 //! by `tollgate report --format html` and the one served on the admin port, each loaded in
 //! headless Chromium (`scripts/chromium.sh install`) and read back from the DOM it built.
 
+use crate::common::clickhouse::ClickHouse;
 use crate::common::*;
 use regex::Regex;
 use serde_json::json;
@@ -296,6 +297,40 @@ fn check_in_browser(page: &Path, want: &Expected) -> String {
     dom
 }
 
+/// A proxy in front of `up` with the admin token, the policies above and the cache, and
+/// `extra` config. Shipped ledger segments are kept, so with ClickHouse both stores hold
+/// every record.
+async fn start_proxy(up: &Upstream, extra: &str) -> Proxy {
+    let extra = format!(
+        "admin: {{ token_env: TEST_ADMIN_TOKEN }}\npolicies: policies\ncache: {{ enabled: true }}\n{extra}"
+    );
+    let config = config_for(up.addr, &extra).replace(
+        "flush_interval_ms: 5",
+        "flush_interval_ms: 5\n  shipped_retention_secs: 3600",
+    );
+    Proxy::start_with(&config, &[("policies/spend.yaml", POLICIES.as_bytes())]).await
+}
+
+/// Runs `tollgate report --format html` with `args`; returns the page.
+fn report_page(proxy: &Proxy, args: &[&str]) -> String {
+    let out = proxy.command(&[&["report", "--format", "html"], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every `data-*` value of the page but those of its time range, in document order.
+fn figures(page: &str) -> Vec<String> {
+    let attr = Regex::new(r#"\b(data-[a-z-]+)="([^"]*)""#).unwrap();
+    attr.captures_iter(page)
+        .filter(|c| !matches!(&c[1], "data-from" | "data-to"))
+        .map(|c| format!("{}={}", &c[1], &c[2]))
+        .collect()
+}
+
 fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
@@ -305,13 +340,7 @@ fn artifacts() -> PathBuf {
 #[tokio::test]
 async fn spend_page_from_the_cli_and_the_admin_port_renders_exact_totals_in_a_browser() {
     let up = start_sim().await;
-    let extra =
-        "admin: { token_env: TEST_ADMIN_TOKEN }\npolicies: policies\ncache: { enabled: true }\n";
-    let proxy = Proxy::start_with(
-        &config_for(up.addr, extra),
-        &[("policies/spend.yaml", POLICIES.as_bytes())],
-    )
-    .await;
+    let proxy = start_proxy(&up, "").await;
     let (sent, successes) = send_traffic(&proxy).await;
     let records = proxy.records(sent).await;
     let attempts = rejected_attempt_on_record(&proxy).await;
@@ -396,4 +425,39 @@ async fn spend_page_from_the_cli_and_the_admin_port_renders_exact_totals_in_a_br
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn spend_page_from_clickhouse_shows_what_the_one_from_the_ledger_shows() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("spend_page").await;
+    let up = start_sim().await;
+    let telemetry = format!(
+        "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
+        ch.url
+    );
+    let proxy = start_proxy(&up, &telemetry).await;
+    let (sent, _) = send_traffic(&proxy).await;
+    proxy.records(sent).await;
+    let attempts = rejected_attempt_on_record(&proxy).await;
+    for (table, n) in [
+        ("requests", sent),
+        ("attempts", attempts.len()),
+        ("outcomes", 4),
+    ] {
+        proxy
+            .wait_metric("tollgate_sink_shipped_total", &[("table", table)], n as f64)
+            .await;
+    }
+    let from_clickhouse = report_page(&proxy, &[]);
+    let from_ledger = report_page(&proxy, &["--ledger"]);
+    assert!(from_clickhouse.contains("from the ClickHouse"));
+    assert!(from_ledger.contains("from the ledger"));
+    let figures_ch = figures(&from_clickhouse);
+    assert!(
+        figures_ch.len() > 100,
+        "{} figures: {from_clickhouse}",
+        figures_ch.len()
+    );
+    assert_eq!(figures_ch, figures(&from_ledger));
 }
