@@ -196,7 +196,8 @@ pub struct CascadeFile {
     /// one per LLM judging.
     #[serde(default)]
     pub max_attempts: Option<Spanned<u32>>,
-    /// Time for the whole cascade; once it passes, the next step is the last.
+    /// Time for the whole cascade: a step before the last that has not answered by then is
+    /// left, and once it passes the next step is the last.
     #[serde(default)]
     pub deadline_ms: Option<Spanned<u64>>,
 }

@@ -50,6 +50,12 @@ impl PolicySet {
         self.rules.iter().chain(&self.default)
     }
 
+    /// Whether a rule matches on the request's input tokens, which must then be counted
+    /// before [`PolicySet::find`].
+    pub fn matches_input_tokens(&self) -> bool {
+        self.rules().any(|r| r.matcher.input_tokens.is_some())
+    }
+
     /// The first rule that matches the request and can serve its API format.
     pub fn find(&self, facts: &Facts<'_>) -> Option<&Arc<Rule>> {
         self.rules()
@@ -275,7 +281,8 @@ pub struct Cascade {
     pub judges: Judges,
     /// Upstream calls of the whole plan, at most (judges' own calls included).
     pub max_attempts: u32,
-    /// Time for the whole cascade; when it passes, the next step is the last.
+    /// Time for the whole cascade: a step before the last that has not answered by then is
+    /// left, and once it passes the next step is the last.
     pub deadline: Option<Duration>,
 }
 

@@ -73,6 +73,15 @@ pub async fn run(
                 && req.endpoint == Endpoint::ChatCompletions
                 && !req.logprobs;
             let prepared = prepare(ctx.format, req, target, plan.max_tokens, add_logprobs)?;
+            // A call before the last must answer by the deadline, so a slow step cannot hold
+            // the request past it; the call after it is then the last.
+            let timeout = match deadline.filter(|_| !last_call) {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    Some(target.timeout.map_or(left, |t| t.min(left)))
+                }
+                None => target.timeout,
+            };
             let ex = Exchange {
                 provider: &target.provider,
                 format: ctx.format,
@@ -82,7 +91,7 @@ pub async fn run(
                 body: prepared.body,
                 strip_usage_chunk: prepared.strip_usage_chunk,
                 metered: req.metered,
-                timeout: target.timeout,
+                timeout,
             };
             let started = Started::now(role);
             ctx.current = Some(started);

@@ -447,9 +447,17 @@ async fn an_llm_judges_call_counts_toward_max_attempts() {
 #[tokio::test]
 async fn a_cascade_past_its_deadline_serves_the_next_step_unjudged() {
     let (up, proxy) = gaps_sim().await;
-    let faults = "delay-ms=600@gpt-4o-mini, truncate@gpt-4o-mini, truncate@o3-mini";
     let started = Instant::now();
-    let resp = faulted(&proxy, &chat("tollgate/gaps-deadline"), faults).await;
+    // The cheap step's header comes at once, but its 10 tokens take 600 ms: it is judged
+    // after the 400 ms deadline, and the step after it is the last.
+    let mut body = chat("tollgate/gaps-deadline");
+    body["stream"] = json!(true);
+    let headers = [
+        ("x-sim-fault", "truncate@gpt-4o-mini, truncate@o3-mini"),
+        ("x-sim-output-tokens", "10"),
+        ("x-sim-token-interval-ms", "60"),
+    ];
+    let resp = openai(&proxy, "/v1/chat/completions", &headers, &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         route_of(&resp),
@@ -457,7 +465,12 @@ async fn a_cascade_past_its_deadline_serves_the_next_step_unjudged() {
         "after the 400 ms deadline the next step is the last"
     );
     let id = request_id(&resp);
-    resp.bytes().await.unwrap();
+    let chunks = sse_json(&resp.text().await.unwrap());
+    let finish: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["length"], "served unjudged, cut short as it is");
     let (r, attempts) = records_of(&proxy, &id).await;
     assert_eq!(r.attempts, 2);
     assert_totals(&r, &attempts);
@@ -471,6 +484,24 @@ async fn a_cascade_past_its_deadline_serves_the_next_step_unjudged() {
         "openai/gpt-4o-mini=rejected:finish, openai/o3-mini=rejected:finish, openai/gpt-4o=served"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_step_that_hangs_past_the_deadline_is_left_for_the_next() {
+    let (_up, proxy) = gaps_sim().await;
+    let started = Instant::now();
+    let resp = faulted(&proxy, &chat("tollgate/gaps-deadline"), "hang@gpt-4o-mini").await;
+    assert_eq!(resp.status(), 200);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    assert_eq!(
+        route_of(&resp),
+        "openai/gpt-4o-mini=failed, openai/o3-mini=served",
+        "the cheap step is cut at the 400 ms deadline, and the next step is the last"
+    );
+    let (r, attempts) = records_of(&proxy, &request_id(&resp)).await;
+    assert_eq!(attempts[0].error.as_deref(), Some("upstream_timeout"));
+    assert_totals(&r, &attempts);
 }
 
 #[tokio::test]
