@@ -301,3 +301,19 @@ impl BackgroundService for AxumService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_values_decode_like_a_browser_encodes_them() {
+        assert_eq!(percent_decode("a%2Bb+c%3D").as_deref(), Some("a+b c="));
+        assert_eq!(percent_decode("tg-%41").as_deref(), Some("tg-A"));
+        // Not an escape: kept as written.
+        assert_eq!(percent_decode("50%").as_deref(), Some("50%"));
+        assert_eq!(percent_decode("%+1%zz").as_deref(), Some("% 1%zz"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+    }
+}
