@@ -73,15 +73,6 @@ pub async fn run(
                 && req.endpoint == Endpoint::ChatCompletions
                 && !req.logprobs;
             let prepared = prepare(ctx.format, req, target, plan.max_tokens, add_logprobs)?;
-            // A call before the last must answer by the deadline, so a slow step cannot hold
-            // the request past it; the call after it is then the last.
-            let timeout = match deadline.filter(|_| !last_call) {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    Some(target.timeout.map_or(left, |t| t.min(left)))
-                }
-                None => target.timeout,
-            };
             let ex = Exchange {
                 provider: &target.provider,
                 format: ctx.format,
@@ -91,7 +82,10 @@ pub async fn run(
                 body: prepared.body,
                 strip_usage_chunk: prepared.strip_usage_chunk,
                 metered: req.metered,
-                timeout,
+                timeout: target.timeout,
+                // A call before the last must answer by the deadline, so a slow step cannot
+                // hold the request past it; the call after it is then the last.
+                until: deadline.filter(|_| !last_call),
             };
             let started = Started::now(role);
             ctx.current = Some(started);
@@ -135,9 +129,9 @@ pub async fn run(
             let mut held = match held::hold(tg, session, ctx, opened, &ex, &target.model).await {
                 Ok(held) => held,
                 Err(Unheld::ClientGone) => return Err(client_left_before_header(tg, ctx)),
-                Err(Unheld::Failed(reason)) => {
+                Err(Unheld::Failed { code, reason }) => {
                     tracing::debug!(request_id = %ctx.request_id, target = %target.label(), reason, "held answer failed; escalating");
-                    moved_on(ctx, started, target, status, "upstream_failed".into());
+                    moved_on(ctx, started, target, status, code.into());
                     break;
                 }
             };
@@ -151,7 +145,7 @@ pub async fn run(
             });
             let mut verdict = judges.check(&answer, ask);
             if let (Ok(()), Some(llm)) = (&verdict, &judges.llm) {
-                verdict = grade(tg, session, ctx, req, llm, &answer).await?;
+                verdict = grade(tg, session, ctx, req, llm, &answer, deadline).await?;
                 made += 1;
             }
             match verdict {

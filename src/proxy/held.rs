@@ -68,8 +68,21 @@ impl Held {
 /// Why an answer could not be held.
 pub enum Unheld {
     ClientGone,
-    /// The upstream failed, or the answer was too large to hold.
-    Failed(String),
+    /// The upstream failed, the answer was too large to hold, or it had not ended by the
+    /// exchange's deadline; `code` is the attempt's recorded error.
+    Failed {
+        code: &'static str,
+        reason: String,
+    },
+}
+
+impl Unheld {
+    fn failed(reason: String) -> Unheld {
+        Unheld::Failed {
+            code: "upstream_failed",
+            reason,
+        }
+    }
 }
 
 /// Answers larger than this are not held for judging.
@@ -101,11 +114,22 @@ pub async fn hold(
     let mut body = Vec::new();
     // The usage chunk the client does not see is what the cache needs to store the answer.
     let mut raw = (ctx.cache.wants_answer() && ex.strip_usage_chunk && is_sse).then(Vec::new);
+    let late = async {
+        match ex.until {
+            Some(until) => tokio::time::sleep_until(until.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(late);
     loop {
         let chunk = tokio::select! {
             biased;
             read = up.read_response_body() => read,
             _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(Unheld::ClientGone),
+            _ = &mut late => return Err(Unheld::Failed {
+                code: "upstream_timeout",
+                reason: "the answer had not ended by the cascade's deadline".into(),
+            }),
         };
         match chunk {
             Ok(Some(bytes)) => {
@@ -117,13 +141,13 @@ pub async fn hold(
                     None => body.extend_from_slice(&bytes),
                 }
                 if body.len() > MAX_HELD_BYTES {
-                    return Err(Unheld::Failed(format!(
+                    return Err(Unheld::failed(format!(
                         "the answer is larger than {MAX_HELD_BYTES} bytes"
                     )));
                 }
             }
             Ok(None) => break,
-            Err(e) => return Err(Unheld::Failed(describe(&e))),
+            Err(e) => return Err(Unheld::failed(describe(&e))),
         }
     }
     meter.finish_body();

@@ -15,9 +15,11 @@ use crate::usage::sse::SseBuffer;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use serde_json::{Value, json};
+use std::time::Instant;
 
 /// Asks the LLM judge to grade `answer`; its call is an attempt of the request. A judge
-/// that cannot be reached, or answers with an error, rejects: quality is what it guards.
+/// that cannot be reached, answers with an error, or has not answered by the cascade's
+/// deadline (`until`), rejects: quality is what it guards.
 pub(super) async fn grade(
     tg: &Tollgate,
     session: &mut Session,
@@ -25,6 +27,7 @@ pub(super) async fn grade(
     req: &Admitted,
     llm: &LlmJudge,
     answer: &Answer,
+    until: Option<Instant>,
 ) -> Result<Result<(), Rejection>, Outcome> {
     let target = &llm.target;
     let format = if target.provider.kind.speaks(ctx.format) {
@@ -61,6 +64,7 @@ pub(super) async fn grade(
         strip_usage_chunk: false,
         metered: true,
         timeout: target.timeout,
+        until,
     };
     let started = Started::now(Role::Judge);
     let rejected = |reason: String| Rejection {
@@ -88,8 +92,8 @@ pub(super) async fn grade(
     let held = match held::hold(tg, session, ctx, opened, &ex, &target.model).await {
         Ok(held) => held,
         Err(Unheld::ClientGone) => return Err(client_left_before_header(tg, ctx)),
-        Err(Unheld::Failed(reason)) => {
-            moved_on(ctx, started, target, status, "upstream_failed".into());
+        Err(Unheld::Failed { code, reason }) => {
+            moved_on(ctx, started, target, status, code.into());
             return Ok(Err(rejected(format!(
                 "the judge's answer failed: {reason}"
             ))));

@@ -17,7 +17,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Exchange<'a> {
     pub provider: &'a Provider,
@@ -32,6 +32,22 @@ pub struct Exchange<'a> {
     pub metered: bool,
     /// Time for the provider to answer with a header; its read timeout applies otherwise.
     pub timeout: Option<Duration>,
+    /// A cascade's deadline for a call before its last: the header must come, and a held
+    /// answer end, by then.
+    pub until: Option<Instant>,
+}
+
+impl Exchange<'_> {
+    /// The time the provider has to answer with a header, deadline included.
+    fn header_limit(&self) -> Option<Duration> {
+        let left = self
+            .until
+            .map(|u| u.saturating_duration_since(Instant::now()));
+        match (self.timeout, left) {
+            (Some(t), Some(l)) => Some(t.min(l)),
+            (t, l) => t.or(l),
+        }
+    }
 }
 
 /// Response headers not forwarded: hop-by-hop ones (framing is re-derived) and the
@@ -110,7 +126,7 @@ pub async fn open(
     .map_err(Unopened::Failed)?;
     let sending = send(tg, &peer, provider, header, &ex.body);
     let timed = async {
-        match ex.timeout {
+        match ex.header_limit() {
             Some(limit) => tokio::time::timeout(limit, sending)
                 .await
                 .unwrap_or_else(|_| {

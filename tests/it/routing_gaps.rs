@@ -71,7 +71,17 @@ rules:
         - {provider: openai, model: o3-mini}
         - {provider: openai, model: gpt-4o}
       judges: {finish: true}
-      deadline_ms: 400
+      deadline_ms: 1000
+
+  - name: gaps-graded-deadline
+    priority: 45
+    match: {model: tollgate/gaps-graded-deadline, endpoint: /v1/chat/completions}
+    cascade:
+      steps:
+        - {provider: openai, model: gpt-4o-mini}
+        - {provider: openai, model: gpt-4o}
+      judges: {llm: {provider: anthropic, model: claude-haiku-4-5, prompt: "Grade it.", accept: "(?s).+"}}
+      deadline_ms: 1500
 
   - name: gaps-bounded
     priority: 45
@@ -448,21 +458,21 @@ async fn an_llm_judges_call_counts_toward_max_attempts() {
 async fn a_cascade_past_its_deadline_serves_the_next_step_unjudged() {
     let (up, proxy) = gaps_sim().await;
     let started = Instant::now();
-    // The cheap step's header comes at once, but its 10 tokens take 600 ms: it is judged
-    // after the 400 ms deadline, and the step after it is the last.
+    // The cheap step's header comes at once, but its 10 tokens take 1.5 s: it is left at
+    // the 1 s deadline, and the step after it is the last.
     let mut body = chat("tollgate/gaps-deadline");
     body["stream"] = json!(true);
     let headers = [
         ("x-sim-fault", "truncate@gpt-4o-mini, truncate@o3-mini"),
         ("x-sim-output-tokens", "10"),
-        ("x-sim-token-interval-ms", "60"),
+        ("x-sim-token-interval-ms", "150"),
     ];
     let resp = openai(&proxy, "/v1/chat/completions", &headers, &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         route_of(&resp),
-        "openai/gpt-4o-mini=rejected:finish, openai/o3-mini=served",
-        "after the 400 ms deadline the next step is the last"
+        "openai/gpt-4o-mini=failed, openai/o3-mini=served",
+        "after the 1 s deadline the next step is the last"
     );
     let id = request_id(&resp);
     let chunks = sse_json(&resp.text().await.unwrap());
@@ -493,14 +503,56 @@ async fn a_step_that_hangs_past_the_deadline_is_left_for_the_next() {
     let resp = faulted(&proxy, &chat("tollgate/gaps-deadline"), "hang@gpt-4o-mini").await;
     assert_eq!(resp.status(), 200);
     let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
     assert_eq!(
         route_of(&resp),
         "openai/gpt-4o-mini=failed, openai/o3-mini=served",
-        "the cheap step is cut at the 400 ms deadline, and the next step is the last"
+        "the cheap step is cut at the 1 s deadline, and the next step is the last"
     );
     let (r, attempts) = records_of(&proxy, &request_id(&resp)).await;
     assert_eq!(attempts[0].error.as_deref(), Some("upstream_timeout"));
+    assert_totals(&r, &attempts);
+}
+
+#[tokio::test]
+async fn a_judge_that_hangs_past_the_deadline_rejects() {
+    let (_up, proxy) = gaps_sim().await;
+    // A first request readies what every request uses, so the cheap step is answered well
+    // before the 1.5 s deadline.
+    faulted(&proxy, &chat("gpt-4o-mini"), "").await;
+    let started = Instant::now();
+    let body = chat("tollgate/gaps-graded-deadline");
+    let resp = faulted(&proxy, &body, "hang@claude-haiku-4-5").await;
+    assert_eq!(resp.status(), 200);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    let route = route_of(&resp);
+    let (r, attempts) = records_of(&proxy, &request_id(&resp)).await;
+    let calls: Vec<(&str, &str, &str, Option<&str>)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a.model.as_str(),
+                a.role.as_str(),
+                a.verdict.as_str(),
+                a.error.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("gpt-4o-mini", "primary", "rejected", None),
+            (
+                "claude-haiku-4-5",
+                "judge",
+                "failed",
+                Some("upstream_timeout")
+            ),
+            ("gpt-4o", "escalation", "served", None),
+        ],
+        "{route}"
+    );
     assert_totals(&r, &attempts);
 }
 
