@@ -43,7 +43,6 @@ const SINK_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Runs until SIGTERM or SIGINT, then lets in-flight requests finish and flushes the ledger.
 pub fn serve(cfg: Validated, config_path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    crate::tokens::warm_up();
     let metrics = Metrics::new();
     let cache = cfg.cache.as_ref().map(|settings| {
         let cache = Arc::new(ResponseCache::new(settings));

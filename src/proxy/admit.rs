@@ -229,6 +229,9 @@ impl Admitted {
             return *n;
         }
         if self.body.len() < COUNT_INLINE_BYTES {
+            Encoding::for_model(self.model.as_deref().unwrap_or_default())
+                .load()
+                .await;
             return self.estimated_input_tokens();
         }
         let (endpoint, body, model) = (self.endpoint, self.body.clone(), self.model.clone());

@@ -73,6 +73,10 @@ async fn handle(tg: &Tollgate, session: &mut Session, ctx: &mut RequestCtx) -> R
     let req = admit::admit(tg, session, ctx).await?;
     limiting::check(tg, ctx, &req).await?;
     let cfg = ctx.config.clone();
+    if cfg.policies.matches_input_tokens() {
+        // Counted here, where it can wait off the async worker; planning is synchronous.
+        req.counted_input_tokens().await;
+    }
     let plan = plan::make(&cfg, ctx, &req)?;
     ctx.policy = plan.policy_name().to_string();
     ctx.counterfactual_model = plan.counterfactual_model.clone();
