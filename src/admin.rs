@@ -6,6 +6,7 @@ use crate::budget::view;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
+use crate::report::{html, page::SpendPage, source::Records};
 use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -103,8 +104,9 @@ struct BudgetsAnswer<'a> {
 }
 
 /// The spend page (`tollgate report --format html`) of the last `?since=` (30d when not
-/// given), from the ledger. Needs the admin token like `/budgets`; a browser, which cannot
-/// send the header, may give it as `?token=` instead.
+/// given), from ClickHouse when the config ships there, else from the ledger. Needs the
+/// admin token like `/budgets`; a browser, which cannot send the header, may give it as
+/// `?token=` instead.
 async fn spend_page(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -> Response {
     let query = |name: &str| {
         uri.query()
@@ -128,16 +130,30 @@ async fn spend_page(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
     };
     let cfg = s.reloader.current();
+    let now = Utc::now();
+    let (records, store) = match Records::read(&cfg, now, since, false).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the records for the spend page");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "cannot read the records for the spend page; see the log",
+            );
+        }
+    };
+    // Aggregating a month of records is CPU work: off the async workers too.
     let built = tokio::task::spawn_blocking(move || {
-        use crate::report::{html, page::SpendPage, source::Records};
-        let now = Utc::now();
-        let records = Records::from_ledger(&cfg.data_dir.join("ledger"), now - since, true)?;
-        let page = SpendPage::build(&records, now - since, now, &cfg.spend, "ledger");
-        Ok::<_, std::io::Error>(html::render(&page))
+        html::render(&SpendPage::build(
+            &records,
+            now - since,
+            now,
+            &cfg.spend,
+            store.name(),
+        ))
     })
     .await;
     match built {
-        Ok(Ok(page)) => (
+        Ok(page) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-store"),
@@ -150,13 +166,6 @@ async fn spend_page(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -
             page,
         )
             .into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read the ledger for the spend page");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot read the ledger; see the log",
-            )
-        }
         Err(e) => {
             tracing::error!(error = %e, "spend page failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "spend page failed")

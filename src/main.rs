@@ -436,18 +436,9 @@ fn spend_page(
 ) -> anyhow::Result<String> {
     use tollgate::report::{html, page::SpendPage, source::Records};
     let now = chrono::Utc::now();
-    let (records, source) = match cfg.clickhouse.as_ref().filter(|_| !ledger) {
-        Some(settings) => {
-            let ch = tollgate::sink::clickhouse::ClickHouse::new(settings)?;
-            let read = Records::from_clickhouse(&ch, since.num_seconds(), true);
-            (
-                tokio::runtime::Runtime::new()?.block_on(read)?,
-                "ClickHouse",
-            )
-        }
-        None => (read_ledger(cfg, now - since, true)?, "ledger"),
-    };
-    let page = SpendPage::build(&records, now - since, now, &cfg.spend, source);
+    let read = Records::read(cfg, now, since, ledger);
+    let (records, store) = tokio::runtime::Runtime::new()?.block_on(read)?;
+    let page = SpendPage::build(&records, now - since, now, &cfg.spend, store.name());
     Ok(html::render(&page))
 }
 

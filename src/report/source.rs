@@ -1,11 +1,39 @@
 //! The records the spend reports read, from the local ledger or from ClickHouse: the same
 //! types either way, so every figure is computed once, in Rust, from both stores.
 
+use crate::config::Validated;
 use crate::ledger::{Stream, read_all};
 use crate::record::{AttemptRecord, OutcomeRecord, Record};
 use crate::sink::clickhouse::{ChError, ClickHouse};
-use chrono::{DateTime, Utc};
-use std::path::Path;
+use chrono::{DateTime, Duration, Utc};
+use std::path::{Path, PathBuf};
+
+/// Where the records were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Ledger,
+    ClickHouse,
+}
+
+impl Store {
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Ledger => "ledger",
+            Store::ClickHouse => "ClickHouse",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading the ledger under {}: {source}", dir.display())]
+    Ledger {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    ClickHouse(#[from] ChError),
+}
 
 /// A window's request records (and, when asked for, its attempt records), with the outcome
 /// reports that may label them: outcomes of any age join the window's requests.
@@ -47,6 +75,33 @@ impl Records {
             attempts: attempt_records,
             outcomes: stream(dir, Stream::Outcomes)?,
         })
+    }
+
+    /// The records of the `since` up to `now`, attempts included: from ClickHouse when the
+    /// config ships there (unless `ledger_only`), else from the ledger under its data dir,
+    /// read on a blocking thread.
+    pub async fn read(
+        cfg: &Validated,
+        now: DateTime<Utc>,
+        since: Duration,
+        ledger_only: bool,
+    ) -> Result<(Records, Store), ReadError> {
+        if let Some(settings) = cfg.clickhouse.as_ref().filter(|_| !ledger_only) {
+            let ch = ClickHouse::new(settings)?;
+            let records = Records::from_clickhouse(&ch, since.num_seconds(), true).await?;
+            return Ok((records, Store::ClickHouse));
+        }
+        let data_dir = cfg.data_dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            Records::from_ledger(&data_dir.join("ledger"), now - since, true)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        read.map(|r| (r, Store::Ledger))
+            .map_err(|source| ReadError::Ledger {
+                dir: cfg.data_dir.clone(),
+                source,
+            })
     }
 
     /// Reads ClickHouse: requests (and attempts when `attempts`) of the last `since_secs`

@@ -460,4 +460,16 @@ async fn spend_page_from_clickhouse_shows_what_the_one_from_the_ledger_shows() {
         figures_ch.len()
     );
     assert_eq!(figures_ch, figures(&from_ledger));
+    // The admin port reads ClickHouse too.
+    let served = client()
+        .get(proxy.admin_url("/"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(served.contains("from the ClickHouse"), "{served}");
+    assert_eq!(figures(&served), figures_ch);
 }
