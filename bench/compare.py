@@ -4,7 +4,8 @@
   compare.py bodies --dir DIR           write DIR/chat.json (1.1 KB chat body) and
                                         DIR/stream.json (the same, "stream": true)
   compare.py mock --dir DIR             write DIR/nginx.conf.in: the static upstream's config
-  compare.py ttfb --addr ADDR --body FILE --rate R --seconds S --key K --out FILE
+  compare.py ttfb --addr ADDR --body FILE [--header 'NAME: VALUE'...] --rate R --seconds S
+                   --out FILE
                                         streamed calls at a fixed rate; per call, time to the
                                         response header, to the first body byte (the first
                                         event) and to the end
@@ -28,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Conn, percentile, request_bytes  # noqa: E402
 
 MODEL = "gpt-4o-mini"
-TARGETS = ("direct", "nginx", "tollgate")
 BEGIN = "<!-- bench/compare.sh: begin -->"
 END = "<!-- bench/compare.sh: end -->"
 
@@ -101,8 +101,8 @@ def nginx_string(text):
 def mock(args):
     d = Path(args.dir)
     body = json.dumps(completion(), separators=(",", ":"))
-    conf = f"""# The static upstream: a fixed chat completion, or with `x-bench-stream: 1` a fixed
-# event stream, whatever the request body says.
+    conf = f"""# The static upstream: a fixed chat completion, or a fixed event stream under /stream/ or
+# with `x-bench-stream: 1`, whatever the request body says.
 worker_processes {args.workers};
 daemon off;
 error_log {d}/error.log warn;
@@ -116,12 +116,12 @@ http {{
     server {{
         listen @ADDR@;
         location = /v1/chat/completions {{
-            if ($http_x_bench_stream) {{ rewrite ^ /stream last; }}
+            if ($http_x_bench_stream) {{ rewrite ^ /stream/v1/chat/completions last; }}
             default_type application/json;
             return 200 {nginx_string(body)};
         }}
-        location = /stream {{
-            internal;
+        location / {{ return 404; }}
+        location = /stream/v1/chat/completions {{
             default_type text/event-stream;
             return 200 {nginx_string(sse())};
         }}
@@ -137,8 +137,8 @@ http {{
 
 async def ttfb_run(args):
     body = Path(args.body).read_bytes()
-    wire = request_bytes("/v1/chat/completions", body, {
-        "authorization": f"Bearer {args.key}", "x-bench-stream": "1"})
+    wire = request_bytes("/v1/chat/completions", body, dict(
+        (k.strip(), v.strip()) for k, v in (h.split(":", 1) for h in args.header)))
     count = int(args.rate * args.seconds)
     start = time.perf_counter() + 0.1
     due = asyncio.Queue()
@@ -228,6 +228,8 @@ def record(args):
 def ms(seconds):
     if seconds is None or seconds != seconds:
         return "–"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
     return f"{seconds * 1e3:.2f} ms" if seconds >= 0.001 else f"{seconds * 1e6:.0f} µs"
 
 
@@ -267,6 +269,7 @@ def report(args):
     for r in rows:
         by[(r["load"], r["target"])].append(r)
     loads = list(dict.fromkeys(r["load"] for r in rows))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
     rounds = sorted({r["round"] for r in rows})
 
     def per_round(load, target, key):
@@ -284,13 +287,15 @@ def report(args):
                f"{m['threads']} worker threads for both proxies (nginx `worker_processes "
                f"{m['threads']}`, Tollgate `server.threads: {m['threads']}`); the static upstream "
                f"has {m['mock_workers']} nginx worker. {len(rounds)} rounds of {m['seconds']} s "
-               f"per run, interleaved; medians across rounds. Load average "
+               f"per run, interleaved; medians across rounds. "
+               + (f"Peers: {m['peers']}. " if m.get("peers") else "")
+               + f"Load average "
                f"{m['load_before']} before, {m['load_after']} after. Total {m['elapsed']}.")
     out.append("")
     out.append("| load | target | p50 | p99 | added p50 | added p99 | req/s | CPU s / 1000 req |")
     out.append("|---|---|---|---|---|---|---|---|")
     for load in loads:
-        for t in TARGETS:
+        for t in targets:
             rs = by[(load, t)]
             p50, p99 = med([r["p50"] for r in rs]), med([r["p99"] for r in rs])
             rps = med([r["rps"] for r in rs])
@@ -305,8 +310,7 @@ def report(args):
     out.append("")
     out.append("| target | idle RSS at start | peak RSS (VmHWM) | idle RSS after the load |")
     out.append("|---|---|---|---|")
-    for t in ("nginx", "tollgate"):
-        mm = memory[t]
+    for t, mm in memory.items():
         out.append(f"| {t} | {mib(mm['idle_start'])} | {mib(mm['peak'])} | {mib(mm['idle_end'])} |")
     out.append("")
     out.append("Against the targets (Tollgate-added / nginx-added latency, same percentile, "
@@ -378,7 +382,7 @@ def main():
     p = sub.add_parser("ttfb")
     p.add_argument("--addr", required=True)
     p.add_argument("--body", required=True)
-    p.add_argument("--key", required=True)
+    p.add_argument("--header", action="append", default=[])
     p.add_argument("--rate", type=float, default=20)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--connections", type=int, default=4)

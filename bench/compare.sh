@@ -17,6 +17,9 @@
 # leaves BENCHMARKS.md alone (e.g. for short trial runs); BENCH_OUT: working directory.
 # PROFILE=1 measures nothing but records Tollgate with `perf` for SECONDS_PER_RUN during a
 # full-speed run, and writes its top functions, self and inclusive, to BENCH_OUT.
+# PEERS=1 adds LiteLLM's proxy (WORKERS=THREADS uvicorn workers) and Portkey's gateway (one
+# Node.js process) as targets, installed on first use (bench/peers.sh); a run then takes
+# about 14 minutes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUN_SECONDS=${1:-10}
@@ -38,6 +41,7 @@ command -v oha >/dev/null || cargo install oha --locked
 source bench/ready.sh
 source bench/nginx.sh
 source bench/tollgate.sh
+source bench/peers.sh
 tollgate_bin
 OUT=${BENCH_OUT:-$PWD/bench/out/compare}   # working files; wiped at start
 rm -rf "$OUT" && mkdir -p "$OUT/mock" "$OUT/nginx" "$OUT/runs"
@@ -89,17 +93,56 @@ TG=$(ready_addr "$OUT/tollgate.out" proxy "$TG_PID")
 ADMIN=$(ready_addr "$OUT/tollgate.out" admin "$TG_PID")
 for _ in $(seq 200); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.05; done
 
+TARGETS="direct nginx tollgate"
 declare -A ADDR=([direct]=$MOCK [nginx]=$HOP [tollgate]=$TG)
+# Headers of every call (one a line), of streamed calls, and the streamed calls' body, by target.
+declare -A HDRS STREAM_HDRS STREAM_BODY
 for t in direct nginx tollgate; do
-    curl -sf --retry 20 --retry-connrefused --retry-delay 0 -o /dev/null -X POST \
-        -H "authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' --data-binary @"$OUT/chat.json" "http://${ADDR[$t]}/v1/chat/completions" ||
-        { echo "$t does not answer; see $OUT" >&2; exit 1; }
+    HDRS[$t]="authorization: Bearer $BENCH_KEY"
+    STREAM_HDRS[$t]="${HDRS[$t]}"$'\n'"x-bench-stream: 1"
+    STREAM_BODY[$t]=$OUT/stream.json
+done
+if [ "${PEERS:-0}" = 1 ]; then
+    start_litellm "$OUT" "$MOCK" "$THREADS"; PIDS+=("$LITELLM_PID")
+    start_portkey "$OUT"; PIDS+=("$PORTKEY_PID")
+    TARGETS+=" litellm portkey"
+    ADDR[litellm]=$LITELLM
+    HDRS[litellm]="authorization: Bearer sk-litellm-bench"
+    STREAM_HDRS[litellm]=${HDRS[litellm]}
+    sed 's/"gpt-4o-mini"/"gpt-4o-mini-stream"/' "$OUT/stream.json" > "$OUT/stream-litellm.json"
+    STREAM_BODY[litellm]=$OUT/stream-litellm.json
+    ADDR[portkey]=$PORTKEY
+    HDRS[portkey]="authorization: Bearer $BENCH_UPSTREAM_KEY"$'\n'"x-portkey-provider: openai"$'\n'"x-portkey-custom-host: http://$MOCK/v1"
+    STREAM_HDRS[portkey]="authorization: Bearer $BENCH_UPSTREAM_KEY"$'\n'"x-portkey-provider: openai"$'\n'"x-portkey-custom-host: http://$MOCK/stream/v1"
+    STREAM_BODY[portkey]=$OUT/stream.json
+fi
+header_args() { # TARGET [stream]: the target's headers as -H options, one a line
+    local h
+    if [ "${2:-}" = stream ]; then h=${STREAM_HDRS[$1]}; else h=${HDRS[$1]}; fi
+    while IFS= read -r line; do printf -- '-H\n%s\n' "$line"; done <<<"$h"
+}
+for t in $TARGETS; do   # LiteLLM takes half a minute to start
+    mapfile -t H < <(header_args "$t")
+    for i in $(seq 240); do
+        curl -sf -o /dev/null -X POST "${H[@]}" -H 'content-type: application/json' \
+            --data-binary @"$OUT/chat.json" "http://${ADDR[$t]}/v1/chat/completions" && break
+        [ "$i" -lt 240 ] || { echo "$t does not answer; see $OUT" >&2; exit 1; }
+        sleep 0.25
+    done
 done
 # The processes whose CPU a target's run is charged: the upstream's workers for direct
-# calls (for reference), the hop's workers, Tollgate's process (all its threads).
+# calls (for reference), the hop's workers, Tollgate's process (all its threads), a peer's
+# process tree. Memory is the whole of each proxy: nginx's master and workers too.
 declare -A CPU_PIDS=([direct]="$(nginx_workers "$MOCK_PID")" [nginx]="$(nginx_workers "$HOP_PID")" [tollgate]=$TG_PID)
-# Memory is the whole of each proxy: nginx's master and workers, Tollgate's process.
 declare -A MEM_PIDS=([nginx]="$HOP_PID ${CPU_PIDS[nginx]}" [tollgate]=$TG_PID)
+if [ "${PEERS:-0}" = 1 ]; then
+    for t in litellm portkey; do
+        pid=LITELLM_PID; [ $t = portkey ] && pid=PORTKEY_PID
+        CPU_PIDS[$t]=$(tree_pids "${!pid}" | tr '\n' ' ')
+        MEM_PIDS[$t]=${CPU_PIDS[$t]}
+    done
+fi
+PROXIES=${TARGETS#direct }
 
 cpu_seconds() { # PIDS...: user+system seconds of the processes, all threads
     local ticks=0 p
@@ -112,23 +155,24 @@ status_kib() { # FIELD PIDS...: sum of a /proc/PID/status field (kB)
     echo $sum
 }
 declare -A IDLE_START
-for t in nginx tollgate; do IDLE_START[$t]=$(status_kib VmRSS ${MEM_PIDS[$t]}); done
+for t in $PROXIES; do IDLE_START[$t]=$(status_kib VmRSS ${MEM_PIDS[$t]}); done
 
-oha_run() { # FILE CONNECTIONS [oha options]: POSTs of the chat body to TARGET_ADDR
-    local file=$1 conns=$2; shift 2
+oha_run() { # TARGET FILE CONNECTIONS [oha options]: POSTs of the chat body to TARGET
+    local t=$1 file=$2 conns=$3 h; shift 3
+    mapfile -t h < <(header_args "$t")
     oha --no-tui --output-format json -w -z "${RUN_SECONDS}s" -c "$conns" "$@" -m POST \
-        -H "authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' \
-        -D "$OUT/chat.json" "http://$TARGET_ADDR/v1/chat/completions" > "$file"
+        "${h[@]}" -H 'content-type: application/json' \
+        -D "$OUT/chat.json" "http://${ADDR[$t]}/v1/chat/completions" > "$file"
 }
 run() { # ROUND LOAD TARGET: one run, recorded in results.jsonl
-    local round=$1 load=$2 t=$3 file="$OUT/runs/$1-$2-$3.json" before after
-    TARGET_ADDR=${ADDR[$t]}
+    local round=$1 load=$2 t=$3 file="$OUT/runs/$1-$2-$3.json" before after h
     before=$(cpu_seconds ${CPU_PIDS[$t]})
     case $load in
-        max) oha_run "$file" $MAX_CONNS ;;
-        stream) python3 bench/compare.py ttfb --addr "$TARGET_ADDR" --body "$OUT/stream.json" \
-                    --key "$BENCH_KEY" --rate "$STREAM_RATE" --seconds "$RUN_SECONDS" --out "$file" ;;
-        *) oha_run "$file" $CONNS -q "$load" --latency-correction ;;
+        max) oha_run "$t" "$file" $MAX_CONNS ;;
+        stream) mapfile -t h < <(header_args "$t" stream | sed 's/^-H$/--header/')
+                python3 bench/compare.py ttfb --addr "${ADDR[$t]}" --body "${STREAM_BODY[$t]}" "${h[@]}" \
+                    --rate "$STREAM_RATE" --seconds "$RUN_SECONDS" --out "$file" ;;
+        *) oha_run "$t" "$file" $CONNS -q "$load" --latency-correction ;;
     esac
     after=$(cpu_seconds ${CPU_PIDS[$t]})
     local label=$load src=(--oha "$file")
@@ -145,8 +189,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
     # Where Tollgate's time goes at full speed: perf samples of its process (DWARF call
     # graphs, as the release build keeps no frame pointers) while oha runs as in `max`.
     command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
-    TARGET_ADDR=$TG
-    RUN_SECONDS=$((RUN_SECONDS + 4)) oha_run "$OUT/profile-oha.json" $MAX_CONNS & OHA_PID=$!
+    RUN_SECONDS=$((RUN_SECONDS + 4)) oha_run tollgate "$OUT/profile-oha.json" $MAX_CONNS & OHA_PID=$!
     sleep 2
     perf record -q -F 499 --call-graph dwarf,32768 -p "$TG_PID" -o "$OUT/perf.data" -- sleep "$RUN_SECONDS"
     wait $OHA_PID
@@ -165,27 +208,22 @@ else
 fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "warming up (2 s per target)"
-for t in direct nginx tollgate; do
-    TARGET_ADDR=${ADDR[$t]}
-    oha --no-tui -w -z 2s -c 8 -m POST -H "authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' \
-        -D "$OUT/chat.json" "http://$TARGET_ADDR/v1/chat/completions" >/dev/null
-done
+for t in $TARGETS; do RUN_SECONDS=2 oha_run "$t" /dev/null 8; done
 for round in $(seq "$ROUNDS"); do
     for load in $RATES max stream; do
-        for t in direct nginx tollgate; do run "$round" "$load" "$t"; done
+        for t in $TARGETS; do run "$round" "$load" "$t"; done
     done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 declare -A PEAK IDLE_END
-for t in nginx tollgate; do PEAK[$t]=$(status_kib VmHWM ${MEM_PIDS[$t]}); done
+for t in $PROXIES; do PEAK[$t]=$(status_kib VmHWM ${MEM_PIDS[$t]}); done
 # Tollgate hands freed memory back to the system every 10 s.
 sleep 12
-for t in nginx tollgate; do IDLE_END[$t]=$(status_kib VmRSS ${MEM_PIDS[$t]}); done
-cat > "$OUT/memory.json" <<JSON
-{"nginx": {"idle_start": ${IDLE_START[nginx]}, "peak": ${PEAK[nginx]}, "idle_end": ${IDLE_END[nginx]}},
- "tollgate": {"idle_start": ${IDLE_START[tollgate]}, "peak": ${PEAK[tollgate]}, "idle_end": ${IDLE_END[tollgate]}}}
-JSON
+for t in $PROXIES; do IDLE_END[$t]=$(status_kib VmRSS ${MEM_PIDS[$t]}); done
+for t in $PROXIES; do
+    echo "\"$t\": {\"idle_start\": ${IDLE_START[$t]}, \"peak\": ${PEAK[$t]}, \"idle_end\": ${IDLE_END[$t]}}"
+done | paste -sd, | sed 's/.*/{&}/' > "$OUT/memory.json"
 python3 - "$OUT/machine.json" <<PY
 import json, sys
 cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -195,6 +233,7 @@ json.dump({
     "nginx": "$("$(nginx_binary)" -v 2>&1 | sed 's/^nginx version: //')",
     "oha": "$(oha --version)", "rustc": "$(rustc --version | cut -d' ' -f1-2)",
     "commit": "$BUILD",
+    "peers": "$([ "${PEERS:-0}" = 1 ] && echo "LiteLLM $("$PEERS_DIR/litellm/bin/pip" show litellm | awk '/^Version/ {print $2}') ($THREADS workers), Portkey gateway $(python3 -c "import json; print(json.load(open('$PEERS_DIR/portkey/node_modules/@portkey-ai/gateway/package.json'))['version'])") on Node.js $(node --version)")",
     "threads": $THREADS, "mock_workers": ${MOCK_WORKERS:-1}, "seconds": $RUN_SECONDS,
     "load_before": "$LOAD_BEFORE", "load_after": "$LOAD_AFTER",
     "elapsed": f"{elapsed // 60} min {elapsed % 60} s",
