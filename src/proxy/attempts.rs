@@ -101,7 +101,7 @@ pub async fn run(
                     tracing::debug!(request_id = %ctx.request_id, target = %target.label(), error = %err, "attempt failed; moving on");
                     moved_on(ctx, started, target, 0, err.label().to_string());
                     if retry_left {
-                        pause(backoff(&plan, tries)).await;
+                        pause(tg, session, ctx, backoff(&plan, tries)).await?;
                         continue;
                     }
                     break;
@@ -116,7 +116,8 @@ pub async fn run(
                 tracing::debug!(request_id = %ctx.request_id, target = %target.label(), status, code, "attempt failed; moving on");
                 moved_on(ctx, started, target, status, code);
                 if may_retry {
-                    pause(wait.unwrap_or_default().max(backoff(&plan, tries))).await;
+                    let d = wait.unwrap_or_default().max(backoff(&plan, tries));
+                    pause(tg, session, ctx, d).await?;
                     continue;
                 }
                 break;
@@ -263,9 +264,21 @@ fn backoff(plan: &Plan, tries: u32) -> Duration {
     (plan.retries.backoff * factor).min(plan.retries.max_wait)
 }
 
-async fn pause(d: Duration) {
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
+/// Waits `d` before the next call; a client that leaves meanwhile ends the request at once.
+async fn pause(
+    tg: &Tollgate,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    d: Duration,
+) -> Result<(), Outcome> {
+    if d.is_zero() {
+        return Ok(());
+    }
+    tokio::select! {
+        () = tokio::time::sleep(d) => Ok(()),
+        _ = session.as_downstream_mut().read_body_or_idle(true) => {
+            Err(client_left_before_header(tg, ctx))
+        }
     }
 }
 

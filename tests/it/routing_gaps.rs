@@ -1109,3 +1109,37 @@ async fn an_llm_judge_grades_a_streamed_answer_too() {
         assert_totals(&r, &attempts);
     }
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_during_a_retry_wait_gets_no_further_call() {
+    let (up, proxy) = gaps_sim().await;
+    // `patient` waits out a 2 s retry-after before trying gpt-4o-mini again; the client
+    // leaves after 500 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header(
+            "x-sim-fault",
+            "status=429@gpt-4o-mini, retry-after=2@gpt-4o-mini",
+        )
+        .json(&chat("tollgate/patient"))
+        .send()
+        .await;
+    assert!(sent.is_err());
+    let r = proxy.only_record().await;
+    assert_eq!(
+        (r.status, r.error.as_deref()),
+        (499, Some("client_disconnected"))
+    );
+    assert!(
+        r.latency_ms < 1500,
+        "recorded when the client left, not after the wait: {} ms",
+        r.latency_ms
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(up.sim.stats().requests, 1, "no call after the client left");
+}
