@@ -29,7 +29,7 @@ dl.figures dd { margin: 0; font-size: 20px; font-variant-numeric: tabular-nums; 
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 0 28px; }
 .grid > div { min-width: 0; overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
-th, td { padding: 3px 6px; border-bottom: 1px solid var(--rule); text-align: left; white-space: nowrap; }
+th, td { padding: 3px 5px; border-bottom: 1px solid var(--rule); text-align: left; white-space: nowrap; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; }
 td.num, th.num { text-align: right; }
 td.key span { display: inline-block; max-width: 190px; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
@@ -47,6 +47,13 @@ svg.stacked rect.saved-routing { fill: var(--save); }
 svg.stacked rect.saved-cache { fill: #7fcaa8; }
 svg.stacked rect.estimated { fill: var(--warn); }
 .none { color: var(--muted); font-style: italic; }
+.legend { color: var(--muted); font-size: 12px; margin: 0 0 8px; }
+.legend i { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 10px; vertical-align: baseline; }
+.legend i:first-child { margin-left: 0; }
+.legend i.spent { background: var(--fill); }
+.legend i.saved-routing { background: var(--save); }
+.legend i.saved-cache { background: #7fcaa8; }
+.legend i.estimated { background: var(--warn); }
 "#;
 
 /// The whole page.
@@ -357,8 +364,7 @@ fn levers(out: &mut String, page: &SpendPage) {
     let _ = write!(
         out,
         "<p class=\"note\">Without routing and the cache the same requests would have cost \
-         <span id=\"without-levers\" data-usd=\"{without}\">{}</span>: spent, then saved by routing, \
-         then saved by the cache.</p>",
+         <span id=\"without-levers\" data-usd=\"{without}\">{}</span>.</p>",
         usd(without)
     );
     out.push_str(&svg::stacked(

@@ -74,7 +74,8 @@ pub fn bar(share: f64) -> String {
     )
 }
 
-/// One horizontal bar split into parts: (share 0..=1, CSS class, escaped hover text).
+/// One horizontal bar split into parts: (share 0..=1, CSS class, escaped hover text),
+/// followed by a legend naming each part with that text.
 pub fn stacked(id: &str, caption: &str, parts: &[(f64, &str, String)]) -> String {
     let mut out = format!(
         r#"<svg id="{id}" class="stacked" role="img" aria-label="{caption}" viewBox="0 0 100 6" width="100%" height="28" preserveAspectRatio="none"><title>{caption}</title><rect class="track" width="100" height="6"/>"#
@@ -89,6 +90,10 @@ pub fn stacked(id: &str, caption: &str, parts: &[(f64, &str, String)]) -> String
         );
         x += w;
     }
-    out.push_str("</svg>");
+    out.push_str("</svg><p class=\"legend\">");
+    for (_, class, title) in parts {
+        let _ = write!(out, "<i class=\"{class}\"></i>{title} ");
+    }
+    out.push_str("</p>");
     out
 }
