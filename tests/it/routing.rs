@@ -805,23 +805,41 @@ async fn a_prompt_too_long_for_the_first_target_goes_to_the_next() {
     );
 }
 
-#[tokio::test]
-async fn a_client_that_leaves_cancels_the_rest_of_the_cascade_and_is_recorded() {
-    let (up, proxy) = routed_sim().await;
-    // The cheap step takes 2 s to answer; the client gives up after 300 ms.
+/// Sends a chat request for `model` with the simulated provider's `faults`, from a client
+/// that gives up waiting after `patience`; asserts that it did, and returns the record.
+pub(crate) async fn leave_after(
+    proxy: &Proxy,
+    patience: Duration,
+    model: &str,
+    faults: &str,
+) -> Record {
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
+        .timeout(patience)
         .build()
         .unwrap();
     let sent = impatient
         .post(proxy.url("/v1/chat/completions"))
         .bearer_auth(KEY)
-        .header("x-sim-fault", "delay-ms=2000@gpt-4o-mini")
-        .json(&chat("tollgate/cheap-first"))
+        .header("x-sim-fault", faults)
+        .json(&chat(model))
         .send()
         .await;
-    assert!(sent.is_err());
-    let r = proxy.only_record().await;
+    assert!(sent.is_err(), "the client got an answer before it left");
+    proxy.only_record().await
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_rest_of_the_cascade_and_is_recorded() {
+    let (up, proxy) = routed_sim().await;
+    // The cheap step takes 2 s to answer; the client gives up after 300 ms.
+    let faults = "delay-ms=2000@gpt-4o-mini";
+    let r = leave_after(
+        &proxy,
+        Duration::from_millis(300),
+        "tollgate/cheap-first",
+        faults,
+    )
+    .await;
     assert_eq!(
         (r.status, r.error.as_deref()),
         (499, Some("client_disconnected"))

@@ -7,7 +7,9 @@
 use crate::check::check_with;
 use crate::common::*;
 use crate::reload::{alias_policy, aliased_proxy, post_reload, reload, save_by_rename};
-use crate::routing::{assert_totals, chat, records_of, route_of, routed_proxy_with, verdicts};
+use crate::routing::{
+    assert_totals, chat, leave_after, records_of, route_of, routed_proxy_with, verdicts,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -1115,22 +1117,14 @@ async fn a_client_that_leaves_during_a_retry_wait_gets_no_further_call() {
     let (up, proxy) = gaps_sim().await;
     // `patient` waits out a 2 s retry-after before trying gpt-4o-mini again; the client
     // leaves after 500 ms.
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let sent = impatient
-        .post(proxy.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header(
-            "x-sim-fault",
-            "status=429@gpt-4o-mini, retry-after=2@gpt-4o-mini",
-        )
-        .json(&chat("tollgate/patient"))
-        .send()
-        .await;
-    assert!(sent.is_err());
-    let r = proxy.only_record().await;
+    let faults = "status=429@gpt-4o-mini, retry-after=2@gpt-4o-mini";
+    let r = leave_after(
+        &proxy,
+        Duration::from_millis(500),
+        "tollgate/patient",
+        faults,
+    )
+    .await;
     assert_eq!(
         (r.status, r.error.as_deref()),
         (499, Some("client_disconnected"))
