@@ -1137,3 +1137,22 @@ async fn a_client_that_leaves_during_a_retry_wait_gets_no_further_call() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(up.sim.stats().requests, 1, "no call after the client left");
 }
+
+#[tokio::test]
+async fn an_anthropic_denial_names_the_policy_and_its_reason() {
+    let (up, proxy) = gaps_sim().await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = anthropic(&proxy, "/v1/messages", &[], &body).await;
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("permission_error"))
+    );
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("no-gpt-4o-for-search") && msg.contains("search uses the mini models"),
+        "{msg}"
+    );
+    assert_eq!(up.sim.stats().requests, 0);
+}
