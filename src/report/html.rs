@@ -88,7 +88,7 @@ fn header(out: &mut String, page: &SpendPage) {
     let _ = writeln!(
         out,
         "<header><h1>Spend</h1><p class=\"meta\" id=\"range\" data-from=\"{from}\" data-to=\"{to}\">\
-         {from_text} to {to_text} UTC · days in {tz} · from the {source}</p></header>",
+         {from_text} to {to_text} UTC · days in {tz} · from {source}</p></header>",
         from = page
             .from
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -126,7 +126,7 @@ pub struct SpendPage {
     pub to: DateTime<Utc>,
     /// Days are local days of the budgets' time zone.
     pub time_zone: Tz,
-    /// Where the records came from, e.g. `ledger` or `ClickHouse`.
+    /// Where the records came from, as the page says it: `the ledger`, `ClickHouse`.
     pub source: String,
     /// The grand total of the window.
     pub total: Row,

@@ -16,9 +16,10 @@ pub enum Store {
 }
 
 impl Store {
+    /// As a page names it: "from the ledger", "from ClickHouse".
     pub fn name(self) -> &'static str {
         match self {
-            Store::Ledger => "ledger",
+            Store::Ledger => "the ledger",
             Store::ClickHouse => "ClickHouse",
         }
     }

@@ -37,7 +37,7 @@ fn page(requests: Vec<Record>) -> String {
         now() - Duration::days(30),
         now(),
         &Spend::default(),
-        "ledger",
+        "the ledger",
     );
     render(&page)
 }
@@ -134,7 +134,7 @@ fn the_forecast_needs_the_window_to_start_by_the_first_of_the_month() {
             now() - Duration::days(days),
             now(),
             &Spend::default(),
-            "ledger",
+            "the ledger",
         ))
     };
     let html = build(30);
