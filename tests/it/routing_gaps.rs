@@ -1156,3 +1156,39 @@ async fn an_anthropic_denial_names_the_policy_and_its_reason() {
     );
     assert_eq!(up.sim.stats().requests, 0);
 }
+
+#[tokio::test]
+async fn a_max_tokens_cap_applies_in_every_api() {
+    let (addr, seen) = recording_upstream().await;
+    let proxy = routed_proxy_with(addr, &[]).await;
+    let feature = [("x-tollgate-feature", "summaries")];
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    let cases = [
+        (
+            "/v1/messages",
+            json!({"model": "claude-haiku-4-5", "max_tokens": 1000, "messages": messages}),
+            "max_tokens",
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 1000}),
+            "max_output_tokens",
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o-mini", "input": "hi"}),
+            "max_output_tokens",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let resp = if path == "/v1/messages" {
+            anthropic(&proxy, path, &feature, &body).await
+        } else {
+            openai(&proxy, path, &feature, &body).await
+        };
+        resp.bytes().await.unwrap();
+        let got: Value =
+            serde_json::from_slice(&seen.lock().unwrap().last().unwrap().body).unwrap();
+        assert_eq!(got[field], 64, "{path} {body}");
+    }
+}
