@@ -121,12 +121,12 @@ header_args() { # TARGET [stream]: the target's headers as -H options, one a lin
     if [ "${2:-}" = stream ]; then h=${STREAM_HDRS[$1]}; else h=${HDRS[$1]}; fi
     while IFS= read -r line; do printf -- '-H\n%s\n' "$line"; done <<<"$h"
 }
-for t in $TARGETS; do   # LiteLLM takes half a minute to start
+for t in $TARGETS; do   # LiteLLM takes half a minute or more to start
     mapfile -t H < <(header_args "$t")
-    for i in $(seq 240); do
+    for i in $(seq 720); do
         curl -sf -o /dev/null -X POST "${H[@]}" -H 'content-type: application/json' \
             --data-binary @"$OUT/chat.json" "http://${ADDR[$t]}/v1/chat/completions" && break
-        [ "$i" -lt 240 ] || { echo "$t does not answer; see $OUT" >&2; exit 1; }
+        [ "$i" -lt 720 ] || { echo "$t does not answer; see $OUT" >&2; exit 1; }
         sleep 0.25
     done
 done
