@@ -34,7 +34,8 @@ enum Command {
         /// Where the demo's ledger is kept (a temporary directory by default).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Also ship the records to this ClickHouse (its HTTP URL), for the dashboards.
+        /// Also ship the records to this ClickHouse (its HTTP URL), for the dashboards; as
+        /// user `default`, with the password in `CLICKHOUSE_PASSWORD` when that is set.
         #[arg(long)]
         clickhouse: Option<String>,
         /// The ClickHouse database the records go to (made, with its tables, if missing).
