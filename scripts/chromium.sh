@@ -6,16 +6,10 @@
 #   scripts/chromium.sh install    install chromium if missing (needs root)
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+
 install() {
-    command -v chromium >/dev/null && return 0
-    [ "$(id -u)" = 0 ] || {
-        echo "chromium is missing: run scripts/chromium.sh install as root" \
-            "(apt-get install chromium)" >&2
-        exit 1
-    }
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    command -v chromium >/dev/null || { echo "the chromium package installed no chromium" >&2; exit 1; }
+    ensure_command chromium chromium
 }
 
 case "${1:-}" in

@@ -6,16 +6,10 @@
 #   scripts/promtool.sh install    install promtool if missing (needs root)
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+
 install() {
-    command -v promtool >/dev/null && return 0
-    [ "$(id -u)" = 0 ] || {
-        echo "promtool is missing: run scripts/promtool.sh install as root" \
-            "(apt-get install --no-install-recommends prometheus)" >&2
-        exit 1
-    }
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    command -v promtool >/dev/null || { echo "the prometheus package installed no promtool" >&2; exit 1; }
+    ensure_command promtool prometheus --no-install-recommends
 }
 
 case "${1:-}" in

@@ -11,10 +11,10 @@
 #                                              it is not running)
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+
 install() {
-    command -v redis-server >/dev/null && return 0
-    [ "$(id -u)" = 0 ] || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    ensure_command redis-server redis-server
 }
 
 free_port() {
