@@ -10,7 +10,12 @@ use tollgate::record::Record;
 
 /// A proxy config shipping to `db`, keeping shipped segments so tests can compare the
 /// ledger with ClickHouse.
-fn keeping(upstream: std::net::SocketAddr, ch_url: &str, db: &str, extra: &str) -> String {
+pub(crate) fn keeping(
+    upstream: std::net::SocketAddr,
+    ch_url: &str,
+    db: &str,
+    extra: &str,
+) -> String {
     config_for(upstream, &telemetry(ch_url, db, extra)).replace(
         "flush_interval_ms: 5",
         "flush_interval_ms: 5\n  shipped_retention_secs: 3600",
@@ -52,7 +57,7 @@ async fn load(proxy_port: u16, n: usize, parallel: usize) -> usize {
 }
 
 /// Waits until `db.requests` holds `n` rows; returns (rows, distinct request ids).
-async fn wait_rows(ch: &ClickHouse, db: &str, n: u64) -> (u64, u64) {
+pub(crate) async fn wait_rows(ch: &ClickHouse, db: &str, n: u64) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         // The sink creates the table when it first connects.
@@ -117,7 +122,11 @@ fn attempts_in_ledger(proxy: &Proxy) -> Vec<(String, u16, String)> {
 
 /// Waits until `db.attempts` holds `n` rows; returns their (request id, attempt, verdict),
 /// sorted.
-async fn wait_attempts(ch: &ClickHouse, db: &str, n: usize) -> Vec<(String, u16, String)> {
+pub(crate) async fn wait_attempts(
+    ch: &ClickHouse,
+    db: &str,
+    n: usize,
+) -> Vec<(String, u16, String)> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let mut keys: Vec<_> = ch

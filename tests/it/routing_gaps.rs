@@ -5,6 +5,8 @@
 //! model rewrites, requests in flight across a reload, and what `tollgate check` locates.
 
 use crate::check::check_with;
+use crate::clickhouse::{keeping, wait_attempts, wait_rows};
+use crate::common::clickhouse::ClickHouse;
 use crate::common::*;
 use crate::reload::{alias_policy, aliased_proxy, post_reload, reload, save_by_rename};
 use crate::routing::{
@@ -1191,4 +1193,71 @@ async fn a_max_tokens_cap_applies_in_every_api() {
             serde_json::from_slice(&seen.lock().unwrap().last().unwrap().body).unwrap();
         assert_eq!(got[field], 64, "{path} {body}");
     }
+}
+
+#[tokio::test]
+async fn every_kind_of_attempt_reaches_clickhouse_exactly() {
+    let ch = ClickHouse::shared().await;
+    let db = ch.fresh_database("routing_gaps").await;
+    let up = start_sim().await;
+    let policy = "rules:\n  - name: graded\n    match: {model: tollgate/graded, endpoint: /v1/chat/completions}\n    cascade:\n      steps:\n        - {provider: openai, model: gpt-4o-mini}\n        - {provider: openai, model: o3-mini}\n      judges: {finish: true, llm: {provider: anthropic, model: claude-sonnet-4-5, prompt: Grade it., accept: (?s).+}}\n";
+    let config = keeping(up.addr, &ch.url, &db, "policies: policies");
+    let proxy = Proxy::start_with(&config, &[("policies/graded.yaml", policy.as_bytes())]).await;
+    // Accepted and graded; failed with a 503, then served; rejected, then served.
+    for fault in ["", "status=503@gpt-4o-mini", "truncate@gpt-4o-mini"] {
+        let resp = faulted(&proxy, &chat("tollgate/graded"), fault).await;
+        assert_eq!(resp.status(), 200, "{fault}");
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(wait_rows(&ch, &db, 3).await, (3, 3));
+    wait_attempts(&ch, &db, 6).await;
+    let dir = tollgate::ledger::Stream::Attempts.dir(&proxy.ledger_dir());
+    let ledger: Vec<tollgate::record::AttemptRecord> = tollgate::ledger::read_all(&dir).unwrap();
+    let mut want: Vec<Value> = ledger
+        .iter()
+        .map(|a| {
+            json!([
+                a.request_id,
+                a.attempt,
+                a.role.as_str(),
+                a.model,
+                a.verdict.as_str(),
+                a.judge,
+                a.status,
+                a.error.clone().unwrap_or_default(),
+                a.input_tokens,
+                a.output_tokens,
+                a.cost_usd.unwrap().0
+            ])
+        })
+        .collect();
+    want.sort_by_key(|v| v.to_string());
+    let roles: std::collections::BTreeSet<&str> = ledger.iter().map(|a| a.role.as_str()).collect();
+    assert_eq!(roles, ["escalation", "judge", "primary"].into());
+    let mut got: Vec<Value> = ch
+        .rows(&format!(
+            "SELECT request_id, attempt, role, model, verdict, judge, status, \
+             ifNull(error, '') AS error, input_tokens, output_tokens, toInt64(cost_usd * 1000000000) AS cost \
+             FROM {db}.attempts"
+        ))
+        .await
+        .iter()
+        .map(|r| {
+            json!([
+                r["request_id"],
+                r["attempt"],
+                r["role"],
+                r["model"],
+                r["verdict"],
+                r["judge"],
+                r["status"],
+                r["error"],
+                r["input_tokens"],
+                r["output_tokens"],
+                r["cost"]
+            ])
+        })
+        .collect();
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(got, want);
 }
