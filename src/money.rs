@@ -65,6 +65,19 @@ impl NanoUsd {
     }
 }
 
+/// An integer grouped in thousands, as amounts are written for people: `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl fmt::Display for NanoUsd {
     /// Formats as an exact decimal with nine places, e.g. `0.000123450`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

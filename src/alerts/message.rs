@@ -7,7 +7,7 @@
 
 use super::{Alert, AlertKind};
 use crate::config::Period;
-use crate::money::{NANOS_PER_USD, NanoUsd};
+use crate::money::{NANOS_PER_USD, NanoUsd, thousands};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -147,15 +147,7 @@ fn usd(n: NanoUsd) -> String {
         return format!("{sign}${}", exact.trim_end_matches('0'));
     }
     let cents = (abs + nanos_per_cent / 2) / nanos_per_cent;
-    let dollars = (cents / 100).to_string();
-    let mut grouped = String::with_capacity(dollars.len() + dollars.len() / 3);
-    for (i, c) in dollars.chars().enumerate() {
-        if i > 0 && (dollars.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    format!("{sign}${grouped}.{:02}", cents % 100)
+    format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
 }
 
 #[cfg(test)]

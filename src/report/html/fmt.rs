@@ -38,18 +38,7 @@ pub fn usd(v: NanoUsd) -> String {
     format!("{sign}${}.{frac}", count(abs / NANOS_PER_USD as u64))
 }
 
-/// An integer grouped in thousands: `1,234,567`.
-pub fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::money::thousands as count;
 
 /// `part` as a percentage of `whole` with one decimal, rounded half up; `-` when `whole`
 /// is not positive.
