@@ -324,10 +324,12 @@ fn report_page(proxy: &Proxy, args: &[&str]) -> String {
 
 /// Every `data-*` value of the page but those of its time range, in document order.
 fn figures(page: &str) -> Vec<String> {
-    let attr = Regex::new(r#"\b(data-[a-z-]+)="([^"]*)""#).unwrap();
+    let attr = Regex::new(r#"(?:id="([^"]*)" )?\b(data-[a-z-]+)="([^"]*)""#).unwrap();
     attr.captures_iter(page)
-        .filter(|c| !matches!(&c[1], "data-from" | "data-to"))
-        .map(|c| format!("{}={}", &c[1], &c[2]))
+        .filter(|c| !matches!(&c[2], "data-from" | "data-to"))
+        // The month-end forecast moves with the second the page was made at.
+        .filter(|c| c.get(1).is_none_or(|id| id.as_str() != "forecast"))
+        .map(|c| format!("{}={}", &c[2], &c[3]))
         .collect()
 }
 
