@@ -142,7 +142,7 @@ impl Meter {
         if self.stream || self.body_overflow || self.body.is_empty() {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
+        let Some(v) = metered_members(&self.body) else {
             // A body cut short: its text is taken from what arrived, once, here rather than
             // chunk by chunk on every answer that completes.
             let arrived = std::mem::take(&mut self.body);
@@ -157,6 +157,49 @@ impl Meter {
         self.cap_output_text(0);
         self.body = Vec::new();
     }
+}
+
+/// The top-level members of a whole body that metering reads, in every format. The parser
+/// skips the others (embedding vectors, logprobs, ids) without building them.
+#[derive(serde::Deserialize)]
+struct Metered {
+    #[serde(default)]
+    model: serde_json::Value,
+    #[serde(default)]
+    usage: serde_json::Value,
+    #[serde(default)]
+    choices: serde_json::Value,
+    #[serde(default)]
+    output: serde_json::Value,
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+/// `body` parsed as far as metering reads it: an object holding only [`Metered`]'s members,
+/// or the whole value when the body is no object or repeats one of them (the full parse
+/// keeps the last); `None` when it is no JSON.
+fn metered_members(body: &[u8]) -> Option<serde_json::Value> {
+    let object = body.trim_ascii_start().starts_with(b"{");
+    if let Some(m) = object
+        .then(|| serde_json::from_slice::<Metered>(body).ok())
+        .flatten()
+    {
+        let members = [
+            ("model", m.model),
+            ("usage", m.usage),
+            ("choices", m.choices),
+            ("output", m.output),
+            ("content", m.content),
+        ];
+        return Some(serde_json::Value::Object(
+            members
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        ));
+    }
+    serde_json::from_slice(body).ok()
 }
 
 /// The `"usage":null` member that `include_usage` adds to every chunk, as OpenAI writes it.
@@ -252,6 +295,30 @@ fn output_count(observed: &Observed, encoding: Encoding) -> Count {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_bodies_are_read_as_a_full_parse_reads_them() {
+        let bodies: [&[u8]; 6] = [
+            br#"{"id":"x","model":"m","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3}}"#,
+            br#"{"data":[{"embedding":[0.1,0.2]}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#,
+            br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":9}}"#,
+            br#"  ["not", "an", "object"]"#,
+            br#"{"model":null,"content":[{"type":"text","text":"a"}]}"#,
+            br#"{"model":"m","usage":"#,
+        ];
+        for body in bodies {
+            let full = serde_json::from_slice::<serde_json::Value>(body).ok();
+            let read = super::metered_members(body);
+            for member in ["model", "usage", "choices", "output", "content"] {
+                assert_eq!(
+                    read.as_ref().map(|v| &v[member]),
+                    full.as_ref().map(|v| &v[member]),
+                    "{member} of {}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
     use super::*;
     use crate::tokens::Encoding;
 
