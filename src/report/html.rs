@@ -351,10 +351,11 @@ fn levers(out: &mut String, page: &SpendPage) {
         out,
         "Escalations",
         &format!(
-            "<span id=\"escalations\" data-escalations=\"{0}\">{1}</span> in {2} requests",
+            "<span id=\"escalations\" data-escalations=\"{0}\">{1}</span>, by {2} request{3}",
             l.escalations,
             count(l.escalations),
-            count(l.escalated_requests)
+            count(l.escalated_requests),
+            if l.escalated_requests == 1 { "" } else { "s" }
         ),
     );
     out.push_str("</dl>");
