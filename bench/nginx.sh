@@ -29,6 +29,9 @@ with open(f"{out}/nginx.conf.in") as f:
 with open(f"{out}/nginx.conf", "w") as f:
     f.write(conf)
 os.set_inheritable(s.fileno(), True)
+# nginx takes an inherited socket as it is: a blocking one leaves a worker asleep in accept()
+# with connections it already took, once there is more than one worker.
+s.setblocking(False)
 os.environ["NGINX"] = f"{s.fileno()};"
 with open(f"{out}/nginx.out", "w") as f:
     f.write(f"tollgate ready nginx={addr}\n")
