@@ -284,6 +284,23 @@ fn is_boundary(a: char, b: char) -> bool {
     a.is_ascii_alphabetic() && b.is_ascii_punctuation() && b != '\''
 }
 
+/// [`is_boundary`] of every pair of ASCII characters, a bit per second character: the scan
+/// asks for every character of a text, and the branches cost more than the lookup.
+fn ascii_boundaries() -> &'static [u128; 128] {
+    static TABLE: OnceLock<[u128; 128]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [0u128; 128];
+        for a in 0..128u8 {
+            for b in 0..128u8 {
+                if is_boundary(char::from(a), char::from(b)) {
+                    table[usize::from(a)] |= 1 << b;
+                }
+            }
+        }
+        table
+    })
+}
+
 /// Cuts `text` into pieces of bounded size, in order, until `f` breaks.
 fn split<'a>(text: &'a str, f: &mut dyn FnMut(Piece<'a>) -> ControlFlow<()>) -> ControlFlow<()> {
     // Too short for a cut or a long run: one piece, without the scan (which costs about 8%
@@ -295,12 +312,19 @@ fn split<'a>(text: &'a str, f: &mut dyn FnMut(Piece<'a>) -> ControlFlow<()>) -> 
     // Last boundary after `start`; 0 when there is none.
     let mut boundary = 0;
     let mut run_start: Option<usize> = None;
-    let mut prev: Option<char> = None;
+    let ascii = ascii_boundaries();
+    // Whitespace is never followed by a boundary, so it stands for "no character yet".
+    let mut prev = ' ';
     for (i, c) in text.char_indices() {
-        if prev.is_some_and(|p| is_boundary(p, c)) {
+        let cut = if (prev as u32 | c as u32) < 128 {
+            ascii[prev as usize] >> (c as u32) & 1 == 1
+        } else {
+            is_boundary(prev, c)
+        };
+        if cut {
             boundary = i;
         }
-        prev = Some(c);
+        prev = c;
         if c.is_whitespace() {
             run_start.get_or_insert(i);
             continue;
