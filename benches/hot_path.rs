@@ -68,6 +68,16 @@ fn sse(c: &mut Criterion) {
             black_box(out)
         })
     });
+    // A whole answer in one read, as a fast upstream or a held answer hands it over.
+    g.bench_function("split_events_one_read", |b| {
+        b.iter(|| {
+            let mut buf = SseBuffer::default();
+            let mut out = Vec::with_capacity(EVENTS);
+            buf.push(&body, &mut out);
+            assert_eq!(out.len(), EVENTS);
+            black_box(out)
+        })
+    });
     g.bench_function("meter_openai_stream", |b| {
         b.iter(|| {
             let seen = metered(ApiFormat::OpenAi, Endpoint::ChatCompletions, true, &body);

@@ -20,15 +20,16 @@ impl SseBuffer {
     /// Appends `chunk` and moves every completed event into `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
         self.buf.extend_from_slice(chunk);
-        loop {
-            let Some(end) = find_event_end(&self.buf, self.scanned) else {
-                self.scanned = self.buf.len().saturating_sub(3);
-                return;
-            };
-            let raw: Vec<u8> = self.buf.drain(..end).collect();
-            self.scanned = 0;
-            out.push(parse_event(raw));
+        // Every completed event is cut out where it lies; what is left moves to the front
+        // once, not once per event.
+        let (mut start, mut from) = (0, self.scanned);
+        while let Some(end) = find_event_end(&self.buf[start..], from) {
+            out.push(parse_event(self.buf[start..start + end].to_vec()));
+            start += end;
+            from = 0;
         }
+        self.buf.drain(..start);
+        self.scanned = self.buf.len().saturating_sub(3);
     }
 
     /// Bytes of an event that never completed.
