@@ -8,15 +8,16 @@ use crate::metrics::Metrics;
 use crate::reload::{Reloader, Trigger};
 use crate::report::{html, page::SpendPage, source::Records};
 use async_trait::async_trait;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 
@@ -107,25 +108,22 @@ struct BudgetsAnswer<'a> {
 /// given), from ClickHouse when the config ships there, else from the ledger. Needs the
 /// admin token like `/budgets`; a browser, which cannot send the header, may give it as
 /// `?token=` instead.
-async fn spend_page(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -> Response {
-    let query = |name: &str| {
-        uri.query()
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| percent_decode(value))
-    };
-    let from_query = query("token").flatten();
+async fn spend_page(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    // A query that does not decode holds no token that could match.
+    let Query(query) = query.unwrap_or_default();
     let token = match bearer(&headers) {
-        "" => from_query.as_deref().unwrap_or(""),
+        "" => query.token.as_deref().unwrap_or(""),
         header => header,
     };
     if let Some(refused) = refusal(&s, token, "GET / (or GET /?token=TOKEN)", "the spend page") {
         return refused;
     }
-    let since = query("since").flatten().unwrap_or_else(|| "30d".into());
-    let since = match crate::report::parse_since(&since) {
+    let since = query.since.as_deref().unwrap_or("30d");
+    let since = match crate::report::parse_since(since) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
     };
@@ -173,34 +171,11 @@ async fn spend_page(State(s): State<AdminState>, headers: HeaderMap, uri: Uri) -
     }
 }
 
-/// A query value with `+` and `%XX` decoded; `None` when that is not UTF-8 (a token it
-/// would have to be cannot match).
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+/// The spend page's query: `?token=` for a browser, `?since=` for the range.
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    token: Option<String>,
+    since: Option<String>,
 }
 
 /// The answer to a caller presenting `token` (empty for none) instead of the admin token:
@@ -313,16 +288,19 @@ impl BackgroundService for AxumService {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::PageQuery;
+    use axum::extract::Query;
+
+    fn token(uri: &str) -> Option<String> {
+        let Query(q) = Query::<PageQuery>::try_from_uri(&uri.parse().unwrap()).ok()?;
+        q.token
+    }
 
     #[test]
     fn query_values_decode_like_a_browser_encodes_them() {
-        assert_eq!(percent_decode("a%2Bb+c%3D").as_deref(), Some("a+b c="));
-        assert_eq!(percent_decode("tg-%41").as_deref(), Some("tg-A"));
-        // Not an escape: kept as written.
-        assert_eq!(percent_decode("50%").as_deref(), Some("50%"));
-        assert_eq!(percent_decode("%+1%zz").as_deref(), Some("% 1%zz"));
-        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
-        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+        assert_eq!(token("/?token=a%2Bb+c%3D").as_deref(), Some("a+b c="));
+        assert_eq!(token("/?since=7d&token=tg-%41").as_deref(), Some("tg-A"));
+        assert_eq!(token("/?token=%C3%A9").as_deref(), Some("é"));
+        assert_eq!(token("/?since=7d"), None);
     }
 }
