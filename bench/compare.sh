@@ -9,7 +9,7 @@
 # the report gives medians across rounds. Writes bench/out/compare/compare.md and the
 # section of BENCHMARKS.md between its markers.
 #
-#   bench/compare.sh [SECONDS_PER_RUN] [ROUNDS]     (default 10 s, 3 rounds: about 8 minutes)
+#   bench/compare.sh [SECONDS_PER_RUN] [ROUNDS]     (default 10 s, 3 rounds: about 10 minutes)
 #
 # THREADS: worker threads of both proxies (default 2); RATES: fixed request rates (default
 # "200 1000 5000"); STREAM_RATE (default 20); MOCK_WORKERS: nginx workers of the upstream
