@@ -267,9 +267,8 @@ async fn replicas(up: &Upstream, budgets: &str, test: &str) -> (Proxy, Proxy) {
     let ch = crate::common::clickhouse::ClickHouse::shared().await;
     let db = ch.fresh_database(test).await;
     let extra = format!(
-        "budgets:\n{budgets}\nreplicas: {{budgets: clickhouse, refresh_ms: 100}}\n\
-         telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
-        ch.url
+        "budgets:\n{budgets}\nreplicas: {{budgets: clickhouse, refresh_ms: 100}}\n{}",
+        crate::common::clickhouse::telemetry(&ch.url, &db, "")
     );
     let config = config_for(up.addr, &extra);
     let a = Proxy::start(&config).await;

@@ -1,7 +1,7 @@
 //! Delivery to a real ClickHouse: schema and migrations, exactly-once shipping through
 //! ClickHouse and proxy crashes, rollups, and `report` from either store.
 
-use crate::common::clickhouse::{ClickHouse, PrivateServer, TlsFront};
+use crate::common::clickhouse::{ClickHouse, PrivateServer, TlsFront, telemetry};
 use crate::common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -19,12 +19,6 @@ pub(crate) fn keeping(
     config_for(upstream, &telemetry(ch_url, db, extra)).replace(
         "flush_interval_ms: 5",
         "flush_interval_ms: 5\n  shipped_retention_secs: 3600",
-    )
-}
-
-fn telemetry(ch_url: &str, db: &str, extra: &str) -> String {
-    format!(
-        "telemetry:\n  clickhouse:\n    url: {ch_url}\n    database: {db}\n    batch_period_ms: 50\n{extra}"
     )
 }
 

@@ -2,7 +2,7 @@
 //! streaming and non-streaming load has exactly one ledger record for every request whose
 //! client received a complete answer, and ClickHouse ends up with the same records.
 
-use crate::common::clickhouse::ClickHouse;
+use crate::common::clickhouse::{ClickHouse, telemetry};
 use crate::common::*;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -123,10 +123,7 @@ async fn sigkill_at_random_moments_loses_no_served_call_and_duplicates_none() {
         .await;
     // An fsync interval far longer than the test: what survives a kill is what reached the
     // operating system, not what reached the disk.
-    let extra = format!(
-        "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
-        ch.url
-    );
+    let extra = telemetry(&ch.url, &db, "");
     let config = config_for(upstream.addr, &extra).replace(
         "flush_interval_ms: 5",
         "flush_interval_ms: 600000\n  shipped_retention_secs: 3600",

@@ -185,14 +185,7 @@ async fn latest_by_request(ch: &ClickHouse, db: &str) -> BTreeMap<(String, Strin
 /// segments are kept so the ledger can be reported from too.
 async fn shipping_proxy(up: &Upstream, ch: &ClickHouse, test: &str) -> (Proxy, String) {
     let db = ch.fresh_database(test).await;
-    let extra = format!(
-        "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
-        ch.url
-    );
-    let cfg = config_for(up.addr, &extra).replace(
-        "flush_interval_ms: 5",
-        "flush_interval_ms: 5\n  shipped_retention_secs: 3600",
-    );
+    let cfg = crate::clickhouse::keeping(up.addr, &ch.url, &db, "");
     (Proxy::start(&cfg).await, db)
 }
 

@@ -3,7 +3,7 @@
 //! by `tollgate report --format html` and the one served on the admin port, each loaded in
 //! headless Chromium (`scripts/chromium.sh install`) and read back from the DOM it built.
 
-use crate::common::clickhouse::ClickHouse;
+use crate::common::clickhouse::{ClickHouse, telemetry};
 use crate::common::*;
 use regex::Regex;
 use serde_json::json;
@@ -434,11 +434,7 @@ async fn spend_page_from_clickhouse_shows_what_the_one_from_the_ledger_shows() {
     let ch = ClickHouse::shared().await;
     let db = ch.fresh_database("spend_page").await;
     let up = start_sim().await;
-    let telemetry = format!(
-        "telemetry:\n  clickhouse:\n    url: {}\n    database: {db}\n    batch_period_ms: 50\n",
-        ch.url
-    );
-    let proxy = start_proxy(&up, &telemetry).await;
+    let proxy = start_proxy(&up, &telemetry(&ch.url, &db, "")).await;
     let (sent, _) = send_traffic(&proxy).await;
     proxy.records(sent).await;
     let attempts = rejected_attempt_on_record(&proxy).await;

@@ -595,3 +595,11 @@ extern "C" fn stop_shared_at_exit() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// The config section that ships to database `db` at `ch_url`, in batches of 50 ms, with
+/// `extra` settings of that section appended.
+pub fn telemetry(ch_url: &str, db: &str, extra: &str) -> String {
+    format!(
+        "telemetry:\n  clickhouse:\n    url: {ch_url}\n    database: {db}\n    batch_period_ms: 50\n{extra}"
+    )
+}
