@@ -17,7 +17,8 @@
 //! - A tokenizer panic is caught; the piece is estimated at [`BYTES_PER_TOKEN`] and flagged.
 //!
 //! The BPE tables are loaded once per process, when first needed, and shared: each costs
-//! 0.2-0.3 s and 25-45 MiB, which a proxy whose providers report usage never pays. Async
+//! 0.16-0.27 s and 24-46 MiB (BENCHMARKS.md), which a proxy whose providers report usage
+//! never pays. Async
 //! callers go through [`spawn_count`], which keeps counting off the async workers and caps
 //! how many counts run at once, or call [`Encoding::load`] before counting inline.
 

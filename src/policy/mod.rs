@@ -29,12 +29,22 @@ pub struct PolicySet {
     rules: Vec<Arc<Rule>>,
     /// The rule that applies when no other matches.
     default: Option<Arc<Rule>>,
+    /// Whether a rule matches on input tokens (asked on every request: known once).
+    counts_input: bool,
 }
 
 impl PolicySet {
     pub fn new(mut rules: Vec<Arc<Rule>>, default: Option<Arc<Rule>>) -> PolicySet {
         rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
-        PolicySet { rules, default }
+        let counts_input = rules
+            .iter()
+            .chain(&default)
+            .any(|r| r.matcher.input_tokens.is_some());
+        PolicySet {
+            rules,
+            default,
+            counts_input,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,7 +63,7 @@ impl PolicySet {
     /// Whether a rule matches on the request's input tokens, which must then be counted
     /// before [`PolicySet::find`].
     pub fn matches_input_tokens(&self) -> bool {
-        self.rules().any(|r| r.matcher.input_tokens.is_some())
+        self.counts_input
     }
 
     /// The first rule that matches the request and can serve its API format.
